@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// Targets depend only downward:
+/// CKernels → Kernels → Autograd → NN → Training → trainerd, with Random, Optim, Data and Checkpoint beside them.
+let package = Package(
+    name: "trainerd",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "trainerd", targets: ["trainerd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // C micro-kernels, compiled optimised in every configuration; the ISA is chosen at start-up.
+        .target(
+            name: "CKernels",
+            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]
+        ),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "Random"),
+        .target(name: "Kernels", dependencies: ["CKernels"]),
+        .target(name: "Autograd", dependencies: ["Kernels"]),
+        .target(name: "NN", dependencies: ["Autograd", "Random"]),
+        .target(name: "Optim", dependencies: ["Kernels"]),
+        .target(name: "Data", dependencies: ["CZlib", "Random"]),
+        .target(name: "Checkpoint", dependencies: ["COpenSSL"]),
+        .target(name: "Training", dependencies: [
+            "NN", "Optim", "Data", "Checkpoint",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .executableTarget(name: "trainerd", dependencies: [
+            "Training",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "AutogradTests", dependencies: ["Autograd"]),
+        .testTarget(name: "NNTests", dependencies: ["NN"]),
+        .testTarget(name: "OptimTests", dependencies: ["Optim", "NN"]),
+        .testTarget(name: "DataTests", dependencies: ["Data"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

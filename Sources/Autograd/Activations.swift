@@ -1,0 +1,60 @@
+import Kernels
+
+extension Tensor {
+    /// Unary op through a C kernel pair: `forward(n, x, y)` and `backward(n, saved, dy, dx)`, where `saved` is the
+    /// input (`savesInput`) or the output.
+    private func unary(
+        savesInput: Bool,
+        _ forward: (Int64, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
+        _ backward: @escaping (Int64, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
+    ) -> Tensor {
+        let input = storage
+        var out = [Float](repeating: 0, count: count)
+        forward(Int64(count), input, &out)
+        let saved = savesInput ? input : out
+        return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
+            var grad = [Float](repeating: 0, count: saved.count)
+            backward(Int64(saved.count), saved, upstream, &grad)
+            return [grad]
+        }
+    }
+
+    /// y = max(x, 0). dy/dx = 1 where x > 0, else 0: the upstream gradient passes only where the unit was active.
+    public func relu() -> Tensor { unary(savesInput: true, tk_relu_forward, tk_relu_backward) }
+
+    /// y = tanh(x). dy/dx = 1 − y².
+    public func tanh() -> Tensor { unary(savesInput: false, tk_tanh_forward, tk_tanh_backward) }
+
+    /// y = σ(x) = 1 / (1 + e^−x). dy/dx = y(1 − y).
+    public func sigmoid() -> Tensor { unary(savesInput: false, tk_sigmoid_forward, tk_sigmoid_backward) }
+
+    /// Rows of the last dimension and their length, for row-wise kernels.
+    var rowsAndColumns: (rows: Int, columns: Int) {
+        let columns = shape.last ?? 1
+        return (columns == 0 ? 0 : count / columns, columns)
+    }
+
+    /// softmax over the last dimension: y = e^(x − max) / Σ e^(x − max). dx = y ⊙ (dy − Σ dy·y).
+    public func softmax() -> Tensor {
+        let (rows, columns) = rowsAndColumns
+        var out = [Float](repeating: 0, count: count)
+        tk_softmax_rows(Int32(rows), Int32(columns), storage, &out)
+        return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
+            var grad = [Float](repeating: 0, count: out.count)
+            tk_softmax_backward_rows(Int32(rows), Int32(columns), out, upstream, &grad)
+            return [grad]
+        }
+    }
+
+    /// log-softmax over the last dimension: y = x − max − log Σ e^(x − max). dx = dy − softmax(x) · Σ dy.
+    public func logSoftmax() -> Tensor {
+        let (rows, columns) = rowsAndColumns
+        var out = [Float](repeating: 0, count: count)
+        tk_log_softmax_rows(Int32(rows), Int32(columns), storage, &out)
+        return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
+            var grad = [Float](repeating: 0, count: out.count)
+            tk_log_softmax_backward_rows(Int32(rows), Int32(columns), out, upstream, &grad)
+            return [grad]
+        }
+    }
+}

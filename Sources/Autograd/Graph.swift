@@ -1,0 +1,122 @@
+import Foundation
+import Kernels
+
+/// One recorded operation (or a leaf that wants a gradient) in the computational graph.
+///
+/// `backward` receives dL/d(output) and which inputs need a gradient, and returns dL/d(input i) for each entry
+/// of `inputs` (nil where none is needed). Leaves keep the gradient accumulated into them with `+=`.
+final class Node {
+    let inputs: [Node?]
+    let backward: BackwardRule?
+    let count: Int
+    /// The accumulated gradient of a leaf, or of an interior node asked to retain it.
+    var grad: [Float]?
+    /// Set by `retainGrad()`: keep this interior node's gradient after backward.
+    var retainsGrad = false
+
+    var isLeaf: Bool { backward == nil }
+
+    init(leafWithCount count: Int) {
+        self.inputs = []
+        self.backward = nil
+        self.count = count
+    }
+
+    init(inputs: [Node?], count: Int, backward: @escaping BackwardRule) {
+        self.inputs = inputs
+        self.backward = backward
+        self.count = count
+    }
+}
+
+/// dL/d(inputs) from dL/d(output) and the inputs that need a gradient.
+typealias BackwardRule = (_ upstream: [Float], _ needsGrad: [Bool]) -> [[Float]?]
+
+/// Whether operations record the graph on the current thread (`withNoGrad` turns it off, like
+/// `torch.no_grad()`).
+public enum GradMode {
+    private static let disabledKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    public static var isEnabled: Bool { pthread_getspecific(disabledKey) == nil }
+
+    static func set(enabled: Bool) {
+        pthread_setspecific(disabledKey, enabled ? nil : UnsafeMutableRawPointer(bitPattern: 1))
+    }
+}
+
+/// Runs `body` without recording a graph: results need no gradient and keep no inputs alive.
+public func withNoGrad<R>(_ body: () throws -> R) rethrows -> R {
+    let wasEnabled = GradMode.isEnabled
+    GradMode.set(enabled: false)
+    defer { GradMode.set(enabled: wasEnabled) }
+    return try body()
+}
+
+extension Tensor {
+    /// Records the result of an operation: a tensor whose node points at the inputs that need gradients.
+    /// Without grad mode or without such inputs the result is a constant and `backward` is never kept.
+    static func recorded(
+        shape: [Int], storage: [Float], inputs: [Tensor], backward: @escaping BackwardRule
+    ) -> Tensor {
+        var result = Tensor(shape: shape, storage: storage)
+        let nodes = inputs.map(\.node)
+        if GradMode.isEnabled, nodes.contains(where: { $0 != nil }) {
+            result.node = Node(inputs: nodes, count: storage.count, backward: backward)
+        }
+        return result
+    }
+
+    /// Backpropagates from this scalar: dL/dL = 1, then upstream × local gradient at every node in reverse
+    /// topological order. Leaves accumulate (`+=`) into `grad`, as PyTorch does until `zeroGrad()`.
+    public func backward() {
+        precondition(count == 1, "backward() needs a scalar loss, got shape \(shape)")
+        backward(seed: [1])
+    }
+
+    /// Backpropagates an upstream gradient of this tensor's shape (`sum(self * upstream)` as the loss).
+    public func backward(seed upstream: [Float]) {
+        precondition(upstream.count == count, "upstream gradient has \(upstream.count) values, tensor \(count)")
+        guard let root = node else { return }
+        var order: [Node] = []
+        var visited = Set<ObjectIdentifier>()
+        // Iterative depth-first post-order, so deep graphs cannot overflow the stack.
+        var stack: [(Node, Bool)] = [(root, false)]
+        while let (current, expanded) = stack.popLast() {
+            if expanded { order.append(current); continue }
+            guard visited.insert(ObjectIdentifier(current)).inserted else { continue }
+            stack.append((current, true))
+            for case let input? in current.inputs where !visited.contains(ObjectIdentifier(input)) {
+                stack.append((input, false))
+            }
+        }
+        var pending: [ObjectIdentifier: [Float]] = [ObjectIdentifier(root): upstream]
+        for current in order.reversed() {
+            guard let upstream = pending.removeValue(forKey: ObjectIdentifier(current)) else { continue }
+            guard let backward = current.backward else {
+                if current.grad == nil {
+                    current.grad = upstream
+                } else {
+                    tk_add_inplace(Int64(upstream.count), upstream, &current.grad!)
+                }
+                continue
+            }
+            if current.retainsGrad {
+                if current.grad == nil { current.grad = upstream } else { tk_add_inplace(Int64(upstream.count), upstream, &current.grad!) }
+            }
+            let inputGrads = backward(upstream, current.inputs.map { $0 != nil })
+            for (input, grad) in zip(current.inputs, inputGrads) {
+                guard let input, let grad else { continue }
+                let key = ObjectIdentifier(input)
+                if pending[key] == nil {
+                    pending[key] = grad
+                } else {
+                    tk_add_inplace(Int64(grad.count), grad, &pending[key]!)
+                }
+            }
+        }
+    }
+}

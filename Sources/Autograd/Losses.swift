@@ -1,0 +1,48 @@
+import Kernels
+
+/// How a loss combines per-sample losses: their mean (PyTorch's default) or their sum. Data-parallel training
+/// uses sums per micro-batch and divides once by the global batch.
+public enum Reduction: String, Sendable, Codable {
+    case mean, sum
+}
+
+public enum LossError: Error, CustomStringConvertible {
+    case labelOutOfRange(row: Int, label: Int32, classes: Int)
+
+    public var description: String {
+        switch self {
+        case let .labelOutOfRange(row, label, classes):
+            return "label \(label) in row \(row) is outside 0..<\(classes)"
+        }
+    }
+}
+
+extension Tensor {
+    /// Cross-entropy of logits [n, classes] against integer labels [n]: ℓ_r = −log softmax(x_r)[label_r], then
+    /// mean or sum over rows. dlogits = (softmax(x) − onehot(label)) · dy (/ n for the mean).
+    public func crossEntropy(labels: [Int32], reduction: Reduction = .mean) throws -> Tensor {
+        precondition(rank == 2, "crossEntropy needs logits [n, classes], got \(shape)")
+        let rows = shape[0], classes = shape[1]
+        precondition(labels.count == rows, "crossEntropy: \(labels.count) labels for \(rows) rows")
+        var probabilities = [Float](repeating: 0, count: count)
+        var losses = [Float](repeating: 0, count: rows)
+        let badRow = tk_cross_entropy_forward(Int32(rows), Int32(classes), storage, labels, &probabilities, &losses)
+        if badRow >= 0 { throw LossError.labelOutOfRange(row: Int(badRow), label: labels[Int(badRow)], classes: classes) }
+        var total: Float = 0
+        for loss in losses { total += loss }
+        let scale: Float = reduction == .mean ? 1 / Float(rows) : 1
+        return Tensor.recorded(shape: [], storage: [total * scale], inputs: [self]) { upstream, _ in
+            var grad = [Float](repeating: 0, count: probabilities.count)
+            tk_cross_entropy_backward(Int32(rows), Int32(classes), probabilities, labels, upstream[0] * scale, &grad)
+            return [grad]
+        }
+    }
+
+    /// Mean (or summed) squared error: Σ (x − target)² [/ n]. Gradients flow to both operands.
+    public func mse(_ target: Tensor, reduction: Reduction = .mean) -> Tensor {
+        precondition(shape == target.shape, "mse: shapes \(shape) and \(target.shape) differ")
+        let difference = self - target
+        let squared = (difference * difference).sum()
+        return reduction == .mean ? squared * (1 / Float(count)) : squared
+    }
+}

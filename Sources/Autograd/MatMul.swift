@@ -1,0 +1,113 @@
+import Kernels
+
+/// Runs `body` with base pointers of arrays that may be empty (their products are then empty too).
+@inline(__always)
+func withPointers<R>(
+    _ a: [Float], _ b: [Float], _ c: inout [Float],
+    _ body: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> R
+) -> R {
+    a.withUnsafeBufferPointer { pa in
+        b.withUnsafeBufferPointer { pb in
+            c.withUnsafeMutableBufferPointer { pc in
+                let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+                defer { dummy.deallocate() }
+                return body(pa.baseAddress ?? UnsafePointer(dummy), pb.baseAddress ?? UnsafePointer(dummy),
+                            pc.baseAddress ?? dummy)
+            }
+        }
+    }
+}
+
+extension Tensor {
+    /// Matrix product over the last two dimensions: a [..., m, k] · b [..., k, n] → [..., m, n].
+    /// b may be 2-D (shared by every batch entry) or carry the same batch dimensions as a.
+    /// dA = dC · Bᵀ, dB = Aᵀ · dC (summed over the batch when b is shared).
+    public func matmul(_ other: Tensor) -> Tensor {
+        precondition(rank >= 2 && other.rank >= 2, "matmul needs matrices, got \(shape) and \(other.shape)")
+        let m = shape[rank - 2], k = shape[rank - 1]
+        let n = other.shape[other.rank - 1]
+        precondition(other.shape[other.rank - 2] == k,
+                     "matmul: inner dimensions differ, \(shape) · \(other.shape)")
+        let batchShape = Array(shape.dropLast(2))
+        let sharedB = other.rank == 2
+        precondition(sharedB || Array(other.shape.dropLast(2)) == batchShape,
+                     "matmul: batch dimensions differ, \(shape) · \(other.shape)")
+        let batches = batchShape.reduce(1, *)
+        let a = storage, b = other.storage
+        let strideB = sharedB ? 0 : k * n
+        var out = [Float](repeating: 0, count: batches * m * n)
+        withPointers(a, b, &out) { pa, pb, pc in
+            for i in 0..<batches {
+                GEMM.multiply(GEMMShape(m: m, n: n, k: k), pa + i * m * k, pb + i * strideB, pc + i * m * n)
+            }
+        }
+        return Tensor.recorded(shape: batchShape + [m, n], storage: out, inputs: [self, other]) { upstream, needs in
+            var gradA = needs[0] ? [Float](repeating: 0, count: a.count) : []
+            var gradB = needs[1] ? [Float](repeating: 0, count: b.count) : []
+            if needs[0] {
+                withPointers(upstream, b, &gradA) { dc, pb, da in
+                    for i in 0..<batches {  // dA[m, k] = dC[m, n] · B[k, n]ᵀ
+                        GEMM.multiply(GEMMShape(m: m, n: k, k: n, transposeB: true), dc + i * m * n,
+                                      pb + i * strideB, da + i * m * k)
+                    }
+                }
+            }
+            if needs[1] {
+                withPointers(a, upstream, &gradB) { pa, dc, db in
+                    for i in 0..<batches {  // dB[k, n] = A[m, k]ᵀ · dC[m, n]
+                        GEMM.multiply(GEMMShape(m: k, n: n, k: m, transposeA: true), pa + i * m * k,
+                                      dc + i * m * n, db + i * strideB, accumulate: sharedB && i > 0)
+                    }
+                }
+            }
+            return [needs[0] ? gradA : nil, needs[1] ? gradB : nil]
+        }
+    }
+
+    /// torch.nn.functional.linear: y = x · Wᵀ + b, x [..., in], W [out, in], b [out] → [..., out].
+    /// dx = dy · W, dW = dyᵀ · x, db = Σ_rows dy (each summed over rows in order).
+    public func linear(weight: Tensor, bias: Tensor? = nil) -> Tensor {
+        precondition(weight.rank == 2, "linear: weight must be [out, in], got \(weight.shape)")
+        let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
+        precondition(shape.last == inFeatures, "linear: input \(shape) does not end in \(inFeatures) features")
+        if let bias { precondition(bias.shape == [outFeatures], "linear: bias must be [\(outFeatures)], got \(bias.shape)") }
+        let rows = count / max(inFeatures, 1)
+        let x = storage, w = weight.storage
+        var out = [Float](repeating: 0, count: rows * outFeatures)
+        withPointers(x, w, &out) { px, pw, py in
+            GEMM.multiply(GEMMShape(m: rows, n: outFeatures, k: inFeatures, transposeB: true), px, pw, py)
+        }
+        if let bias, !out.isEmpty {
+            let b = bias.storage
+            out.withUnsafeMutableBufferPointer { y in
+                tk_add_row_vector(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
+            }
+        }
+        let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
+        return Tensor.recorded(shape: shape.dropLast() + [outFeatures], storage: out, inputs: inputs) { dy, needs in
+            var dx = needs[0] ? [Float](repeating: 0, count: x.count) : []
+            var dw = needs[1] ? [Float](repeating: 0, count: w.count) : []
+            if needs[0] {
+                withPointers(dy, w, &dx) { pdy, pw, pdx in
+                    GEMM.multiply(GEMMShape(m: rows, n: inFeatures, k: outFeatures), pdy, pw, pdx)
+                }
+            }
+            if needs[1] {
+                withPointers(dy, x, &dw) { pdy, px, pdw in
+                    GEMM.multiply(GEMMShape(m: outFeatures, n: inFeatures, k: rows, transposeA: true), pdy, px, pdw)
+                }
+            }
+            var grads: [[Float]?] = [needs[0] ? dx : nil, needs[1] ? dw : nil]
+            if needs.count == 3 {
+                if needs[2] {
+                    var db = [Float](repeating: 0, count: outFeatures)
+                    tk_sum_rows(Int32(rows), Int32(outFeatures), dy, &db)
+                    grads.append(db)
+                } else {
+                    grads.append(nil)
+                }
+            }
+            return grads
+        }
+    }
+}

@@ -1,0 +1,290 @@
+// Packed, cache-blocked SGEMM with one register-tiled micro-kernel per ISA (GotoBLAS/BLIS loop order).
+//
+// Determinism: every output element is the single chain c = fma(a_k, b_k, c), k ascending, starting from 0 or
+// from C. K-blocking stores c and reloads it, which changes nothing; edge tiles run the same micro-kernel on a
+// zero-padded copy. So the result is the same bits for every ISA, block size and partition of C.
+
+#include "ckernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// MARK: ISA selection
+
+static int detected_isa = -1;
+static int active_isa = -1;
+
+tk_isa tk_isa_detected(void) {
+    if (detected_isa < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+            detected_isa = TK_ISA_AVX512;
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+            detected_isa = TK_ISA_AVX2;
+        } else {
+            detected_isa = TK_ISA_SCALAR;
+        }
+    }
+    return (tk_isa)detected_isa;
+}
+
+tk_isa tk_isa_active(void) {
+    if (active_isa < 0) active_isa = tk_isa_detected();
+    return (tk_isa)active_isa;
+}
+
+tk_isa tk_isa_force(tk_isa isa) {
+    tk_isa best = tk_isa_detected();
+    active_isa = isa > best ? best : isa;
+    return (tk_isa)active_isa;
+}
+
+const char *tk_isa_name(tk_isa isa) {
+    switch (isa) {
+    case TK_ISA_AVX512: return "avx512";
+    case TK_ISA_AVX2: return "avx2";
+    default: return "scalar";
+    }
+}
+
+// MARK: micro-kernels
+// Ap: MR×kc packed k-major (MR values per k). Bp: kc×NR packed k-major (NR values per k).
+// C tile [MR, NR] with row stride ldc; load_c selects whether the chain starts from C or from 0.
+
+typedef void (*micro_kernel)(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c);
+
+#define SCALAR_MR 4
+#define SCALAR_NR 8
+
+static void micro_kernel_scalar(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    float c[SCALAR_MR][SCALAR_NR];
+    for (int i = 0; i < SCALAR_MR; i++)
+        for (int j = 0; j < SCALAR_NR; j++) c[i][j] = load_c ? C[i * ldc + j] : 0.0f;
+    for (int k = 0; k < kc; k++) {
+        for (int i = 0; i < SCALAR_MR; i++)
+            for (int j = 0; j < SCALAR_NR; j++) c[i][j] = fmaf(Ap[i], Bp[j], c[i][j]);
+        Ap += SCALAR_MR;
+        Bp += SCALAR_NR;
+    }
+    for (int i = 0; i < SCALAR_MR; i++)
+        for (int j = 0; j < SCALAR_NR; j++) C[i * ldc + j] = c[i][j];
+}
+
+#define AVX2_MR 6
+#define AVX2_NR 16
+
+__attribute__((target("avx2,fma")))
+static void micro_kernel_avx2(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    __m256 c[AVX2_MR][2];
+#pragma clang loop unroll(full)
+    for (int i = 0; i < AVX2_MR; i++) {
+        c[i][0] = load_c ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();
+        c[i][1] = load_c ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(Bp);
+        __m256 b1 = _mm256_loadu_ps(Bp + 8);
+#pragma clang loop unroll(full)
+        for (int i = 0; i < AVX2_MR; i++) {
+            __m256 a = _mm256_broadcast_ss(Ap + i);
+            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+        }
+        Ap += AVX2_MR;
+        Bp += AVX2_NR;
+    }
+#pragma clang loop unroll(full)
+    for (int i = 0; i < AVX2_MR; i++) {
+        _mm256_storeu_ps(C + i * ldc, c[i][0]);
+        _mm256_storeu_ps(C + i * ldc + 8, c[i][1]);
+    }
+}
+
+#define AVX512_MR 8
+#define AVX512_NR 32
+
+__attribute__((target("avx512f,fma")))
+static void micro_kernel_avx512(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    __m512 c[AVX512_MR][2];
+#pragma clang loop unroll(full)
+    for (int i = 0; i < AVX512_MR; i++) {
+        c[i][0] = load_c ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();
+        c[i][1] = load_c ? _mm512_loadu_ps(C + i * ldc + 16) : _mm512_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_loadu_ps(Bp);
+        __m512 b1 = _mm512_loadu_ps(Bp + 16);
+#pragma clang loop unroll(full)
+        for (int i = 0; i < AVX512_MR; i++) {
+            __m512 a = _mm512_set1_ps(Ap[i]);
+            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+        }
+        Ap += AVX512_MR;
+        Bp += AVX512_NR;
+    }
+#pragma clang loop unroll(full)
+    for (int i = 0; i < AVX512_MR; i++) {
+        _mm512_storeu_ps(C + i * ldc, c[i][0]);
+        _mm512_storeu_ps(C + i * ldc + 16, c[i][1]);
+    }
+}
+
+typedef struct {
+    micro_kernel kernel;
+    int mr, nr;
+} kernel_shape;
+
+static kernel_shape active_kernel(void) {
+    switch (tk_isa_active()) {
+    case TK_ISA_AVX512: return (kernel_shape){micro_kernel_avx512, AVX512_MR, AVX512_NR};
+    case TK_ISA_AVX2: return (kernel_shape){micro_kernel_avx2, AVX2_MR, AVX2_NR};
+    default: return (kernel_shape){micro_kernel_scalar, SCALAR_MR, SCALAR_NR};
+    }
+}
+
+// MARK: packing
+
+static inline float element_of_A(int transA, const float *A, long lda, long row, long k) {
+    return transA ? A[k * lda + row] : A[row * lda + k];
+}
+
+static inline float element_of_B(int transB, const float *B, long ldb, long k, long col) {
+    return transB ? B[col * ldb + k] : B[k * ldb + col];
+}
+
+/// Packs op(A)[rows, kc] into micro-panels of mr rows, k-major; rows past `rows` are zero.
+static void pack_A(int transA, const float *A, long lda, int rows, int kc, int mr, float *dst) {
+    for (int p = 0; p < rows; p += mr) {
+        int valid = rows - p < mr ? rows - p : mr;
+        if (!transA) {
+            for (int k = 0; k < kc; k++) {
+                for (int i = 0; i < valid; i++) dst[i] = A[(long)(p + i) * lda + k];
+                for (int i = valid; i < mr; i++) dst[i] = 0.0f;
+                dst += mr;
+            }
+        } else {
+            for (int k = 0; k < kc; k++) {
+                const float *src = A + (long)k * lda + p;
+                for (int i = 0; i < valid; i++) dst[i] = src[i];
+                for (int i = valid; i < mr; i++) dst[i] = 0.0f;
+                dst += mr;
+            }
+        }
+    }
+}
+
+/// Packs op(B)[kc, cols] into micro-panels of nr columns, k-major; columns past `cols` are zero.
+static void pack_B(int transB, const float *B, long ldb, int kc, int cols, int nr, float *dst) {
+    for (int p = 0; p < cols; p += nr) {
+        int valid = cols - p < nr ? cols - p : nr;
+        if (!transB) {
+            for (int k = 0; k < kc; k++) {
+                const float *src = B + (long)k * ldb + p;
+                memcpy(dst, src, sizeof(float) * (size_t)valid);
+                for (int j = valid; j < nr; j++) dst[j] = 0.0f;
+                dst += nr;
+            }
+        } else {
+            for (int k = 0; k < kc; k++) {
+                for (int j = 0; j < valid; j++) dst[j] = B[(long)(p + j) * ldb + k];
+                for (int j = valid; j < nr; j++) dst[j] = 0.0f;
+                dst += nr;
+            }
+        }
+    }
+}
+
+// MARK: blocked driver
+
+enum { BLOCK_MC = 96, BLOCK_KC = 256, BLOCK_NC = 2048 };
+
+typedef struct {
+    float *data;
+    size_t capacity;
+} scratch;
+
+static _Thread_local scratch packed_a_scratch, packed_b_scratch;
+
+static float *reserve(scratch *s, size_t count) {
+    if (s->capacity < count) {
+        free(s->data);
+        size_t bytes = (count * sizeof(float) + 63) / 64 * 64;
+        s->data = aligned_alloc(64, bytes);
+        s->capacity = s->data ? count : 0;
+    }
+    return s->data;
+}
+
+void tk_sgemm(int transA, int transB, int M, int N, int K,
+              const float *A, int lda, const float *B, int ldb,
+              float *C, int ldc, int accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate)
+            for (long i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    kernel_shape ks = active_kernel();
+    int mr = ks.mr, nr = ks.nr;
+    int mc_max = BLOCK_MC / mr * mr;
+    int nc_max = N < BLOCK_NC ? N : BLOCK_NC;
+    int kc_max = K < BLOCK_KC ? K : BLOCK_KC;
+    int mc_alloc = M < mc_max ? M : mc_max;
+    float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)kc_max);
+    float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)kc_max);
+    if (!Ap || !Bp) {
+        tk_sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+        return;
+    }
+    float edge[AVX512_MR * AVX512_NR];
+
+    for (int jc = 0; jc < N; jc += nc_max) {
+        int nc = N - jc < nc_max ? N - jc : nc_max;
+        for (int pc = 0; pc < K; pc += kc_max) {
+            int kc = K - pc < kc_max ? K - pc : kc_max;
+            int load_c = accumulate || pc > 0;
+            const float *Bblock = transB ? B + (long)jc * ldb + pc : B + (long)pc * ldb + jc;
+            pack_B(transB, Bblock, ldb, kc, nc, nr, Bp);
+            for (int ic = 0; ic < M; ic += mc_max) {
+                int mc = M - ic < mc_max ? M - ic : mc_max;
+                const float *Ablock = transA ? A + (long)pc * lda + ic : A + (long)ic * lda + pc;
+                pack_A(transA, Ablock, lda, mc, kc, mr, Ap);
+                for (int jr = 0; jr < nc; jr += nr) {
+                    int cols = nc - jr < nr ? nc - jr : nr;
+                    for (int ir = 0; ir < mc; ir += mr) {
+                        int rows = mc - ir < mr ? mc - ir : mr;
+                        float *Ctile = C + (long)(ic + ir) * ldc + jc + jr;
+                        const float *Apanel = Ap + (long)ir * kc;
+                        const float *Bpanel = Bp + (long)jr * kc;
+                        if (rows == mr && cols == nr) {
+                            ks.kernel(kc, Apanel, Bpanel, Ctile, ldc, load_c);
+                        } else {
+                            for (int i = 0; i < mr; i++)
+                                for (int j = 0; j < nr; j++)
+                                    edge[i * nr + j] = (load_c && i < rows && j < cols) ? Ctile[(long)i * ldc + j] : 0.0f;
+                            ks.kernel(kc, Apanel, Bpanel, edge, nr, load_c);
+                            for (int i = 0; i < rows; i++)
+                                for (int j = 0; j < cols; j++) Ctile[(long)i * ldc + j] = edge[i * nr + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
+                        const float *A, int lda, const float *B, int ldb,
+                        float *C, int ldc, int accumulate) {
+    for (long i = 0; i < M; i++) {
+        for (long j = 0; j < N; j++) {
+            float c = accumulate ? C[i * ldc + j] : 0.0f;
+            for (long k = 0; k < K; k++)
+                c = fmaf(element_of_A(transA, A, lda, i, k), element_of_B(transB, B, ldb, k, j), c);
+            C[i * ldc + j] = c;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+#ifndef TRAINERD_CKERNELS_H
+#define TRAINERD_CKERNELS_H
+
+#include <stdint.h>
+
+/// Vector instruction sets with a GEMM micro-kernel. Every ISA computes each output element as the same
+/// sequence of fused multiply-adds, so results are bit-identical whichever one runs.
+typedef enum {
+    TK_ISA_SCALAR = 0,
+    TK_ISA_AVX2 = 1,
+    TK_ISA_AVX512 = 2,
+} tk_isa;
+
+/// The best ISA this CPU supports (detected once).
+tk_isa tk_isa_detected(void);
+/// The ISA in use: the detected one unless `tk_isa_force` chose a lower one.
+tk_isa tk_isa_active(void);
+/// Forces an ISA (clamped to the detected one); returns the ISA now active. For tests and benchmarks.
+tk_isa tk_isa_force(tk_isa isa);
+const char *tk_isa_name(tk_isa isa);
+
+/// C[M,N] = (accumulate ? C : 0) + op(A)[M,K] · op(B)[K,N], row-major with leading dimensions.
+/// op(A) = A ([M,K], lda) or, with transA, Aᵀ where A is [K,M]; op(B) = B ([K,N], ldb) or, with transB, Bᵀ
+/// where B is [N,K]. Each C element is one chain c = fma(a_k, b_k, c) for k = 0..K-1 starting from its initial
+/// value, whatever the ISA, blocking or caller's partition of C.
+void tk_sgemm(int transA, int transB, int M, int N, int K,
+              const float *A, int lda, const float *B, int ldb,
+              float *C, int ldc, int accumulate);
+
+/// The plain triple loop with the same fma chain: the reference the fast path is tested against.
+void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
+                        const float *A, int lda, const float *B, int ldb,
+                        float *C, int ldc, int accumulate);
+
+// MARK: elementwise, [n]
+
+/// y = max(x, 0)
+void tk_relu_forward(int64_t n, const float *x, float *y);
+/// dx = dy where x > 0, else 0
+void tk_relu_backward(int64_t n, const float *x, const float *dy, float *dx);
+/// y = tanh(x)
+void tk_tanh_forward(int64_t n, const float *x, float *y);
+/// dx = dy · (1 − y²), from the forward output y
+void tk_tanh_backward(int64_t n, const float *y, const float *dy, float *dx);
+/// y = 1 / (1 + exp(−x))
+void tk_sigmoid_forward(int64_t n, const float *x, float *y);
+/// dx = dy · y · (1 − y), from the forward output y
+void tk_sigmoid_backward(int64_t n, const float *y, const float *dy, float *dx);
+/// y += x
+void tk_add_inplace(int64_t n, const float *x, float *y);
+/// y *= s
+void tk_scale_inplace(int64_t n, float s, float *y);
+
+// MARK: rows of a [rows, cols] matrix
+
+/// y[r, c] = x[r, c] + bias[c]
+void tk_add_row_vector(int rows, int cols, const float *x, const float *bias, float *y);
+/// out[c] = Σ_r x[r, c], summed in row order
+void tk_sum_rows(int rows, int cols, const float *x, float *out);
+/// y[r, :] = softmax(x[r, :]) = exp(x − max) / Σ exp(x − max)
+void tk_softmax_rows(int rows, int cols, const float *x, float *y);
+/// y[r, :] = x[r, :] − max − log Σ exp(x − max)
+void tk_log_softmax_rows(int rows, int cols, const float *x, float *y);
+/// dx[r, :] = y ⊙ (dy − Σ_c dy·y), from the softmax output y
+void tk_softmax_backward_rows(int rows, int cols, const float *y, const float *dy, float *dx);
+/// dx[r, :] = dy − softmax(x) · Σ_c dy, from the log-softmax output y (softmax = exp(y))
+void tk_log_softmax_backward_rows(int rows, int cols, const float *y, const float *dy, float *dx);
+/// Cross-entropy of logits [rows, cols] against class labels: losses[r] = −log softmax(x[r])[label[r]].
+/// Writes softmax probabilities to probs (for the backward pass). Returns the first row whose label is
+/// outside 0..<cols, or −1.
+int tk_cross_entropy_forward(int rows, int cols, const float *logits, const int32_t *labels,
+                             float *probs, float *losses);
+/// dlogits[r, :] = scale · (probs[r, :] − onehot(label[r]))
+void tk_cross_entropy_backward(int rows, int cols, const float *probs, const int32_t *labels,
+                               float scale, float *dlogits);
+
+#endif

@@ -1,0 +1,102 @@
+import CKernels
+
+/// The vector instruction set of the GEMM micro-kernel, chosen at start-up from the CPU.
+public enum VectorISA: Int32, CaseIterable, Sendable {
+    case scalar = 0, avx2 = 1, avx512 = 2
+
+    public var name: String { String(cString: tk_isa_name(tk_isa(rawValue: UInt32(rawValue)))) }
+
+    public static var detected: VectorISA { VectorISA(rawValue: Int32(tk_isa_detected().rawValue))! }
+    public static var active: VectorISA { VectorISA(rawValue: Int32(tk_isa_active().rawValue))! }
+
+    /// Uses `isa` (or the best the CPU has, if lower) from now on; returns the one now active.
+    @discardableResult
+    public static func force(_ isa: VectorISA) -> VectorISA {
+        VectorISA(rawValue: Int32(tk_isa_force(tk_isa(rawValue: UInt32(isa.rawValue))).rawValue))!
+    }
+}
+
+/// Shape of one matrix product C[m, n] (+)= op(A)[m, k] · op(B)[k, n], row-major.
+///
+/// `transposeA`: A is stored [k, m] and used as Aᵀ. `transposeB`: B is stored [n, k] and used as Bᵀ. The three
+/// forms backward needs are A·B, A·Bᵀ and Aᵀ·B.
+public struct GEMMShape: Sendable, Equatable {
+    public var m: Int, n: Int, k: Int
+    public var transposeA: Bool, transposeB: Bool
+
+    public init(m: Int, n: Int, k: Int, transposeA: Bool = false, transposeB: Bool = false) {
+        self.m = m; self.n = n; self.k = k
+        self.transposeA = transposeA; self.transposeB = transposeB
+    }
+
+    var lda: Int { transposeA ? m : k }
+    var ldb: Int { transposeB ? k : n }
+    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+}
+
+public enum GEMM {
+    /// Work (multiply-adds) below which a product stays on the calling thread.
+    public static let minimumParallelWork = 1 << 17
+
+    /// C = (accumulate ? C : 0) + op(A)·op(B), with C's tiles spread over threads.
+    ///
+    /// `partitions` forces how many column (then row) blocks C is cut into; by default it follows the work and
+    /// `Parallel.threadCount`. Every element is one fixed fma chain, so the bits never depend on the partition.
+    public static func multiply(
+        _ shape: GEMMShape, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+        accumulate: Bool = false, partitions: Int? = nil
+    ) {
+        let blocks = partitions ?? defaultPartitions(shape)
+        if blocks <= 1 {
+            run(shape, a, b, c, rows: 0..<shape.m, columns: 0..<shape.n, accumulate: accumulate)
+            return
+        }
+        // Cut columns in multiples of 32 when there are enough of them, otherwise rows in multiples of 8.
+        let alongColumns = shape.n >= shape.m || shape.m < 16
+        let extent = alongColumns ? shape.n : shape.m
+        let quantum = alongColumns ? 32 : 8
+        let cuts = cutPoints(extent: extent, blocks: blocks, quantum: quantum)
+        Parallel.forEach(cuts.count - 1) { block in
+            let range = cuts[block]..<cuts[block + 1]
+            if alongColumns {
+                run(shape, a, b, c, rows: 0..<shape.m, columns: range, accumulate: accumulate)
+            } else {
+                run(shape, a, b, c, rows: range, columns: 0..<shape.n, accumulate: accumulate)
+            }
+        }
+    }
+
+    /// The plain triple loop with the same fma chain, for tests.
+    public static func reference(
+        _ shape: GEMMShape, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+        accumulate: Bool = false
+    ) {
+        tk_sgemm_reference(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(shape.m), Int32(shape.n),
+                           Int32(shape.k), a, Int32(shape.lda), b, Int32(shape.ldb), c, Int32(shape.n),
+                           accumulate ? 1 : 0)
+    }
+
+    static func defaultPartitions(_ shape: GEMMShape) -> Int {
+        let work = shape.m * shape.n * shape.k
+        guard Parallel.threadCount > 1, !Parallel.isInsideRegion, work >= minimumParallelWork else { return 1 }
+        return min(Parallel.threadCount * 4, max(1, work / minimumParallelWork))
+    }
+
+    static func cutPoints(extent: Int, blocks: Int, quantum: Int) -> [Int] {
+        let units = (extent + quantum - 1) / quantum
+        let count = max(1, min(blocks, units))
+        return (0...count).map { min(extent, ($0 * units / count) * quantum) }
+    }
+
+    private static func run(
+        _ shape: GEMMShape, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+        rows: Range<Int>, columns: Range<Int>, accumulate: Bool
+    ) {
+        guard !rows.isEmpty, !columns.isEmpty else { return }
+        let aStart = shape.transposeA ? rows.lowerBound : rows.lowerBound * shape.lda
+        let bStart = shape.transposeB ? columns.lowerBound * shape.ldb : columns.lowerBound
+        tk_sgemm(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(rows.count), Int32(columns.count),
+                 Int32(shape.k), a + aStart, Int32(shape.lda), b + bStart, Int32(shape.ldb),
+                 c + rows.lowerBound * shape.n + columns.lowerBound, Int32(shape.n), accumulate ? 1 : 0)
+    }
+}

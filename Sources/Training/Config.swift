@@ -1,0 +1,358 @@
+import Foundation
+import NN
+import Optim
+import Yams
+
+/// A configuration error: names the file, the field path and what was expected.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A training job, as read from YAML. Every field is validated up front; see README "Config reference".
+public struct JobConfig: Equatable, Sendable {
+    public struct DataSection: Equatable, Sendable {
+        /// `fashion-mnist` (IDX files as Debian's dataset-fashion-mnist ships them).
+        public var kind = "fashion-mnist"
+        public var directory = "/usr/share/datasets/fashion-mnist"
+        /// Inputs are (pixel/255 − mean) / std.
+        public var mean: Float = 0
+        public var std: Float = 1
+    }
+
+    public struct ModelSection: Equatable, Sendable {
+        public var kind = "mlp"
+        public var sizes: [Int] = [784, 256, 256, 10]
+        public var activation: Activation.Kind = .relu
+        /// Wrap equal-width hidden layers in skip connections.
+        public var residual = false
+    }
+
+    public struct OptimizerSection: Equatable, Sendable {
+        public var config: OptimizerConfig = .adamw()
+        public var lr: Float = 1e-3
+    }
+
+    public struct TrainingSection: Equatable, Sendable {
+        public var epochs = 10
+        /// Stop after this many steps instead (0: run all epochs).
+        public var maxSteps = 0
+        public var batchSize = 128
+        /// The global batch is cut into this many equal micro-batches (the unit of determinism and of
+        /// thread and worker parallelism).
+        public var microBatches = 8
+        /// Global-norm clipping threshold; 0 disables clipping.
+        public var clipNorm: Float = 1.0
+        /// Evaluate on the test set every this many steps (0: only at the end).
+        public var evalEvery = 0
+        /// Write a checkpoint every this many steps (0: only at the end).
+        public var checkpointEvery = 500
+        /// Checkpoints kept in the run directory.
+        public var keepCheckpoints = 3
+        /// Kernel threads (0: one per core).
+        public var threads = 0
+    }
+
+    public var name = "job"
+    public var seed: UInt64 = 0
+    public var data = DataSection()
+    public var model = ModelSection()
+    public var optimizer = OptimizerSection()
+    public var schedule: LearningRateSchedule = .constant
+    public var training = TrainingSection()
+
+    public init() {}
+}
+
+// MARK: loading
+
+extension JobConfig {
+    /// Reads and validates `path`, after applying `overrides` ("a.b.c=value", value in YAML syntax).
+    public static func load(path: String, overrides: [String] = []) throws -> JobConfig {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError("\(path): cannot read the config file (missing or not UTF-8)")
+        }
+        return try parse(yaml: text, source: path, overrides: overrides)
+    }
+
+    public static func parse(yaml text: String, source: String = "config", overrides: [String] = []) throws -> JobConfig {
+        let root: Any?
+        do {
+            root = try Yams.load(yaml: text)
+        } catch {
+            throw ConfigError("\(source): invalid YAML: \(error)")
+        }
+        guard var tree = (root ?? [String: Any]()) as? [String: Any] else {
+            throw ConfigError("\(source): the top level must be a mapping of sections")
+        }
+        for override in overrides { try apply(override: override, to: &tree, source: source) }
+        return try JobConfig(tree: Fields(tree, path: "", source: source))
+    }
+
+    static func apply(override: String, to tree: inout [String: Any], source: String) throws {
+        guard let equals = override.firstIndex(of: "="), equals != override.startIndex else {
+            throw ConfigError("--set \(override): expected key.path=value")
+        }
+        let path = override[..<equals].split(separator: ".").map(String.init)
+        let valueText = String(override[override.index(after: equals)...])
+        let value: Any
+        do {
+            value = try Yams.load(yaml: valueText) ?? valueText
+        } catch {
+            throw ConfigError("--set \(override): the value is not valid YAML: \(error)")
+        }
+        func set(_ node: inout [String: Any], _ keys: ArraySlice<String>) throws {
+            let key = keys.first!
+            if keys.count == 1 { node[key] = value; return }
+            var child = node[key] as? [String: Any] ?? [:]
+            if node[key] != nil && !(node[key] is [String: Any]) {
+                throw ConfigError("--set \(override): '\(key)' is not a section")
+            }
+            try set(&child, keys.dropFirst())
+            node[key] = child
+        }
+        try set(&tree, path[...])
+    }
+
+    init(tree: Fields) throws {
+        self.init()
+        try tree.allowOnly(["name", "seed", "data", "model", "optimizer", "schedule", "training"])
+        name = try tree.string("name") ?? name
+        if let seed = try tree.int("seed") {
+            guard seed >= 0 else { throw tree.error("seed", "must be a non-negative integer, got \(seed)") }
+            self.seed = UInt64(seed)
+        }
+        if let section = try tree.section("data") {
+            try section.allowOnly(["kind", "directory", "mean", "std"])
+            data.kind = try section.string("kind") ?? data.kind
+            guard data.kind == "fashion-mnist" || data.kind == "mnist" else {
+                throw section.error("kind", "must be fashion-mnist or mnist, got '\(data.kind)'")
+            }
+            data.directory = try section.string("directory") ?? data.directory
+            data.mean = try section.float("mean") ?? data.mean
+            data.std = try section.float("std") ?? data.std
+            guard data.std > 0 else { throw section.error("std", "must be positive, got \(data.std)") }
+        }
+        if let section = try tree.section("model") {
+            try section.allowOnly(["kind", "sizes", "activation", "residual"])
+            model.kind = try section.string("kind") ?? model.kind
+            guard model.kind == "mlp" else { throw section.error("kind", "must be mlp, got '\(model.kind)'") }
+            model.sizes = try section.intList("sizes") ?? model.sizes
+            guard model.sizes.count >= 2, model.sizes.allSatisfy({ $0 > 0 }) else {
+                throw section.error("sizes", "must list at least two positive layer widths, got \(model.sizes)")
+            }
+            if let name = try section.string("activation") {
+                guard let kind = Activation.Kind(rawValue: name) else {
+                    throw section.error("activation", "must be one of relu, tanh, sigmoid, got '\(name)'")
+                }
+                model.activation = kind
+            }
+            model.residual = try section.bool("residual") ?? model.residual
+        }
+        if let section = try tree.section("optimizer") {
+            optimizer = try Self.optimizer(section)
+        }
+        if let section = try tree.section("training") {
+            try section.allowOnly(["epochs", "max_steps", "batch_size", "micro_batches", "clip_norm", "eval_every",
+                                   "checkpoint_every", "keep_checkpoints", "threads"])
+            training.epochs = try section.int("epochs") ?? training.epochs
+            training.maxSteps = try section.int("max_steps") ?? training.maxSteps
+            training.batchSize = try section.int("batch_size") ?? training.batchSize
+            training.microBatches = try section.int("micro_batches") ?? training.microBatches
+            training.clipNorm = try section.float("clip_norm") ?? training.clipNorm
+            training.evalEvery = try section.int("eval_every") ?? training.evalEvery
+            training.checkpointEvery = try section.int("checkpoint_every") ?? training.checkpointEvery
+            training.keepCheckpoints = try section.int("keep_checkpoints") ?? training.keepCheckpoints
+            training.threads = try section.int("threads") ?? training.threads
+            let t = training
+            guard t.epochs > 0 else { throw section.error("epochs", "must be positive, got \(t.epochs)") }
+            guard t.maxSteps >= 0 else { throw section.error("max_steps", "must be 0 or positive, got \(t.maxSteps)") }
+            guard t.batchSize > 0 else { throw section.error("batch_size", "must be positive, got \(t.batchSize)") }
+            guard t.microBatches > 0, t.batchSize % t.microBatches == 0 else {
+                throw section.error("micro_batches", "must be positive and divide batch_size \(t.batchSize), got \(t.microBatches)")
+            }
+            guard t.clipNorm >= 0 else { throw section.error("clip_norm", "must be 0 (off) or positive, got \(t.clipNorm)") }
+            guard t.evalEvery >= 0 else { throw section.error("eval_every", "must be 0 or positive, got \(t.evalEvery)") }
+            guard t.checkpointEvery >= 0 else {
+                throw section.error("checkpoint_every", "must be 0 or positive, got \(t.checkpointEvery)")
+            }
+            guard t.keepCheckpoints > 0 else {
+                throw section.error("keep_checkpoints", "must be positive, got \(t.keepCheckpoints)")
+            }
+            guard t.threads >= 0 else { throw section.error("threads", "must be 0 (all cores) or positive, got \(t.threads)") }
+        }
+        if let section = try tree.section("schedule") {
+            schedule = try Self.schedule(section, totalSteps: 0)
+        }
+    }
+
+    static func optimizer(_ section: Fields) throws -> OptimizerSection {
+        let kind = try section.string("kind") ?? "adamw"
+        var result = OptimizerSection()
+        result.lr = try section.float("lr") ?? result.lr
+        guard result.lr > 0 else { throw section.error("lr", "must be positive, got \(result.lr)") }
+        let weightDecay = try section.float("weight_decay")
+        if let weightDecay, weightDecay < 0 {
+            throw section.error("weight_decay", "must be 0 or positive, got \(weightDecay)")
+        }
+        switch kind {
+        case "sgd":
+            try section.allowOnly(["kind", "lr", "momentum", "dampening", "nesterov", "weight_decay"])
+            let momentum = try section.float("momentum") ?? 0
+            let dampening = try section.float("dampening") ?? 0
+            let nesterov = try section.bool("nesterov") ?? false
+            guard momentum >= 0 else { throw section.error("momentum", "must be 0 or positive, got \(momentum)") }
+            if nesterov && (momentum == 0 || dampening != 0) {
+                throw section.error("nesterov", "needs momentum > 0 and dampening 0")
+            }
+            result.config = .sgd(momentum: momentum, dampening: dampening, nesterov: nesterov,
+                                 weightDecay: weightDecay ?? 0)
+        case "adam", "adamw":
+            try section.allowOnly(["kind", "lr", "betas", "eps", "weight_decay"])
+            let betas = try section.floatList("betas") ?? [0.9, 0.999]
+            guard betas.count == 2, betas.allSatisfy({ $0 >= 0 && $0 < 1 }) else {
+                throw section.error("betas", "must be two numbers in [0, 1), got \(betas)")
+            }
+            let eps = try section.float("eps") ?? 1e-8
+            guard eps > 0 else { throw section.error("eps", "must be positive, got \(eps)") }
+            result.config = kind == "adam"
+                ? .adam(beta1: betas[0], beta2: betas[1], eps: eps, weightDecay: weightDecay ?? 0)
+                : .adamw(beta1: betas[0], beta2: betas[1], eps: eps, weightDecay: weightDecay ?? 0.01)
+        default:
+            throw section.error("kind", "must be sgd, adam or adamw, got '\(kind)'")
+        }
+        return result
+    }
+
+    static func schedule(_ section: Fields, totalSteps: Int) throws -> LearningRateSchedule {
+        let kind = try section.string("kind") ?? "constant"
+        switch kind {
+        case "constant":
+            try section.allowOnly(["kind"])
+            return .constant
+        case "warmup_cosine":
+            try section.allowOnly(["kind", "warmup_steps", "total_steps", "min_lr"])
+            let warmup = try section.int("warmup_steps") ?? 0
+            let total = try section.int("total_steps") ?? totalSteps
+            let minLR = try section.float("min_lr") ?? 0
+            guard warmup >= 0 else { throw section.error("warmup_steps", "must be 0 or positive, got \(warmup)") }
+            guard total >= 0 else { throw section.error("total_steps", "must be 0 (the whole run) or positive") }
+            guard minLR >= 0 else { throw section.error("min_lr", "must be 0 or positive, got \(minLR)") }
+            return .warmupCosine(warmupSteps: warmup, totalSteps: total, minLR: minLR)
+        case "step":
+            try section.allowOnly(["kind", "step_size", "gamma"])
+            guard let stepSize = try section.int("step_size"), stepSize > 0 else {
+                throw section.error("step_size", "must be a positive integer")
+            }
+            let gamma = try section.float("gamma") ?? 0.1
+            guard gamma > 0 else { throw section.error("gamma", "must be positive, got \(gamma)") }
+            return .step(stepSize: stepSize, gamma: gamma)
+        default:
+            throw section.error("kind", "must be constant, warmup_cosine or step, got '\(kind)'")
+        }
+    }
+
+    /// The schedule with a total of 0 steps resolved to the run's length.
+    public func resolvedSchedule(totalSteps: Int) -> LearningRateSchedule {
+        if case let .warmupCosine(warmup, 0, minLR) = schedule {
+            return .warmupCosine(warmupSteps: warmup, totalSteps: totalSteps, minLR: minLR)
+        }
+        return schedule
+    }
+}
+
+/// A mapping from the YAML tree with typed, path-naming accessors.
+struct Fields {
+    let values: [String: Any]
+    let path: String
+    let source: String
+
+    init(_ values: [String: Any], path: String, source: String) {
+        self.values = values
+        self.path = path
+        self.source = source
+    }
+
+    func qualified(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    func error(_ key: String, _ message: String) -> ConfigError {
+        ConfigError("\(source): \(qualified(key)) \(message)")
+    }
+
+    func allowOnly(_ keys: Set<String>) throws {
+        for key in values.keys.sorted() where !keys.contains(key) {
+            throw ConfigError("\(source): unknown field '\(qualified(key))' (expected one of: \(keys.sorted().joined(separator: ", ")))")
+        }
+    }
+
+    private func typeName(_ value: Any) -> String {
+        switch value {
+        case is Bool: return "a boolean"
+        case is Int: return "an integer"
+        case is Double: return "a number"
+        case is String: return "a string"
+        case is [Any]: return "a list"
+        case is [String: Any]: return "a mapping"
+        default: return "\(type(of: value))"
+        }
+    }
+
+    func section(_ key: String) throws -> Fields? {
+        guard let value = values[key] else { return nil }
+        guard let mapping = value as? [String: Any] else {
+            throw error(key, "must be a mapping, got \(typeName(value))")
+        }
+        return Fields(mapping, path: qualified(key), source: source)
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let value = values[key] else { return nil }
+        guard let string = value as? String else { throw error(key, "must be a string, got \(typeName(value)) \(value)") }
+        return string
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let value = values[key] else { return nil }
+        guard let flag = value as? Bool else { throw error(key, "must be true or false, got \(typeName(value)) \(value)") }
+        return flag
+    }
+
+    func int(_ key: String) throws -> Int? {
+        guard let value = values[key] else { return nil }
+        guard !(value is Bool), let number = value as? Int else {
+            throw error(key, "must be an integer, got \(typeName(value)) \(value)")
+        }
+        return number
+    }
+
+    func float(_ key: String) throws -> Float? {
+        guard let value = values[key] else { return nil }
+        guard let number = Self.number(value), number.isFinite else {
+            throw error(key, "must be a number, got \(typeName(value)) \(value)")
+        }
+        return Float(number)
+    }
+
+    func intList(_ key: String) throws -> [Int]? {
+        guard let value = values[key] else { return nil }
+        guard let list = value as? [Any], let ints = list.map({ $0 is Bool ? nil : $0 as? Int }) as? [Int] else {
+            throw error(key, "must be a list of integers, got \(value)")
+        }
+        return ints
+    }
+
+    func floatList(_ key: String) throws -> [Float]? {
+        guard let value = values[key] else { return nil }
+        guard let list = value as? [Any], let numbers = list.map(Self.number) as? [Double] else {
+            throw error(key, "must be a list of numbers, got \(value)")
+        }
+        return numbers.map { Float($0) }
+    }
+
+    static func number(_ value: Any) -> Double? {
+        if value is Bool { return nil }
+        if let int = value as? Int { return Double(int) }
+        return value as? Double
+    }
+}

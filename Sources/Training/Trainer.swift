@@ -1,0 +1,217 @@
+import Checkpoint
+import Data
+import Foundation
+import Kernels
+import NN
+import Optim
+
+/// The train and test sets a config names, checked against the model's input and output widths.
+public func loadData(_ config: JobConfig) throws -> (train: ImageDataset, test: ImageDataset) {
+    var (train, test) = try ImageDataset.loadMNISTStyle(directory: config.data.directory)
+    for index in [0, 1] {
+        var set = index == 0 ? train : test
+        set.mean = config.data.mean
+        set.std = config.data.std
+        if index == 0 { train = set } else { test = set }
+    }
+    let sizes = config.model.sizes
+    guard sizes[0] == train.features else {
+        throw ConfigError("model.sizes[0] is \(sizes[0]) but \(config.data.directory) has \(train.features) features per sample")
+    }
+    let classes = Int((train.labels.max() ?? 0) + 1)
+    guard sizes.last! >= classes else {
+        throw ConfigError("model.sizes ends in \(sizes.last!) outputs but the labels have \(classes) classes")
+    }
+    guard train.count >= config.training.batchSize else {
+        throw ConfigError("training.batch_size \(config.training.batchSize) exceeds the \(train.count) training samples")
+    }
+    return (train, test)
+}
+
+/// What a finished run reports (also the `done` event).
+public struct RunSummary {
+    public var steps: Int
+    public var loss: Float
+    public var testLoss: Float
+    public var testAccuracy: Double
+    public var weightsSHA256: String
+    public var seconds: Double
+    public var samplesPerSecond: Double
+}
+
+/// Single-process training: the same step as the distributed coordinator, without a network.
+///
+/// A step: the global batch's micro-batches run forward and backward (in parallel over threads), their
+/// gradient sums are combined in the fixed tree, divided by the global batch, clipped by global norm, and the
+/// optimizer updates the flat parameter buffer.
+public final class Trainer {
+    public let config: JobConfig
+    public let model: Sequential
+    public let layout: ParameterLayout
+    public let plan: BatchPlan
+    public let train: ImageDataset
+    public let test: ImageDataset
+    public let events: EventLog
+    public let runDirectory: String?
+    public private(set) var state: TrainingState
+    let engine: GradientEngine
+    let schedule: LearningRateSchedule
+    /// Set from a signal handler to stop after the current step (a checkpoint is written).
+    nonisolated(unsafe) public static var stopRequested = false
+
+    public var totalSteps: Int {
+        let epochSteps = config.training.epochs * plan.stepsPerEpoch
+        return config.training.maxSteps > 0 ? min(config.training.maxSteps, epochSteps) : epochSteps
+    }
+
+    public init(config: JobConfig, runDirectory: String?, data: (train: ImageDataset, test: ImageDataset)? = nil) throws {
+        self.config = config
+        self.runDirectory = runDirectory
+        Parallel.threadCount = config.training.threads > 0 ? config.training.threads
+            : ProcessInfo.processInfo.activeProcessorCount
+        (train, test) = try data ?? loadData(config)
+        model = makeModel(config.model, seed: config.seed)
+        layout = ParameterLayout(model)
+        plan = BatchPlan(seed: config.seed, datasetSize: train.count, batchSize: config.training.batchSize,
+                         microBatches: config.training.microBatches)
+        engine = GradientEngine(model: model, threads: Parallel.threadCount)
+        let optimizer = Optimizer(config.optimizer.config, parameterCount: layout.totalCount,
+                                  trainable: layout.entries.filter(\.trainable).map(\.range))
+        state = TrainingState(step: 0, parameters: model.flatValues(), optimizer: optimizer)
+        if let runDirectory {
+            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+            events = try EventLog(path: (runDirectory as NSString).appendingPathComponent("events.jsonl"))
+        } else {
+            events = try EventLog(path: nil)
+        }
+        let epochSteps = config.training.epochs * plan.stepsPerEpoch
+        schedule = config.resolvedSchedule(
+            totalSteps: config.training.maxSteps > 0 ? min(config.training.maxSteps, epochSteps) : epochSteps)
+    }
+
+    var checkpoints: CheckpointStore? {
+        runDirectory.map { CheckpointStore(runDirectory: $0, layout: layout) }
+    }
+
+    /// Continues from the newest valid checkpoint in the run directory, if there is one; returns its step.
+    @discardableResult
+    public func resume() -> Int? {
+        guard let store = checkpoints,
+              let restored = store.newestValid(optimizer: state.optimizer, warn: { self.events.emit("warning", [("message", .string($0))]) })
+        else { return nil }
+        state = restored
+        model.load(flatValues: state.parameters)
+        events.emit("resumed", [("step", .int(state.step))])
+        return state.step
+    }
+
+    /// Gradient (already divided by the global batch) and mean loss of global step `step`.
+    public func gradient(step: Int, permutation: [Int]) throws -> (gradient: [Float], loss: Float) {
+        let samples = plan.samples(step: step, permutation: permutation)
+        let sums = try engine.microBatchSums(0..<plan.microBatches) { index in
+            train.batch(plan.microBatch(index, of: samples))
+        }
+        var gradient = GradientTree.sum(sums.map(\.gradient))
+        let loss = GradientTree.sum(sums.map { [$0.loss] })[0] / Float(plan.batchSize)
+        let batch = Float(plan.batchSize)
+        for i in gradient.indices { gradient[i] /= batch }
+        return (gradient, loss)
+    }
+
+    /// One optimizer step; returns the loss before it and the clipping result.
+    public func step(permutation: [Int]) throws -> (loss: Float, clip: ClipResult, lr: Float) {
+        var (gradient, loss) = try gradient(step: state.step, permutation: permutation)
+        let tensors = layout.entries.map(\.range)
+        let clip = config.training.clipNorm > 0
+            ? clipGradientNorm(&gradient, tensors: tensors, maxNorm: config.training.clipNorm)
+            : ClipResult(totalNorm: globalGradientNorm(gradient, tensors: tensors), clipped: false)
+        let lr = schedule.learningRate(base: config.optimizer.lr, step: state.step)
+        var parameters = state.parameters
+        state.parameters = []  // keeps `parameters` uniquely referenced: updated in place
+        state.optimizer.step(parameters: &parameters, gradients: gradient, lr: lr)
+        state.parameters = parameters
+        state.step += 1
+        model.load(flatValues: state.parameters)
+        return (loss, clip, lr)
+    }
+
+    public func run() throws -> RunSummary {
+        let total = totalSteps
+        events.emit("job_start", [
+            ("job", .string(config.name)), ("mode", "train"), ("seed", .int(Int(config.seed))),
+            ("model", .string("mlp \(config.model.sizes.map(String.init).joined(separator: "-"))")),
+            ("parameters", .int(layout.totalCount)), ("optimizer", .string(config.optimizer.config.name)),
+            ("batch_size", .int(plan.batchSize)), ("micro_batches", .int(plan.microBatches)),
+            ("steps", .int(total)), ("start_step", .int(state.step)), ("threads", .int(Parallel.threadCount)),
+            ("isa", .string(VectorISA.active.name)),
+        ])
+        let started = Date()
+        var windowStart = Date(), windowSteps = 0
+        var samplesPerSecond = 0.0
+        var lastLoss = Float.nan
+        var permutationEpoch = -1
+        var permutation: [Int] = []
+        var lastEval: (loss: Float, accuracy: Double)?
+        let startStep = state.step
+        while state.step < total && !Trainer.stopRequested {
+            let epoch = state.step / plan.stepsPerEpoch
+            if epoch != permutationEpoch {
+                permutation = plan.permutation(epoch: epoch)
+                permutationEpoch = epoch
+            }
+            let (loss, clip, lr) = try step(permutation: permutation)
+            guard loss.isFinite, clip.totalNorm.isFinite else {
+                throw ConfigError("step \(state.step): the loss or gradient is not finite (loss \(loss), gradient norm \(clip.totalNorm)); lower optimizer.lr or set training.clip_norm")
+            }
+            lastLoss = loss
+            windowSteps += 1
+            let elapsed = Date().timeIntervalSince(windowStart)
+            if elapsed >= 0.5 || state.step == total {
+                samplesPerSecond = Double(windowSteps * plan.batchSize) / elapsed
+                windowStart = Date()
+                windowSteps = 0
+            }
+            events.emit("step", [
+                ("step", .int(state.step)), ("epoch", .int(epoch)), ("loss", JSONValue(loss)),
+                ("grad_norm", JSONValue(clip.totalNorm)), ("clipped", .bool(clip.clipped)), ("lr", JSONValue(lr)),
+                ("samples_per_s", .number(samplesPerSecond.rounded())), ("total_steps", .int(total)),
+            ])
+            if config.training.evalEvery > 0 && state.step % config.training.evalEvery == 0 && state.step < total {
+                lastEval = try evaluate(model, on: test)
+                events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(lastEval!.loss)),
+                                     ("test_accuracy", .number(lastEval!.accuracy))])
+            }
+            if config.training.checkpointEvery > 0 && state.step % config.training.checkpointEvery == 0 {
+                try writeCheckpoint()
+            }
+        }
+        if state.step > startStep { try writeCheckpoint() }
+        let (testLoss, accuracy) = try evaluate(model, on: test)
+        events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(testLoss)),
+                             ("test_accuracy", .number(accuracy))])
+        let hash = weightsSHA256(state.parameters)
+        if let store = checkpoints {
+            let final = (runDirectory! as NSString).appendingPathComponent("final.safetensors")
+            try SafeTensors(tensors: store.weightEntries(state.parameters),
+                            metadata: ["step": String(state.step), "weights_sha256": hash, "job": config.name])
+                .write(to: final)
+        }
+        let seconds = Date().timeIntervalSince(started)
+        let overall = Double((state.step - startStep) * plan.batchSize) / max(seconds, 1e-9)
+        let summary = RunSummary(steps: state.step, loss: lastLoss, testLoss: testLoss, testAccuracy: accuracy,
+                                 weightsSHA256: hash, seconds: seconds, samplesPerSecond: overall)
+        events.emit("done", [
+            ("step", .int(summary.steps)), ("loss", JSONValue(summary.loss)), ("test_loss", JSONValue(testLoss)),
+            ("test_accuracy", .number(accuracy)), ("weights_sha256", .string(hash)),
+            ("stopped_early", .bool(state.step < total)), ("elapsed_s", .number(seconds)),
+            ("samples_per_s", .number(overall.rounded())),
+        ])
+        return summary
+    }
+
+    func writeCheckpoint() throws {
+        guard let store = checkpoints else { return }
+        let file = try store.save(state, seed: config.seed, jobName: config.name, keep: config.training.keepCheckpoints)
+        events.emit("checkpoint", [("step", .int(state.step)), ("path", .string(file))])
+    }
+}

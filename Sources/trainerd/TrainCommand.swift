@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import Training
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Train in one process (no network).")
+
+    @Argument(help: "The job's YAML config.") var config: String
+    @Option(name: .long, help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir: String = "runs/train"
+    @Option(name: .customLong("set"), help: "Override a config field: key.path=value (repeatable).") var overrides: [String] = []
+    @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
+
+    func run() throws {
+        do {
+            let job = try JobConfig.load(path: config, overrides: overrides)
+            let trainer = try Trainer(config: job, runDirectory: runDir)
+            if !resume, !trainer.checkpoints(in: runDir).isEmpty {
+                throw ValidationError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
+            }
+            if resume, let step = trainer.resume() {
+                FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
+            }
+            let progress = ProgressLine()
+            trainer.events.observers.append(progress.observe)
+            installStopHandler()
+            let summary = try trainer.run()
+            progress.finish()
+            print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
+                         summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
+            print("weights_sha256 \(summary.weightsSHA256)")
+            print("run directory \(runDir)")
+            if Trainer.stopRequested { throw ExitCode(130) }
+        } catch let error as ValidationError {
+            throw error
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+extension Trainer {
+    func checkpoints(in runDirectory: String) -> [String] {
+        let directory = (runDirectory as NSString).appendingPathComponent("checkpoints")
+        return ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".safetensors") }
+    }
+}
+
+/// Ctrl-C or SIGTERM: finish the current step, write a checkpoint, exit 130. A second signal exits at once.
+func installStopHandler() {
+    for sig in [SIGINT, SIGTERM] {
+        signal(sig) { _ in
+            if Trainer.stopRequested { _exit(130) }
+            Trainer.stopRequested = true
+        }
+    }
+}
+
+/// The progress line on stderr: step, loss, samples/s and ETA; redrawn in place on a terminal.
+final class ProgressLine {
+    private let isTerminal = isatty(STDERR_FILENO) != 0
+    private var lastPrint = Date.distantPast
+    private var started = Date()
+
+    func observe(_ event: String, _ fields: [(String, JSONValue)]) {
+        let value = Dictionary(fields, uniquingKeysWith: { a, _ in a })
+        switch event {
+        case "job_start":
+            started = Date()
+            write("\(text(value["job"])): \(text(value["model"])), \(text(value["parameters"])) parameters, \(text(value["steps"])) steps, \(text(value["threads"])) threads (\(text(value["isa"])))\n")
+        case "step":
+            guard case let .int(step)? = value["step"], case let .int(total)? = value["total_steps"] else { return }
+            let now = Date()
+            guard now.timeIntervalSince(lastPrint) >= (isTerminal ? 0.2 : 5) || step == total else { return }
+            lastPrint = now
+            let rate = number(value["samples_per_s"])
+            let perStep = now.timeIntervalSince(started) / Double(max(step, 1))
+            let eta = Double(total - step) * perStep
+            let line = String(format: "step %d/%d  epoch %d  loss %.4f  %.0f samples/s  ETA %@",
+                              step, total, Int(number(value["epoch"])), number(value["loss"]), rate, duration(eta))
+            write(isTerminal ? "\r\u{1B}[K" + line : line + "\n")
+        case "eval":
+            write((isTerminal ? "\r\u{1B}[K" : "") + String(format: "eval at step %d: test loss %.4f, accuracy %.2f%%\n",
+                                                          Int(number(value["step"])), number(value["test_loss"]), number(value["test_accuracy"]) * 100))
+        case "warning":
+            write((isTerminal ? "\r\u{1B}[K" : "") + "warning: \(text(value["message"]))\n")
+        default:
+            break
+        }
+    }
+
+    func finish() { if isTerminal { write("\n") } }
+
+    private func write(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
+
+    private func text(_ value: JSONValue?) -> String {
+        switch value {
+        case let .string(s)?: return s
+        case let .int(i)?: return String(i)
+        case let .number(d)?: return String(d)
+        default: return "?"
+        }
+    }
+
+    private func number(_ value: JSONValue?) -> Double {
+        switch value {
+        case let .int(i)?: return Double(i)
+        case let .number(d)?: return d
+        default: return .nan
+        }
+    }
+
+    private func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite else { return "?" }
+        let s = Int(seconds.rounded())
+        return s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
+    }
+}
