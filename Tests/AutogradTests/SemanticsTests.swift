@@ -1,0 +1,133 @@
+import Autograd
+import TestSupport
+import XCTest
+
+/// The backpropagation study note's worked examples and PyTorch's autograd semantics.
+final class StudyNoteExampleTests: XCTestCase {
+    /// L = (3x + 1)² at x = 2: dL/d(3x+1) = 2·7 = 14 on the way, dL/dx = 14·3 = 42.
+    func testSquareOfAffineAtTwo() {
+        let x = Tensor(2).requiringGrad()
+        let u = 3 * x + 1
+        u.retainGrad()
+        let loss = u * u
+        loss.backward()
+        XCTAssertEqual(loss.item, 49)
+        XCTAssertEqual(u.grad?.item, 14)
+        XCTAssertEqual(x.grad?.item, 42)
+    }
+
+    /// L = (2x + 3)² at x = 1: dL/dx = 2·5·2 = 20.
+    func testSquareOfAffineAtOne() {
+        let x = Tensor(1).requiringGrad()
+        let u = 2 * x + 3
+        (u * u).backward()
+        XCTAssertEqual(x.grad?.item, 20)
+    }
+
+    /// ReLU on [−3, 2, −1, 5] passes the upstream gradient only at the 2nd and 4th positions.
+    func testReLUGatesTheUpstreamGradient() {
+        let x = Tensor(shape: [4], storage: [-3, 2, -1, 5]).requiringGrad()
+        let y = x.relu()
+        XCTAssertEqual(y.storage, [0, 2, 0, 5])
+        y.backward(seed: [10, 20, 30, 40])
+        XCTAssertEqual(x.grad?.storage, [0, 20, 0, 40])
+    }
+
+    /// y = f(x) + x gives dL/dx = dL/dy · (f′(x) + 1): the skip path adds the upstream gradient unchanged.
+    func testSkipConnectionAddsTheUpstreamGradient() {
+        let values: [Float] = [-1.5, -0.2, 0.3, 2.0]
+        let upstream: [Float] = [0.5, -2, 3, 1.25]
+        let x = Tensor(shape: [4], storage: values).requiringGrad()
+        let y = x.tanh() + x
+        y.backward(seed: upstream)
+        for i in 0..<4 {
+            let derivative = 1 - Foundation.tanh(values[i]) * Foundation.tanh(values[i])
+            XCTAssertEqual(x.grad!.storage[i], upstream[i] * (derivative + 1), accuracy: 1e-6)
+        }
+        // Without the skip path only f′(x) remains.
+        let z = Tensor(shape: [4], storage: values).requiringGrad()
+        z.tanh().backward(seed: upstream)
+        for i in 0..<4 { XCTAssertEqual(x.grad!.storage[i] - z.grad!.storage[i], upstream[i], accuracy: 1e-6) }
+    }
+}
+
+final class AutogradSemanticsTests: XCTestCase {
+    func testBackwardTwiceWithoutZeroGradDoublesTheGradient() {
+        let w = Tensor(shape: [3], storage: [1, 2, 3]).requiringGrad()
+        let x = Tensor(shape: [3], storage: [4, 5, 6])
+        (w * x).sum().backward()
+        XCTAssertEqual(w.grad?.storage, [4, 5, 6])
+        (w * x).sum().backward()
+        XCTAssertEqual(w.grad?.storage, [8, 10, 12])
+        w.zeroGrad()
+        XCTAssertNil(w.grad)
+        (w * x).sum().backward()
+        XCTAssertEqual(w.grad?.storage, [4, 5, 6])
+    }
+
+    func testNoGradScopeRecordsNothing() {
+        let w = Tensor(shape: [2], storage: [1, 2]).requiringGrad()
+        let y = withNoGrad { (w * w).sum() }
+        XCTAssertFalse(y.requiresGrad)
+        XCTAssertEqual(y.item, 5)
+        y.backward()
+        XCTAssertNil(w.grad)
+        // Recording resumes after the scope.
+        XCTAssertTrue((w * w).sum().requiresGrad)
+    }
+
+    func testDetachStopsTheGradient() {
+        let x = Tensor(shape: [2], storage: [3, 4]).requiringGrad()
+        // y = x · detach(x): only the first factor carries a gradient, so dy/dx = detach(x).
+        (x * x.detached()).sum().backward()
+        XCTAssertEqual(x.grad?.storage, [3, 4])
+    }
+
+    func testGradientAccumulationOverMicroBatchesEqualsTheFullBatch() throws {
+        let w = Tensor(shape: [3, 4], storage: testValues(12, seed: 1)).requiringGrad()
+        let b = Tensor(shape: [3], storage: testValues(3, seed: 2)).requiringGrad()
+        let inputs = testValues(8 * 4, seed: 3)
+        let labels: [Int32] = [0, 1, 2, 1, 0, 2, 2, 1]
+        try Tensor(shape: [8, 4], storage: inputs).linear(weight: w, bias: b)
+            .crossEntropy(labels: labels, reduction: .sum).backward()
+        let full = (w.grad!.storage, b.grad!.storage)
+        w.zeroGrad(); b.zeroGrad()
+        for start in stride(from: 0, to: 8, by: 2) {
+            let x = Tensor(shape: [2, 4], storage: Array(inputs[(start * 4)..<((start + 2) * 4)]))
+            try x.linear(weight: w, bias: b).crossEntropy(labels: Array(labels[start..<(start + 2)]), reduction: .sum)
+                .backward()
+        }
+        for (a, e) in zip(w.grad!.storage, full.0) { XCTAssertEqual(a, e, accuracy: 1e-5) }
+        for (a, e) in zip(b.grad!.storage, full.1) { XCTAssertEqual(a, e, accuracy: 1e-5) }
+    }
+
+    func testMutatingAnInputAfterUseDoesNotCorruptTheGraph() {
+        var x = Tensor(shape: [2], storage: [1, 2]).requiringGrad()
+        let w = Tensor(shape: [2], storage: [5, 7]).requiringGrad()
+        let y = (w * x).sum()
+        x[flat: 0] = 100  // a leaf keeps its identity; the graph kept the old values
+        var copy = y
+        copy[flat: 0] = -1  // writing a non-leaf detaches the copy only
+        XCTAssertFalse(copy.requiresGrad)
+        y.backward()
+        XCTAssertEqual(w.grad?.storage, [1, 2])
+        XCTAssertEqual(x.grad?.storage, [5, 7])
+        XCTAssertEqual(y.item, 19)
+    }
+
+    func testRequiresGradOnlyWhereAsked() {
+        let constant = Tensor(shape: [2], storage: [1, 2])
+        XCTAssertFalse((constant * constant).requiresGrad)
+        XCTAssertTrue(constant.isLeaf)
+        let leaf = constant.requiringGrad()
+        XCTAssertTrue((leaf * constant).requiresGrad)
+        XCTAssertFalse((leaf * constant).isLeaf)
+    }
+
+    func testCrossEntropyRejectsLabelsOutsideTheClasses() {
+        let logits = Tensor(shape: [2, 3], storage: [0, 1, 2, 3, 4, 5])
+        XCTAssertThrowsError(try logits.crossEntropy(labels: [0, 3])) { error in
+            XCTAssertEqual("\(error)", "label 3 in row 1 is outside 0..<3")
+        }
+    }
+}
