@@ -21,12 +21,13 @@ public struct ImageDataset: Sendable {
     /// Inputs [indices.count, features] and labels for the given samples, in that order.
     public func batch(_ indices: ArraySlice<Int>) -> (inputs: [Float], labels: [Int32]) {
         var inputs = [Float](repeating: 0, count: indices.count * features)
-        let scale = 1 / (255 * std), shift = mean / std
+        // One value per byte, computed as PyTorch's pipeline does: (p / 255 − mean) / std in float32.
+        let table = (0..<256).map { (Float($0) / 255 - mean) / std }
         inputs.withUnsafeMutableBufferPointer { out in
             pixels.withUnsafeBufferPointer { source in
                 for (row, sample) in indices.enumerated() {
                     let from = sample * features, to = row * features
-                    for j in 0..<features { out[to + j] = Float(source[from + j]) * scale - shift }
+                    for j in 0..<features { out[to + j] = table[Int(source[from + j])] }
                 }
             }
         }

@@ -19,7 +19,7 @@ public struct NPYArray: Equatable {
                                      expected: "\\x93NUMPY")
         }
         let major = data[6]
-        let (lengthSize, headerStart) = major == 1 ? (2, 8) : (4, 12)
+        let (lengthSize, headerStart) = major == 1 ? (2, 10) : (4, 12)
         guard (1...3).contains(major), data.count >= headerStart else {
             throw DataError.unsupported(path, reason: "npy format version \(major) is not supported")
         }
