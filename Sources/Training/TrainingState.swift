@@ -18,7 +18,8 @@ public struct TrainingState {
 }
 
 /// Checkpoint files in `DIR/checkpoints/step-NNNNNNNN.safetensors`: the weights under their PyTorch names,
-/// optimizer state under `optimizer.<state>.<name>`, and metadata (step, seed, optimizer step count, config name).
+/// optimizer state under `optimizer.<state>.<name>`, and metadata (step, seed, optimizer step count, config name,
+/// and `content_sha256` over every tensor's bytes, so a damaged file is detected rather than trained on).
 /// Loading the weights into PyTorch needs only `{k: v for k, v in f.items() if not k.startswith("optimizer.")}`.
 public struct CheckpointStore {
     public let directory: String
@@ -46,6 +47,7 @@ public struct CheckpointStore {
         }
         let metadata = [
             "format": "trainerd-checkpoint-1",
+            "content_sha256": weightsSHA256(tensors.flatMap(\.values)),
             "step": String(state.step),
             "seed": String(seed),
             "job": jobName,
@@ -76,6 +78,9 @@ public struct CheckpointStore {
     /// Loads `file` into a state for `optimizer`'s configuration; throws a message naming what is wrong.
     public func load(_ file: String, optimizer template: Optimizer) throws -> TrainingState {
         let contents = try SafeTensors.read(file)
+        guard contents.metadata["content_sha256"] == weightsSHA256(contents.tensors.flatMap(\.values)) else {
+            throw CheckpointError.corruptHeader(file, reason: "tensor data does not match its recorded content_sha256")
+        }
         guard let stepText = contents.metadata["step"], let step = Int(stepText),
               let optimizerStep = Int(contents.metadata["optimizer_step"] ?? "") else {
             throw CheckpointError.corruptHeader(file, reason: "metadata lacks step or optimizer_step")
@@ -95,9 +100,6 @@ public struct CheckpointStore {
             tensors[stateName] = flat
         }
         try optimizer.restore(stepCount: optimizerStep, tensors: tensors)
-        if let expected = contents.metadata["weights_sha256"], expected != weightsSHA256(parameters) {
-            throw CheckpointError.corruptHeader(file, reason: "weights do not match their recorded weights_sha256")
-        }
         return TrainingState(step: step, parameters: parameters, optimizer: optimizer)
     }
 

@@ -1,0 +1,160 @@
+import Checkpoint
+import Data
+import Foundation
+import Kernels
+import NN
+import TestSupport
+import Training
+import XCTest
+
+/// A small learnable image set: 4 classes, each a noisy prototype pattern of 16 "pixels".
+func syntheticData(train: Int = 512, test: Int = 256, seed: UInt64 = 5) -> (train: ImageDataset, test: ImageDataset) {
+    func make(_ count: Int, _ seed: UInt64) -> ImageDataset {
+        let noise = testValues(count * 16, seed: seed)
+        var pixels: [UInt8] = []
+        var labels: [Int32] = []
+        for i in 0..<count {
+            let label = i % 4
+            labels.append(Int32(label))
+            for j in 0..<16 {
+                let prototype: Float = (j / 4 == label) ? 200 : 40
+                pixels.append(UInt8(max(0, min(255, prototype + 60 * noise[i * 16 + j]))))
+            }
+        }
+        return ImageDataset(features: 16, pixels: pixels, labels: labels)
+    }
+    return (make(train, seed), make(test, seed + 1))
+}
+
+func smallConfig(threads: Int = 2, steps: Int = 24, microBatches: Int = 4) throws -> JobConfig {
+    try JobConfig.parse(yaml: """
+        name: small
+        seed: 3
+        model: {sizes: [16, 12, 12, 4], activation: relu}
+        optimizer: {kind: adamw, lr: 0.01}
+        training: {batch_size: 32, micro_batches: \(microBatches), max_steps: \(steps), threads: \(threads), checkpoint_every: 10}
+        """)
+}
+
+final class TrainerTests: XCTestCase {
+    var runDirectory: String!
+
+    override func setUp() {
+        runDirectory = NSTemporaryDirectory() + "trainerd-run-\(UUID().uuidString)"
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: runDirectory)
+        Trainer.stopRequested = false
+    }
+
+    func run(_ config: JobConfig, directory: String? = nil, resume: Bool = false) throws -> RunSummary {
+        let trainer = try Trainer(config: config, runDirectory: directory, data: syntheticData())
+        if resume { XCTAssertNotNil(trainer.resume()) }
+        return try trainer.run()
+    }
+
+    func testTrainingLearnsAndLeavesACompleteRunDirectory() throws {
+        let summary = try run(try smallConfig(steps: 60), directory: runDirectory)
+        XCTAssertGreaterThan(summary.testAccuracy, 0.9)
+        let lines = try String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8).split(separator: "\n")
+        let last = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as? [String: Any])
+        XCTAssertEqual(last["event"] as? String, "done")
+        XCTAssertEqual(last["step"] as? Int, 60)
+        XCTAssertEqual(last["weights_sha256"] as? String, summary.weightsSHA256)
+        XCTAssertNotNil(last["test_accuracy"] as? Double)
+        XCTAssertNotNil(last["loss"] as? Double)
+        let first = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(lines.first!.utf8)) as? [String: Any])
+        XCTAssertEqual(first["event"] as? String, "job_start")
+        let final = try SafeTensors.read(runDirectory + "/final.safetensors")
+        XCTAssertEqual(final.tensors.map(\.name), ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"])
+        XCTAssertEqual(final["0.weight"]?.shape, [12, 16])
+        XCTAssertEqual(weightsSHA256(final.tensors.flatMap(\.values)), summary.weightsSHA256)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: runDirectory + "/checkpoints").sorted(),
+                       ["step-00000040.safetensors", "step-00000050.safetensors", "step-00000060.safetensors"])
+    }
+
+    func testSameSeedSameHashAndThreadCountDoesNotMatter() throws {
+        let one = try run(try smallConfig(threads: 1))
+        let two = try run(try smallConfig(threads: 2))
+        let again = try run(try smallConfig(threads: 2))
+        XCTAssertEqual(one.weightsSHA256, two.weightsSHA256)
+        XCTAssertEqual(two.weightsSHA256, again.weightsSHA256)
+        var other = try smallConfig()
+        other.seed = 4
+        XCTAssertNotEqual(try run(other).weightsSHA256, one.weightsSHA256)
+    }
+
+    /// A worker holding any contiguous range of micro-batches sends aligned block sums; combined in the tree
+    /// they equal the single-process step's gradient bit for bit.
+    func testBlockSumsFromAnyWorkerSplitReproduceTheStepGradient() throws {
+        let config = try smallConfig(microBatches: 8)
+        let data = syntheticData()
+        let trainer = try Trainer(config: config, runDirectory: nil, data: data)
+        let permutation = trainer.plan.permutation(epoch: 0)
+        let full = try trainer.gradient(step: 0, permutation: permutation)
+        let samples = trainer.plan.samples(step: 0, permutation: permutation)
+        let engine = GradientEngine(model: trainer.model, threads: 1)
+        for workers in [2, 3, 5] {
+            let cuts = (0...workers).map { $0 * 8 / workers }
+            var blocks: [GradientBlock] = []
+            for w in 0..<workers {
+                blocks += try engine.blockSums(cuts[w]..<cuts[w + 1]) { data.train.batch(trainer.plan.microBatch($0, of: samples)) }
+            }
+            var gradient = combineTree(blocks, leaves: 8)
+            for i in gradient.indices { gradient[i] /= 32 }
+            assertBitIdentical(gradient, full.gradient, "\(workers) workers")
+        }
+    }
+
+    func combineTree(_ blocks: [GradientBlock], leaves: Int) -> [Float] {
+        func node(_ start: Int, _ width: Int) -> [Float] {
+            if let block = blocks.first(where: { $0.microBatches == start..<(start + width) }) { return block.gradientSum }
+            var left = node(start, width / 2)
+            if start + width / 2 < leaves {
+                let right = node(start + width / 2, width / 2)
+                for i in left.indices { left[i] += right[i] }
+            }
+            return left
+        }
+        return node(0, 8)
+    }
+
+    func testResumeContinuesToTheSameWeightsAsAnUninterruptedRun() throws {
+        let straight = try run(try smallConfig(steps: 24))
+        _ = try run(try smallConfig(steps: 10), directory: runDirectory)
+        let resumed = try run(try smallConfig(steps: 24), directory: runDirectory, resume: true)
+        XCTAssertEqual(resumed.weightsSHA256, straight.weightsSHA256)
+    }
+
+    func testCorruptNewestCheckpointFallsBackToThePreviousOne() throws {
+        let straight = try run(try smallConfig(steps: 24))
+        _ = try run(try smallConfig(steps: 20), directory: runDirectory)
+        let newest = runDirectory + "/checkpoints/step-00000020.safetensors"
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: newest)))
+        bytes[bytes.count - 5] ^= 0xFF
+        FileManager.default.createFile(atPath: newest, contents: Data(bytes))
+        let trainer = try Trainer(config: try smallConfig(steps: 24), runDirectory: runDirectory, data: syntheticData())
+        var warnings: [String] = []
+        trainer.events.observers.append { event, fields in
+            if event == "warning", case let .string(message)? = fields.first(where: { $0.0 == "message" })?.1 {
+                warnings.append(message)
+            }
+        }
+        XCTAssertEqual(trainer.resume(), 10)
+        XCTAssertEqual(warnings.count, 1)
+        XCTAssertTrue(warnings.first?.contains("step-00000020.safetensors") ?? false, "\(warnings)")
+        XCTAssertEqual(try trainer.run().weightsSHA256, straight.weightsSHA256)
+    }
+
+    func testModelWiderThanTheDataIsRejectedWithTheFieldName() throws {
+        var config = try smallConfig()
+        config.model.sizes = [784, 10]
+        let data = syntheticData()
+        config.data.directory = "/nonexistent"
+        XCTAssertThrowsError(try Trainer(config: config, runDirectory: nil)) {
+            XCTAssertEqual("\($0)", "/nonexistent/train-images-idx3-ubyte.gz: file not found")
+        }
+        _ = data
+    }
+}
