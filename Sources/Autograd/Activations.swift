@@ -9,11 +9,11 @@ extension Tensor {
         _ backward: @escaping (Int64, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
     ) -> Tensor {
         let input = storage
-        var out = [Float](repeating: 0, count: count)
+        var out = uninitializedFloats(count)
         forward(Int64(count), input, &out)
         let saved = savesInput ? input : out
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
-            var grad = [Float](repeating: 0, count: saved.count)
+            var grad = uninitializedFloats(saved.count)
             backward(Int64(saved.count), saved, upstream, &grad)
             return [grad]
         }
@@ -37,10 +37,10 @@ extension Tensor {
     /// softmax over the last dimension: y = e^(x − max) / Σ e^(x − max). dx = y ⊙ (dy − Σ dy·y).
     public func softmax() -> Tensor {
         let (rows, columns) = rowsAndColumns
-        var out = [Float](repeating: 0, count: count)
+        var out = uninitializedFloats(count)
         tk_softmax_rows(Int32(rows), Int32(columns), storage, &out)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
-            var grad = [Float](repeating: 0, count: out.count)
+            var grad = uninitializedFloats(out.count)
             tk_softmax_backward_rows(Int32(rows), Int32(columns), out, upstream, &grad)
             return [grad]
         }
@@ -49,10 +49,10 @@ extension Tensor {
     /// log-softmax over the last dimension: y = x − max − log Σ e^(x − max). dx = dy − softmax(x) · Σ dy.
     public func logSoftmax() -> Tensor {
         let (rows, columns) = rowsAndColumns
-        var out = [Float](repeating: 0, count: count)
+        var out = uninitializedFloats(count)
         tk_log_softmax_rows(Int32(rows), Int32(columns), storage, &out)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
-            var grad = [Float](repeating: 0, count: out.count)
+            var grad = uninitializedFloats(out.count)
             tk_log_softmax_backward_rows(Int32(rows), Int32(columns), out, upstream, &grad)
             return [grad]
         }

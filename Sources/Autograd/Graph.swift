@@ -35,25 +35,14 @@ typealias BackwardRule = (_ upstream: [Float], _ needsGrad: [Bool]) -> [[Float]?
 /// Whether operations record the graph on the current thread (`withNoGrad` turns it off, like
 /// `torch.no_grad()`).
 public enum GradMode {
-    private static let disabledKey: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key, nil)
-        return key
-    }()
+    static let disabled = ThreadLocalInt()
 
-    public static var isEnabled: Bool { pthread_getspecific(disabledKey) == nil }
-
-    static func set(enabled: Bool) {
-        pthread_setspecific(disabledKey, enabled ? nil : UnsafeMutableRawPointer(bitPattern: 1))
-    }
+    public static var isEnabled: Bool { disabled.value == 0 }
 }
 
 /// Runs `body` without recording a graph: results need no gradient and keep no inputs alive.
 public func withNoGrad<R>(_ body: () throws -> R) rethrows -> R {
-    let wasEnabled = GradMode.isEnabled
-    GradMode.set(enabled: false)
-    defer { GradMode.set(enabled: wasEnabled) }
-    return try body()
+    try GradMode.disabled.with(1, body)
 }
 
 extension Tensor {

@@ -24,15 +24,20 @@ extension Tensor {
         precondition(rank == 2, "crossEntropy needs logits [n, classes], got \(shape)")
         let rows = shape[0], classes = shape[1]
         precondition(labels.count == rows, "crossEntropy: \(labels.count) labels for \(rows) rows")
-        var probabilities = [Float](repeating: 0, count: count)
-        var losses = [Float](repeating: 0, count: rows)
+        var probabilities = uninitializedFloats(count)
+        var losses = uninitializedFloats(rows)
         let badRow = tk_cross_entropy_forward(Int32(rows), Int32(classes), storage, labels, &probabilities, &losses)
         if badRow >= 0 { throw LossError.labelOutOfRange(row: Int(badRow), label: labels[Int(badRow)], classes: classes) }
-        var total: Float = 0
-        for loss in losses { total += loss }
+        // Summed per micro-batch and combined in the tree, like every reduction over samples.
+        let segments = rows % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segmentRows = rows / segments
+        let total = segmentedReduction(segments: segments, length: 1) { segment, sum in
+            sum.pointee = 0
+            for row in (segment * segmentRows)..<((segment + 1) * segmentRows) { sum.pointee += losses[row] }
+        }[0]
         let scale: Float = reduction == .mean ? 1 / Float(rows) : 1
         return Tensor.recorded(shape: [], storage: [total * scale], inputs: [self]) { upstream, _ in
-            var grad = [Float](repeating: 0, count: probabilities.count)
+            var grad = uninitializedFloats(probabilities.count)
             tk_cross_entropy_backward(Int32(rows), Int32(classes), probabilities, labels, upstream[0] * scale, &grad)
             return [grad]
         }

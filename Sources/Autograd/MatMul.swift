@@ -65,7 +65,8 @@ extension Tensor {
     }
 
     /// torch.nn.functional.linear: y = x · Wᵀ + b, x [..., in], W [out, in], b [out] → [..., out].
-    /// dx = dy · W, dW = dyᵀ · x, db = Σ_rows dy (each summed over rows in order).
+    /// dx = dy · W; dW = dyᵀ · x and db = Σ_rows dy, each summed per micro-batch (`SampleSegments`) in row
+    /// order and combined in the gradient tree.
     public func linear(weight: Tensor, bias: Tensor? = nil) -> Tensor {
         precondition(weight.rank == 2, "linear: weight must be [out, in], got \(weight.shape)")
         let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
@@ -73,7 +74,7 @@ extension Tensor {
         if let bias { precondition(bias.shape == [outFeatures], "linear: bias must be [\(outFeatures)], got \(bias.shape)") }
         let rows = count / max(inFeatures, 1)
         let x = storage, w = weight.storage
-        var out = [Float](repeating: 0, count: rows * outFeatures)
+        var out = uninitializedFloats(rows * outFeatures)
         withPointers(x, w, &out) { px, pw, py in
             GEMM.multiply(GEMMShape(m: rows, n: outFeatures, k: inFeatures, transposeB: true), px, pw, py)
         }
@@ -83,28 +84,33 @@ extension Tensor {
                 tk_add_row_vector(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
             }
         }
+        let segments = rows % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segmentRows = rows / segments
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
         return Tensor.recorded(shape: shape.dropLast() + [outFeatures], storage: out, inputs: inputs) { dy, needs in
-            var dx = needs[0] ? [Float](repeating: 0, count: x.count) : []
-            var dw = needs[1] ? [Float](repeating: 0, count: w.count) : []
+            var grads: [[Float]?] = [nil, nil]
             if needs[0] {
+                var dx = uninitializedFloats(x.count)
                 withPointers(dy, w, &dx) { pdy, pw, pdx in
                     GEMM.multiply(GEMMShape(m: rows, n: inFeatures, k: outFeatures), pdy, pw, pdx)
                 }
+                grads[0] = dx
             }
-            if needs[1] {
-                withPointers(dy, x, &dw) { pdy, px, pdw in
-                    GEMM.multiply(GEMMShape(m: outFeatures, n: inFeatures, k: rows, transposeA: true), pdy, px, pdw)
+            dy.withUnsafeBufferPointer { pdy in
+                if needs[1] {
+                    grads[1] = x.withUnsafeBufferPointer { px in
+                        segmentedReduction(segments: segments, length: w.count) { segment, dw in
+                            let first = segment * segmentRows
+                            GEMM.multiply(GEMMShape(m: outFeatures, n: inFeatures, k: segmentRows, transposeA: true),
+                                          pdy.baseAddress! + first * outFeatures, px.baseAddress! + first * inFeatures, dw)
+                        }
+                    }
                 }
-            }
-            var grads: [[Float]?] = [needs[0] ? dx : nil, needs[1] ? dw : nil]
-            if needs.count == 3 {
-                if needs[2] {
-                    var db = [Float](repeating: 0, count: outFeatures)
-                    tk_sum_rows(Int32(rows), Int32(outFeatures), dy, &db)
-                    grads.append(db)
-                } else {
-                    grads.append(nil)
+                if needs.count == 3 {
+                    grads.append(needs[2] ? segmentedReduction(segments: segments, length: outFeatures) { segment, db in
+                        tk_sum_rows(Int32(segmentRows), Int32(outFeatures),
+                                    pdy.baseAddress! + segment * segmentRows * outFeatures, db)
+                    } : nil)
                 }
             }
             return grads

@@ -160,11 +160,14 @@ static void pack_A(int transA, const float *A, long lda, int rows, int kc, int m
     for (int p = 0; p < rows; p += mr) {
         int valid = rows - p < mr ? rows - p : mr;
         if (!transA) {
-            for (int k = 0; k < kc; k++) {
-                for (int i = 0; i < valid; i++) dst[i] = A[(long)(p + i) * lda + k];
-                for (int i = valid; i < mr; i++) dst[i] = 0.0f;
-                dst += mr;
+            // Row by row: sequential reads, writes strided by mr within the small packed panel.
+            for (int i = 0; i < valid; i++) {
+                const float *src = A + (long)(p + i) * lda;
+                for (int k = 0; k < kc; k++) dst[k * mr + i] = src[k];
             }
+            for (int i = valid; i < mr; i++)
+                for (int k = 0; k < kc; k++) dst[k * mr + i] = 0.0f;
+            dst += (long)kc * mr;
         } else {
             for (int k = 0; k < kc; k++) {
                 const float *src = A + (long)k * lda + p;
@@ -188,18 +191,20 @@ static void pack_B(int transB, const float *B, long ldb, int kc, int cols, int n
                 dst += nr;
             }
         } else {
-            for (int k = 0; k < kc; k++) {
-                for (int j = 0; j < valid; j++) dst[j] = B[(long)(p + j) * ldb + k];
-                for (int j = valid; j < nr; j++) dst[j] = 0.0f;
-                dst += nr;
+            for (int j = 0; j < valid; j++) {
+                const float *src = B + (long)(p + j) * ldb;
+                for (int k = 0; k < kc; k++) dst[k * nr + j] = src[k];
             }
+            for (int j = valid; j < nr; j++)
+                for (int k = 0; k < kc; k++) dst[k * nr + j] = 0.0f;
+            dst += (long)kc * nr;
         }
     }
 }
 
 // MARK: blocked driver
 
-enum { BLOCK_MC = 96, BLOCK_KC = 256, BLOCK_NC = 2048 };
+enum { BLOCK_MC = 96, BLOCK_KC = 128, BLOCK_NC = 512 };
 
 typedef struct {
     float *data;

@@ -51,8 +51,9 @@ public enum GEMM {
             run(shape, a, b, c, rows: 0..<shape.m, columns: 0..<shape.n, accumulate: accumulate)
             return
         }
-        // Cut columns in multiples of 32 when there are enough of them, otherwise rows in multiples of 8.
-        let alongColumns = shape.n >= shape.m || shape.m < 16
+        // Each block packs all of the operand it does not cut: cutting columns repeats A's packing (m·k per
+        // block), cutting rows repeats B's (k·n), so cut the larger of m and n.
+        let alongColumns = shape.n >= shape.m
         let extent = alongColumns ? shape.n : shape.m
         let quantum = alongColumns ? 32 : 8
         let cuts = cutPoints(extent: extent, blocks: blocks, quantum: quantum)
@@ -79,7 +80,7 @@ public enum GEMM {
     static func defaultPartitions(_ shape: GEMMShape) -> Int {
         let work = shape.m * shape.n * shape.k
         guard Parallel.threadCount > 1, !Parallel.isInsideRegion, work >= minimumParallelWork else { return 1 }
-        return min(Parallel.threadCount * 4, max(1, work / minimumParallelWork))
+        return min(Parallel.threadCount, work / minimumParallelWork)
     }
 
     static func cutPoints(extent: Int, blocks: Int, quantum: Int) -> [Int] {

@@ -15,14 +15,10 @@ public enum Parallel {
         set { configuredThreads = max(1, newValue) }
     }
 
-    private static let insideRegionKey: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key, nil)
-        return key
-    }()
+    private static let insideRegion = ThreadLocalInt()
 
     /// Whether the current thread is already running a chunk of a parallel region.
-    public static var isInsideRegion: Bool { pthread_getspecific(insideRegionKey) != nil }
+    public static var isInsideRegion: Bool { insideRegion.value != 0 }
 
     /// Runs `body(chunk)` for every chunk in 0..<count, on up to `threadCount` threads; returns when all are done.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
@@ -31,16 +27,11 @@ public enum Parallel {
             for chunk in 0..<count { body(chunk) }
             return
         }
-        let marker = UnsafeMutableRawPointer(bitPattern: 1)
+        let lanes = min(count, threadCount)
         withoutActuallyEscaping(body) { body in
-            DispatchQueue.concurrentPerform(iterations: min(count, threadCount)) { lane in
-                let previous = pthread_getspecific(insideRegionKey)
-                pthread_setspecific(insideRegionKey, marker)
-                defer { pthread_setspecific(insideRegionKey, previous) }
-                var chunk = lane
-                while chunk < count {
-                    body(chunk)
-                    chunk += threadCount
+            DispatchQueue.concurrentPerform(iterations: lanes) { lane in
+                insideRegion.with(1) {
+                    for chunk in stride(from: lane, to: count, by: lanes) { body(chunk) }
                 }
             }
         }

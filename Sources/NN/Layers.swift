@@ -35,7 +35,6 @@ public final class Linear: Module {
         [("weight", weight)] + (bias.map { [("bias", $0)] } ?? [])
     }
 
-    public func replica() -> Module { Linear(weight: replicate(weight), bias: bias.map(replicate)) }
 }
 
 /// Elementwise activation without parameters.
@@ -57,7 +56,6 @@ public final class Activation: Module {
     }
 
     public var namedParameters: [(name: String, parameter: Parameter)] { [] }
-    public func replica() -> Module { self }
 }
 
 /// torch.nn.Sequential: applies its layers in order; parameter names are prefixed with the layer's index.
@@ -76,7 +74,6 @@ public final class Sequential: Module {
         }
     }
 
-    public func replica() -> Module { Sequential(layers.map { $0.replica() }) }
 }
 
 /// y = x + f(x): the skip path adds the upstream gradient unchanged, so dL/dx = dL/dy · (f′(x) + 1).
@@ -92,7 +89,6 @@ public final class Residual: Module {
         body.namedParameters.map { ("body.\($0.name)", $0.parameter) }
     }
 
-    public func replica() -> Module { Residual(body.replica()) }
 }
 
 /// A multilayer perceptron as PyTorch's `nn.Sequential(Linear, act, Linear, act, …, Linear)`: sizes

@@ -1,3 +1,5 @@
+import Kernels
+
 /// Result of global-norm clipping.
 public struct ClipResult: Sendable, Equatable {
     /// ‖g‖ before clipping: sqrt(Σ over tensors of ‖g_t‖²).
@@ -12,14 +14,14 @@ public struct ClipResult: Sendable, Equatable {
 }
 
 /// ‖(‖g_1‖, …, ‖g_T‖)‖₂ over the tensors in `tensors` (ranges of the flat buffer), as PyTorch's
-/// clip_grad_norm_ computes it. Sums of squares run in Double in a fixed order, independent of threads.
+/// clip_grad_norm_ computes it. Sums of squares run in Double in a fixed order, the same on every machine.
 public func globalGradientNorm(_ gradients: [Float], tensors: [Range<Int>]) -> Float {
     var sumOfSquares: Double = 0
-    for range in tensors {
-        var tensorSum: Double = 0
-        for i in range { tensorSum += Double(gradients[i]) * Double(gradients[i]) }
-        let tensorNorm = Float(tensorSum.squareRoot())
-        sumOfSquares += Double(tensorNorm) * Double(tensorNorm)
+    gradients.withUnsafeBufferPointer { g in
+        for range in tensors {
+            let tensorNorm = Float(tk_sum_of_squares(Int64(range.count), g.baseAddress! + range.lowerBound).squareRoot())
+            sumOfSquares += Double(tensorNorm) * Double(tensorNorm)
+        }
     }
     return Float(sumOfSquares.squareRoot())
 }
@@ -30,8 +32,8 @@ public func clipGradientNorm(_ gradients: inout [Float], tensors: [Range<Int>], 
     let total = globalGradientNorm(gradients, tensors: tensors)
     let coefficient = min(1, maxNorm / (total + 1e-6))
     if coefficient < 1 {
-        for range in tensors {
-            for i in range { gradients[i] *= coefficient }
+        gradients.withUnsafeMutableBufferPointer { g in
+            for range in tensors { tk_scale_inplace(Int64(range.count), coefficient, g.baseAddress! + range.lowerBound) }
         }
     }
     return ClipResult(totalNorm: total, clipped: coefficient < 1)

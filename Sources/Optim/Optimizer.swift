@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// Optimizer hyper-parameters, with PyTorch's defaults and update rules.
 public enum OptimizerConfig: Equatable, Sendable {
@@ -65,39 +66,37 @@ public struct Optimizer: Sendable {
         self.stepCount = stepCount
     }
 
-    /// One update of `parameters` from `gradients` (same layout) at learning rate `lr`.
+    /// One update of `parameters` from `gradients` (same layout) at learning rate `lr`, spread over threads in
+    /// fixed chunks (each element's update is independent, so threads never change a bit).
     public mutating func step(parameters: inout [Float], gradients: [Float], lr: Float) {
         precondition(parameters.count == gradients.count, "parameters and gradients differ in length")
         stepCount += 1
         let t = Float(stepCount)
         let config = self.config
-        let firstStep = stepCount == 1
+        let firstStep: Int32 = stepCount == 1 ? 1 : 0
+        let chunks = trainable.flatMap { range in
+            stride(from: range.lowerBound, to: range.upperBound, by: Optimizer.chunk).map {
+                $0..<min($0 + Optimizer.chunk, range.upperBound)
+            }
+        }
         parameters.withUnsafeMutableBufferPointer { p in
             gradients.withUnsafeBufferPointer { g in
                 firstMoment.withUnsafeMutableBufferPointer { m in
                     secondMoment.withUnsafeMutableBufferPointer { v in
-                        for range in trainable {
+                        let (p, g, m, v) = (p.baseAddress!, g.baseAddress!, m.baseAddress, v.baseAddress)
+                        Parallel.forEach(chunks.count) { index in
+                            let range = chunks[index]
+                            let (at, n) = (range.lowerBound, Int64(range.count))
                             switch config {
                             case let .sgd(momentum, dampening, nesterov, weightDecay):
-                                for i in range {
-                                    var d = g[i]
-                                    if weightDecay != 0 { d += weightDecay * p[i] }
-                                    if momentum != 0 {
-                                        m[i] = firstStep ? d : momentum * m[i] + (1 - dampening) * d
-                                        d = nesterov ? d + momentum * m[i] : m[i]
-                                    }
-                                    p[i] -= lr * d
-                                }
+                                tk_sgd_update(n, p + at, g + at, m.map { $0 + at }, lr, momentum, dampening,
+                                              nesterov ? 1 : 0, weightDecay, firstStep)
                             case let .adam(beta1, beta2, eps, weightDecay):
-                                Optimizer.adam(p, g, m, v, range, lr: lr, beta1: beta1, beta2: beta2, eps: eps,
-                                               l2: weightDecay, t: t)
+                                tk_adam_update(n, p + at, g + at, m! + at, v! + at, lr, beta1, beta2, eps, weightDecay, 0,
+                                               lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot())
                             case let .adamw(beta1, beta2, eps, weightDecay):
-                                if weightDecay != 0 {
-                                    let keep = 1 - lr * weightDecay
-                                    for i in range { p[i] *= keep }
-                                }
-                                Optimizer.adam(p, g, m, v, range, lr: lr, beta1: beta1, beta2: beta2, eps: eps,
-                                               l2: 0, t: t)
+                                tk_adam_update(n, p + at, g + at, m! + at, v! + at, lr, beta1, beta2, eps, 0, weightDecay,
+                                               lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot())
                             }
                         }
                     }
@@ -106,21 +105,8 @@ public struct Optimizer: Sendable {
         }
     }
 
-    private static func adam(
-        _ p: UnsafeMutableBufferPointer<Float>, _ g: UnsafeBufferPointer<Float>,
-        _ m: UnsafeMutableBufferPointer<Float>, _ v: UnsafeMutableBufferPointer<Float>, _ range: Range<Int>,
-        lr: Float, beta1: Float, beta2: Float, eps: Float, l2: Float, t: Float
-    ) {
-        let stepSize = lr / (1 - pow(beta1, t))
-        let correction2 = (1 - pow(beta2, t)).squareRoot()
-        for i in range {
-            var grad = g[i]
-            if l2 != 0 { grad += l2 * p[i] }
-            m[i] += (1 - beta1) * (grad - m[i])
-            v[i] = beta2 * v[i] + (1 - beta2) * grad * grad
-            p[i] -= stepSize * m[i] / (v[i].squareRoot() / correction2 + eps)
-        }
-    }
+    /// Elements updated per parallel task.
+    static let chunk = 1 << 15
 }
 
 public enum OptimizerStateError: Error, CustomStringConvertible {

@@ -18,64 +18,39 @@ public struct GradientBlock: Sendable {
     public var lossSum: Float
 }
 
-/// Forward and backward passes over micro-batches, each into its own gradient buffer, spread over threads.
+/// Forward and backward passes that produce gradient sums per aligned block of micro-batches.
 ///
-/// One model replica per thread shares the master's parameter values and keeps its own gradients. Every
-/// micro-batch is one forward and backward pass with summed cross-entropy; the per-micro-batch sums are combined
-/// in the fixed `GradientTree`, so the result is the same bits for any thread count or split of the work.
+/// A block of micro-batches runs as one pass over all its samples, with `SampleSegments` set to the block's
+/// size: row-wise work (the big GEMMs) covers every sample at once and spreads over threads, while each
+/// reduction over samples is summed per micro-batch and combined in the fixed `GradientTree`. The result is the
+/// same bits as one pass per micro-batch, for any thread count or split of the work among workers.
 public final class GradientEngine {
     public let model: Module
-    private var replicas: [Module]
 
-    public init(model: Module, threads: Int) {
+    public init(model: Module) {
         self.model = model
-        replicas = (0..<max(1, threads)).map { _ in model.replica() }
     }
 
-    /// Gradient and loss sums of each micro-batch in `microBatches`, in order.
-    public func microBatchSums(
-        _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32])
-    ) throws -> [(gradient: [Float], loss: Float)] {
-        let features = (model.parameters.first?.shape.last) ?? 0
-        let lanes = min(replicas.count, microBatches.count)
-        for replica in replicas[..<lanes] { replica.shareValues(from: model) }
-        var results = [(gradient: [Float], loss: Float)?](repeating: nil, count: microBatches.count)
-        var failure: Error?
-        let lock = NSLockLike()
-        results.withUnsafeMutableBufferPointer { slots in
-            Parallel.forEach(lanes) { lane in
-                let replica = replicas[lane]
-                var slot = lane
-                while slot < microBatches.count {
-                    do {
-                        let batch = inputs(microBatches.lowerBound + slot)
-                        replica.zeroGrad()
-                        let x = Tensor(shape: [batch.labels.count, features], storage: batch.inputs)
-                        let loss = try replica(x).crossEntropy(labels: batch.labels, reduction: .sum)
-                        loss.backward()
-                        slots[slot] = (replica.flatGradients(), loss.item)
-                    } catch {
-                        lock.locked { failure = failure ?? error }
-                    }
-                    slot += lanes
-                }
-            }
-        }
-        if let failure { throw failure }
-        return results.map { $0! }
-    }
-
-    /// The sums over `microBatches` as the maximal aligned blocks a worker holding that range sends.
+    /// The gradient and loss sums over `microBatches` as the maximal aligned blocks a worker holding that range
+    /// sends; `inputs(j)` gives micro-batch j's samples.
     public func blockSums(
         _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32])
     ) throws -> [GradientBlock] {
-        let sums = try microBatchSums(microBatches, inputs: inputs)
-        return GradientTree.alignedBlocks(microBatches).map { block in
-            let leaves = block.map { sums[$0 - microBatches.lowerBound] }
-            return GradientBlock(
-                microBatches: block,
-                gradientSum: GradientTree.sum(leaves.map(\.gradient)),
-                lossSum: GradientTree.sum(leaves.map { [$0.loss] })[0])
+        try GradientTree.alignedBlocks(microBatches).map { block in
+            var x: [Float] = [], labels: [Int32] = []
+            for index in block {
+                let batch = inputs(index)
+                x += batch.inputs
+                labels += batch.labels
+            }
+            return try withSampleSegments(block.count) {
+                model.zeroGrad()
+                let features = x.count / max(labels.count, 1)
+                let loss = try model(Tensor(shape: [labels.count, features], storage: x))
+                    .crossEntropy(labels: labels, reduction: .sum)
+                loss.backward()
+                return GradientBlock(microBatches: block, gradientSum: model.flatGradients(), lossSum: loss.item)
+            }
         }
     }
 }

@@ -74,7 +74,7 @@ public final class Trainer {
         layout = ParameterLayout(model)
         plan = BatchPlan(seed: config.seed, datasetSize: train.count, batchSize: config.training.batchSize,
                          microBatches: config.training.microBatches)
-        engine = GradientEngine(model: model, threads: Parallel.threadCount)
+        engine = GradientEngine(model: model)
         let optimizer = Optimizer(config.optimizer.config, parameterCount: layout.totalCount,
                                   trainable: layout.entries.filter(\.trainable).map(\.range))
         state = TrainingState(step: 0, parameters: model.flatValues(), optimizer: optimizer)
@@ -108,14 +108,15 @@ public final class Trainer {
     /// Gradient (already divided by the global batch) and mean loss of global step `step`.
     public func gradient(step: Int, permutation: [Int]) throws -> (gradient: [Float], loss: Float) {
         let samples = plan.samples(step: step, permutation: permutation)
-        let sums = try engine.microBatchSums(0..<plan.microBatches) { index in
+        let blocks = try engine.blockSums(0..<plan.microBatches) { index in
             train.batch(plan.microBatch(index, of: samples))
         }
-        var gradient = GradientTree.sum(sums.map(\.gradient))
-        let loss = GradientTree.sum(sums.map { [$0.loss] })[0] / Float(plan.batchSize)
+        // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
+        var gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: plan.microBatches)
+        let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]
         let batch = Float(plan.batchSize)
         for i in gradient.indices { gradient[i] /= batch }
-        return (gradient, loss)
+        return (gradient, loss / batch)
     }
 
     /// One optimizer step; returns the loss before it and the clipping result.

@@ -61,22 +61,6 @@ final class MLPFixtureTests: XCTestCase {
         XCTAssertEqual(ParameterLayout(model).entries.map(\.trainable), [false, true, true, true])
         XCTAssertEqual(model.flatGradients()[0..<12].allSatisfy { $0 == 0 }, true)
     }
-
-    func testReplicasShareValuesButNotGradients() throws {
-        let model = makeMLP(sizes: [4, 3, 2], activation: .relu, seed: 3)
-        let replica = model.replica()
-        XCTAssertEqual(replica.flatValues(), model.flatValues())
-        let x = Tensor(shape: [1, 4], storage: [1, 2, 3, 4])
-        try replica(x).crossEntropy(labels: [1]).backward()
-        XCTAssertNil(model.parameters[0].grad)
-        XCTAssertNotNil(replica.parameters[0].grad)
-        var values = model.flatValues()
-        values[0] += 1
-        model.load(flatValues: values)
-        XCTAssertNotEqual(replica.flatValues()[0], values[0])
-        replica.shareValues(from: model)
-        XCTAssertEqual(replica.flatValues(), values)
-    }
 }
 
 /// The fixture's model with PyTorch's initial weights loaded by name.

@@ -94,30 +94,17 @@ final class TrainerTests: XCTestCase {
         let permutation = trainer.plan.permutation(epoch: 0)
         let full = try trainer.gradient(step: 0, permutation: permutation)
         let samples = trainer.plan.samples(step: 0, permutation: permutation)
-        let engine = GradientEngine(model: trainer.model, threads: 1)
+        let engine = GradientEngine(model: trainer.model)
         for workers in [2, 3, 5] {
             let cuts = (0...workers).map { $0 * 8 / workers }
             var blocks: [GradientBlock] = []
             for w in 0..<workers {
                 blocks += try engine.blockSums(cuts[w]..<cuts[w + 1]) { data.train.batch(trainer.plan.microBatch($0, of: samples)) }
             }
-            var gradient = combineTree(blocks, leaves: 8)
+            var gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: 8)
             for i in gradient.indices { gradient[i] /= 32 }
             assertBitIdentical(gradient, full.gradient, "\(workers) workers")
         }
-    }
-
-    func combineTree(_ blocks: [GradientBlock], leaves: Int) -> [Float] {
-        func node(_ start: Int, _ width: Int) -> [Float] {
-            if let block = blocks.first(where: { $0.microBatches == start..<(start + width) }) { return block.gradientSum }
-            var left = node(start, width / 2)
-            if start + width / 2 < leaves {
-                let right = node(start + width / 2, width / 2)
-                for i in left.indices { left[i] += right[i] }
-            }
-            return left
-        }
-        return node(0, 8)
     }
 
     func testResumeContinuesToTheSameWeightsAsAnUninterruptedRun() throws {

@@ -74,4 +74,18 @@ int tk_cross_entropy_forward(int rows, int cols, const float *logits, const int3
 void tk_cross_entropy_backward(int rows, int cols, const float *probs, const int32_t *labels,
                                float scale, float *dlogits);
 
+
+// MARK: optimizers, over n elements of a flat buffer (see Optim for the formulas)
+
+/// torch.optim.SGD: d = g + wd·p; buf = first ? d : μ·buf + (1 − dampening)·d; d = nesterov ? d + μ·buf : buf;
+/// p −= lr·d. `buf` is unused when momentum is 0.
+void tk_sgd_update(int64_t n, float *p, const float *g, float *buf, float lr, float momentum, float dampening,
+                   int nesterov, float weight_decay, int first_step);
+/// Adam/AdamW: p ·= 1 − lr·decoupled; g += l2·p; m += (1 − β1)(g − m); v = β2·v + (1 − β2)·g²;
+/// p −= step_size · m / (√v / correction2_sqrt + eps), with step_size = lr/(1 − β1ᵗ), correction2_sqrt = √(1 − β2ᵗ).
+void tk_adam_update(int64_t n, float *p, const float *g, float *m, float *v, float lr, float beta1, float beta2,
+                    float eps, float l2_decay, float decoupled_decay, float step_size, float correction2_sqrt);
+/// Σ x² in double, with a fixed summation order.
+double tk_sum_of_squares(int64_t n, const float *x);
+
 #endif

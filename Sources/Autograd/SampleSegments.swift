@@ -1,0 +1,39 @@
+import Kernels
+
+/// How many equal micro-batches the leading (sample) rows of the current pass hold.
+///
+/// Every reduction over samples — a weight or bias gradient, a summed loss — is computed per micro-batch and
+/// combined in the fixed `GradientTree`, so one pass over K micro-batches gives the same bits as K separate
+/// passes, or as workers each holding some of them. Row-wise work (forward, input gradients) is the same
+/// either way. Set with `withSampleSegments`; ops capture the value when they record.
+public enum SampleSegments {
+    static let stored = ThreadLocalInt()
+
+    public static var current: Int { max(1, stored.value) }
+}
+
+/// Runs `body` (forward and backward) with the sample rows cut into `count` micro-batches.
+public func withSampleSegments<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+    precondition(count >= 1)
+    return try SampleSegments.stored.with(count, body)
+}
+
+/// A float array of `count` elements that the caller overwrites completely (no zero fill).
+@inline(__always)
+func uninitializedFloats(_ count: Int) -> [Float] {
+    [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
+}
+
+/// Per-segment reductions combined in the tree: `reduce(segment, rows, into: buffer)` writes segment `s`'s
+/// partial result (`length` values); segments run in parallel.
+func segmentedReduction(segments: Int, length: Int, _ reduce: (Int, UnsafeMutablePointer<Float>) -> Void) -> [Float] {
+    var parts = [[Float]](repeating: [], count: segments)
+    parts.withUnsafeMutableBufferPointer { slots in
+        Parallel.forEach(segments) { segment in
+            var part = uninitializedFloats(length)
+            part.withUnsafeMutableBufferPointer { reduce(segment, $0.baseAddress!) }
+            slots[segment] = part
+        }
+    }
+    return GradientTree.sum(consuming: &parts)
+}

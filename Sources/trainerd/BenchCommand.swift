@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Training
+
+/// `cblas_sgemm`, looked up at run time in OpenBLAS when it is installed (libopenblas-dev), as the reference.
+struct OpenBLAS {
+    typealias SGEMM = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>, Int32,
+                                      UnsafePointer<Float>, Int32, Float, UnsafeMutablePointer<Float>, Int32) -> Void
+    typealias SetThreads = @convention(c) (Int32) -> Void
+    let sgemm: SGEMM
+    let library: String
+
+    init?() {
+        for name in ["libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.3.21.so"] {
+            guard let handle = dlopen(name, RTLD_NOW), let symbol = dlsym(handle, "cblas_sgemm") else { continue }
+            sgemm = unsafeBitCast(symbol, to: SGEMM.self)
+            library = name
+            if let setter = dlsym(handle, "openblas_set_num_threads") {
+                unsafeBitCast(setter, to: SetThreads.self)(Int32(Parallel.threadCount))
+            }
+            return
+        }
+        return nil
+    }
+
+    /// C[n, n] = A[n, n] · B[n, n], row-major.
+    func multiply(_ n: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>) {
+        sgemm(101, 111, 111, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, c, Int32(n))
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "GEMM GFLOP/s (against OpenBLAS when installed) and training throughput of a config.")
+
+    @Option(help: "Config whose training throughput is measured.") var config = "configs/fmnist-mlp.yaml"
+    @Option(help: "Timed training steps per run.") var steps = 200
+    @Option(help: "Runs of each measurement (the median is reported).") var repeats = 5
+    @Option(help: "Kernel threads (0: one per core).") var threads = 0
+    @Flag(help: "Print one JSON object instead of the table.") var json = false
+
+    func run() throws {
+        Parallel.threadCount = threads > 0 ? threads : ProcessInfo.processInfo.activeProcessorCount
+        let blas = OpenBLAS()
+        var gemmRows: [JSONValue] = []
+        var lines: [String] = [
+            "trainerd bench: \(Parallel.threadCount) threads, ISA \(VectorISA.active.name), median of \(repeats) runs",
+            "",
+            "GEMM (square, A·B)     trainerd GFLOP/s   OpenBLAS GFLOP/s   ratio (median of per-run ratios)",
+        ]
+        for n in [128, 256, 512, 1024] {
+            // Alternate the two in every repeat so that drift on a noisy machine hits both alike.
+            var mine: [Double] = [], theirs: [Double] = []
+            for _ in 0..<repeats {
+                mine.append(measureGEMM(n) { a, b, c in GEMM.multiply(GEMMShape(m: n, n: n, k: n), a, b, c) })
+                if let blas { theirs.append(measureGEMM(n) { blas.multiply(n, $0, $1, $2) }) }
+            }
+            let ours = median(mine)
+            let reference = theirs.isEmpty ? nil : median(theirs)
+            let ratio = theirs.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 })
+            lines.append(String(format: "  n = %-4d             %16.1f   %16@   %5@", n, ours,
+                                reference.map { String(format: "%.1f", $0) } ?? "—",
+                                ratio.map { String(format: "%.2f", $0) } ?? "—"))
+            gemmRows.append(.object([("n", .int(n)), ("trainerd_gflops", .number(ours)),
+                                     ("openblas_gflops", reference.map(JSONValue.number) ?? .null),
+                                     ("ratio", ratio.map(JSONValue.number) ?? .null)]))
+        }
+        if blas == nil { lines.append("  (OpenBLAS not found: apt-get install libopenblas-dev for the reference column)") }
+
+        var trainingRow: JSONValue = .null
+        do {
+            let job = try JobConfig.load(path: config, overrides: ["training.threads=\(Parallel.threadCount)"])
+            let trainer = try Trainer(config: job, runDirectory: nil)
+            let permutation = trainer.plan.permutation(epoch: 0)
+            var rates: [Double] = []
+            for _ in 0..<repeats {
+                for _ in 0..<10 { _ = try trainer.step(permutation: permutation) }  // warm-up
+                let start = Date()
+                for _ in 0..<steps { _ = try trainer.step(permutation: permutation) }
+                rates.append(Double(steps * job.training.batchSize) / Date().timeIntervalSince(start))
+            }
+            let rate = median(rates)
+            lines += ["", "Training \(job.name) (batch \(job.training.batchSize), \(job.training.microBatches) micro-batches)",
+                      String(format: "  samples/s  %.0f   (runs: %@)", rate, rates.map { String(format: "%.0f", $0) }.joined(separator: ", "))]
+            trainingRow = .object([("config", .string(config)), ("samples_per_s", .number(rate)),
+                                   ("runs", .array(rates.map(JSONValue.number)))])
+        } catch {
+            lines += ["", "Training throughput skipped: \(error)"]
+        }
+        if json {
+            print(JSONValue.object([
+                ("threads", .int(Parallel.threadCount)), ("isa", .string(VectorISA.active.name)),
+                ("openblas", blas.map { .string($0.library) } ?? .null),
+                ("gemm", .array(gemmRows)), ("training", trainingRow),
+            ]).serialized)
+        } else {
+            print(lines.joined(separator: "\n"))
+        }
+    }
+
+    /// GFLOP/s of `multiply` on n×n matrices over enough calls for about 0.1 s, after one warm-up call.
+    func measureGEMM(_ n: Int, _ multiply: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) -> Double {
+        let a = (0..<(n * n)).map { Float(($0 * 7) % 13) / 13 - 0.5 }
+        let b = (0..<(n * n)).map { Float(($0 * 5) % 11) / 11 - 0.5 }
+        var c = [Float](repeating: 0, count: n * n)
+        let flops = 2 * Double(n) * Double(n) * Double(n)
+        let calls = max(3, Int(1.5e10 / flops))
+        c.withUnsafeMutableBufferPointer { pc in multiply(a, b, pc.baseAddress!) }
+        let start = Date()
+        for _ in 0..<calls { c.withUnsafeMutableBufferPointer { pc in multiply(a, b, pc.baseAddress!) } }
+        return flops * Double(calls) / Date().timeIntervalSince(start) / 1e9
+    }
+
+    func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+}
