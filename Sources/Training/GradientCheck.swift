@@ -14,6 +14,14 @@ public struct GradientCheck {
         public var worstAbsoluteError: Double
     }
 
+    /// Half the entries with the largest backprop gradients (where an error would show), half spread evenly.
+    static func entriesToCheck(_ gradient: [Float], _ range: Range<Int>, count: Int) -> [Int] {
+        guard range.count > count else { return Array(range) }
+        let largest = range.sorted { abs(gradient[$0]) > abs(gradient[$1]) }.prefix(count / 2)
+        let spread = stride(from: range.lowerBound, to: range.upperBound, by: range.count / (count - largest.count))
+        return Array(Set(largest).union(spread.prefix(count - largest.count))).sorted()
+    }
+
     /// Checks `entriesPerTensor` entries of every tensor (all of a small one) on `inputs`/`labels`, with the
     /// mean cross-entropy loss. The Double forward pass is a second implementation of the model's layers.
     public static func run(
@@ -29,10 +37,8 @@ public struct GradientCheck {
         let x = inputs.map(Double.init)
         var result: [Row] = []
         for entry in layout.entries {
-            let stride = max(1, entry.count / entriesPerTensor)
             var worstRelative = 0.0, worstAbsolute = 0.0, checked = 0
-            for local in Swift.stride(from: 0, to: entry.count, by: stride).prefix(entriesPerTensor) {
-                let index = entry.offset + (local + entry.count / 7) % entry.count
+            for index in entriesToCheck(analytic, entry.range, count: entriesPerTensor) {
                 let original = parameters[index]
                 parameters[index] = original + h
                 let plus = DoubleForward.loss(model, parameters: parameters, inputs: x, labels: labels)

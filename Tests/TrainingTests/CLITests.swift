@@ -1,0 +1,189 @@
+import Checkpoint
+import Foundation
+import TestSupport
+import XCTest
+
+/// The `trainerd` executable end to end: the default job, outputs checked by an independent evaluator, and
+/// bad input rejected with one clear line.
+final class CLITests: XCTestCase {
+    static let dataset = "/usr/share/datasets/fashion-mnist"
+    var repository: URL { fixturesDirectory().deletingLastPathComponent().deletingLastPathComponent() }
+    var config: String { repository.appendingPathComponent("configs/fmnist-mlp.yaml").path }
+    var scratch: String!
+
+    override func setUpWithError() throws {
+        scratch = NSTemporaryDirectory() + "trainerd-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: scratch) }
+
+    /// The trainerd binary built next to this test bundle.
+    var executable: String {
+        URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("trainerd").path
+    }
+
+    struct Result { var status: Int32; var stdout: String; var stderr: String }
+
+    func trainerd(_ arguments: [String], timeout: TimeInterval = 300) throws -> Result {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: executable), "trainerd not built at \(executable)")
+        return try run(executable, arguments, timeout: timeout)
+    }
+
+    func run(_ program: String, _ arguments: [String], timeout: TimeInterval) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Read both pipes while the process runs so neither can fill up and block it.
+        final class Capture: @unchecked Sendable { var data = Data() }
+        let stdout = Capture(), stderr = Capture()
+        let group = DispatchGroup()
+        for (pipe, capture) in [(out, stdout), (err, stderr)] {
+            group.enter()
+            DispatchQueue.global().async {
+                capture.data = pipe.fileHandleForReading.readDataToEndOfFile()
+                group.leave()
+            }
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            process.terminate()
+            XCTFail("\(program) \(arguments) did not finish within \(timeout) s")
+        }
+        process.waitUntilExit()
+        group.wait()
+        return Result(status: process.terminationStatus, stdout: String(decoding: stdout.data, as: UTF8.self),
+                      stderr: String(decoding: stderr.data, as: UTF8.self))
+    }
+
+    func requireDataset() throws {
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: Self.dataset + "/train-images-idx3-ubyte.gz"),
+                          "Fashion-MNIST is not installed (deploy/setup.sh installs dataset-fashion-mnist)")
+    }
+
+    func doneEvent(_ runDirectory: String) throws -> [String: Any] {
+        let text = try String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8)
+        let last = try XCTUnwrap(text.split(separator: "\n").last)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+    }
+
+    /// The issue's headline: the default job reaches ≥ 88.0 % test accuracy, and final.safetensors gives the same
+    /// accuracy in an independent NumPy implementation and in `trainerd eval`.
+    func testDefaultJobReaches88PercentAndIndependentEvaluationAgrees() throws {
+        try requireDataset()
+        let runDirectory = scratch + "/default"
+        let result = try trainerd(["train", config, "--run-dir", runDirectory], timeout: 600)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let done = try doneEvent(runDirectory)
+        XCTAssertEqual(done["event"] as? String, "done")
+        let accuracy = try XCTUnwrap(done["test_accuracy"] as? Double)
+        print("default job: test accuracy \(accuracy), weights_sha256 \(done["weights_sha256"] ?? "?"), \(done["samples_per_s"] ?? "?") samples/s (debug build)")
+        XCTAssertGreaterThanOrEqual(accuracy, 0.88)
+
+        let weights = runDirectory + "/final.safetensors"
+        let python = try run("/usr/bin/env", ["python3", "-c", "import numpy"], timeout: 60)
+        if python.status == 0 {
+            let script = repository.appendingPathComponent("Tests/tools/independent_eval.py").path
+            let independent = try run("/usr/bin/env", ["python3", script, weights, Self.dataset], timeout: 120)
+            XCTAssertEqual(independent.status, 0, independent.stderr)
+            print("independent NumPy evaluation: \(independent.stdout)")
+            let fields = independent.stdout.split(separator: " ")
+            let numpyAccuracy = try XCTUnwrap(Double(fields[1]))
+            XCTAssertEqual(numpyAccuracy, accuracy, accuracy: 0.0002, "float64 NumPy vs float32 trainerd")
+        } else {
+            print("NumPy not available: independent evaluation skipped")
+        }
+        let eval = try trainerd(["eval", config, "--weights", weights])
+        XCTAssertEqual(eval.status, 0, eval.stderr)
+        XCTAssertTrue(eval.stdout.contains(String(format: "accuracy %.2f%%", accuracy * 100)), eval.stdout)
+    }
+
+    func testSameSeedAndEitherThreadCountGiveTheSameWeights() throws {
+        try requireDataset()
+        var hashes: [String] = []
+        for (index, threads) in [1, 2, 2].enumerated() {
+            let runDirectory = scratch + "/run\(index)"
+            let result = try trainerd(["train", config, "--run-dir", runDirectory, "--set", "training.max_steps=60",
+                                       "--set", "training.threads=\(threads)", "--set", "training.eval_every=0"])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            hashes.append(try XCTUnwrap(try doneEvent(runDirectory)["weights_sha256"] as? String))
+        }
+        print("weights_sha256 with 1, 2, 2 threads: \(hashes)")
+        XCTAssertEqual(Set(hashes).count, 1)
+    }
+
+    func testGradcheckPassesOnTheDefaultModel() throws {
+        try requireDataset()
+        let result = try trainerd(["gradcheck", config, "--set", "model.sizes=[784, 64, 64, 10]"])
+        XCTAssertEqual(result.status, 0, result.stdout + result.stderr)
+        XCTAssertTrue(result.stdout.contains("PASS"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("4.bias"), result.stdout)
+    }
+
+    // MARK: bad input: one line naming the file or field, exit status 1, no outputs that look complete
+
+    func assertFails(_ arguments: [String], _ expected: String, line: UInt = #line) throws {
+        let result = try trainerd(arguments)
+        XCTAssertEqual(result.status, 1, "exit status; stderr: \(result.stderr)", line: line)
+        XCTAssertEqual(result.stderr, "trainerd: error: \(expected)\n", line: line)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch + "/run/final.safetensors"), line: line)
+    }
+
+    func testBadConfigsAreRejected() throws {
+        try assertFails(["train", "/nonexistent.yaml", "--run-dir", scratch + "/run"],
+                        "/nonexistent.yaml: cannot read the config file (missing or not UTF-8)")
+        try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "optimizer.lr=-1"],
+                        "\(config): optimizer.lr must be positive, got -1.0")
+        try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "training.batchsize=3"],
+                        "\(config): unknown field 'training.batchsize' (expected one of: batch_size, checkpoint_every, clip_norm, epochs, eval_every, keep_checkpoints, max_steps, micro_batches, threads)")
+        try requireDataset()
+        try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "model.sizes=[100, 10]"],
+                        "model.sizes[0] is 100 but \(Self.dataset) has 784 features per sample")
+    }
+
+    func testMissingTruncatedAndMalformedDatasetFilesAreNamed() throws {
+        try requireDataset()
+        let data = scratch + "/data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"],
+                        "\(data)/train-images-idx3-ubyte.gz: file not found")
+        // A header promising 60000 images followed by only 100 bytes (zlib reads plain files as they are).
+        let images = data + "/train-images-idx3-ubyte.gz"
+        FileManager.default.createFile(atPath: images, contents: Data([0, 0, 8, 3, 0, 0, 0xEA, 0x60, 0, 0, 0, 28, 0, 0, 0, 28] + [UInt8](repeating: 0, count: 100)))
+        try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"],
+                        "\(images): truncated, expected 47040000 bytes of data, found 100")
+        FileManager.default.createFile(atPath: images, contents: Data([0, 0, 9, 3, 0, 0, 0, 1]))
+        try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"],
+                        "\(images): wrong magic 0x00000903, expected 0x000008NN (unsigned bytes, rank 1–4)")
+        // A real gzip file cut in half.
+        let original = try Data(contentsOf: URL(fileURLWithPath: Self.dataset + "/train-images-idx3-ubyte.gz"))
+        FileManager.default.createFile(atPath: images, contents: original.prefix(original.count / 2))
+        let result = try trainerd(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"])
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.hasPrefix("trainerd: error: \(images): "), result.stderr)
+    }
+
+    func testEvalRejectsCorruptAndMisShapedWeights() throws {
+        try requireDataset()
+        let corrupt = scratch + "/corrupt.safetensors"
+        FileManager.default.createFile(atPath: corrupt, contents: Data([200, 0, 0, 0, 0, 0, 0, 0] + Array("{\"a\":".utf8)))
+        try assertFails(["eval", config, "--weights", corrupt],
+                        "\(corrupt): not a valid safetensors file (header length 200 exceeds the file's 5 bytes)")
+        let wrong = scratch + "/wrong.safetensors"
+        try SafeTensors(tensors: [.init(name: "0.weight", shape: [784, 256], values: [Float](repeating: 0, count: 784 * 256))])
+            .write(to: wrong)
+        try assertFails(["eval", config, "--weights", wrong],
+                        "\(wrong): tensor '0.weight' has shape [784, 256], expected [256, 784]")
+        let partial = scratch + "/partial.safetensors"
+        try SafeTensors(tensors: [.init(name: "0.weight", shape: [256, 784], values: [Float](repeating: 0, count: 784 * 256))])
+            .write(to: partial)
+        try assertFails(["eval", config, "--weights", partial], "\(partial): tensor '0.bias' is missing")
+        try assertFails(["eval", config, "--weights", scratch + "/none.safetensors"], "\(scratch!)/none.safetensors: file not found")
+    }
+}

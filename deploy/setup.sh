@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
+# C libraries (zlib, OpenSSL's libcrypto) with pkg-config, and Fashion-MNIST from Debian's dataset package.
+# With --tests it also makes sure Python has NumPy (the tests' independent evaluator).
+set -euo pipefail
+
+packages=(pkg-config zlib1g-dev libssl-dev dataset-fashion-mnist)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "setup: the Swift 6 toolchain is needed (https://www.swift.org/install/linux/) and 'swift' is not on PATH" >&2
+    exit 1
+fi
+
+if [ "${1:-}" = "--tests" ] && ! python3 -c "import numpy" 2>/dev/null; then
+    echo "setup: installing NumPy for the independent evaluator" >&2
+    python3 -m pip install --quiet numpy || echo "setup: NumPy unavailable; the independent-evaluation test will be skipped" >&2
+fi
