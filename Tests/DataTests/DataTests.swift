@@ -35,7 +35,7 @@ final class IDXTests: XCTestCase {
         XCTAssertEqual(gz.dimensions, [2, 3, 4])
         XCTAssertEqual(gz.bytes, values)
         let plain = directory + "/plain"
-        FileManager.default.createFile(atPath: plain, contents: Data(idx([24], values)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: plain, contents: Data(idx([24], values))))
         XCTAssertEqual(try IDXArray.read(plain).bytes, values)
     }
 
@@ -51,7 +51,7 @@ final class IDXTests: XCTestCase {
         // A gzip stream cut in the middle.
         let full = try Data(contentsOf: URL(fileURLWithPath: writeGzip("full.gz", idx([5000], (0..<5000).map { UInt8($0 % 251) }))))
         let cut = directory + "/cut.gz"
-        FileManager.default.createFile(atPath: cut, contents: full.prefix(full.count / 2))
+        XCTAssertTrue(FileManager.default.createFile(atPath: cut, contents: full.prefix(full.count / 2)))
         XCTAssertThrowsError(try IDXArray.read(cut)) { XCTAssertTrue("\($0)".hasPrefix("\(cut): "), "\($0)") }
         XCTAssertThrowsError(try IDXArray.read(directory + "/none.gz")) {
             XCTAssertEqual("\($0)", "\(self.directory!)/none.gz: file not found")

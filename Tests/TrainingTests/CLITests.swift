@@ -155,15 +155,15 @@ final class CLITests: XCTestCase {
                         "\(data)/train-images-idx3-ubyte.gz: file not found")
         // A header promising 60000 images followed by only 100 bytes (zlib reads plain files as they are).
         let images = data + "/train-images-idx3-ubyte.gz"
-        FileManager.default.createFile(atPath: images, contents: Data([0, 0, 8, 3, 0, 0, 0xEA, 0x60, 0, 0, 0, 28, 0, 0, 0, 28] + [UInt8](repeating: 0, count: 100)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: images, contents: Data([0, 0, 8, 3, 0, 0, 0xEA, 0x60, 0, 0, 0, 28, 0, 0, 0, 28] + [UInt8](repeating: 0, count: 100))))
         try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"],
                         "\(images): truncated, expected 47040000 bytes of data, found 100")
-        FileManager.default.createFile(atPath: images, contents: Data([0, 0, 9, 3, 0, 0, 0, 1]))
+        XCTAssertTrue(FileManager.default.createFile(atPath: images, contents: Data([0, 0, 9, 3, 0, 0, 0, 1])))
         try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"],
                         "\(images): wrong magic 0x00000903, expected 0x000008NN (unsigned bytes, rank 1–4)")
         // A real gzip file cut in half.
         let original = try Data(contentsOf: URL(fileURLWithPath: Self.dataset + "/train-images-idx3-ubyte.gz"))
-        FileManager.default.createFile(atPath: images, contents: original.prefix(original.count / 2))
+        XCTAssertTrue(FileManager.default.createFile(atPath: images, contents: original.prefix(original.count / 2)))
         let result = try trainerd(["train", config, "--run-dir", scratch + "/run", "--set", "data.directory=\(data)"])
         XCTAssertEqual(result.status, 1)
         XCTAssertTrue(result.stderr.hasPrefix("trainerd: error: \(images): "), result.stderr)
@@ -172,7 +172,7 @@ final class CLITests: XCTestCase {
     func testEvalRejectsCorruptAndMisShapedWeights() throws {
         try requireDataset()
         let corrupt = scratch + "/corrupt.safetensors"
-        FileManager.default.createFile(atPath: corrupt, contents: Data([200, 0, 0, 0, 0, 0, 0, 0] + Array("{\"a\":".utf8)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: corrupt, contents: Data([200, 0, 0, 0, 0, 0, 0, 0] + Array("{\"a\":".utf8))))
         try assertFails(["eval", config, "--weights", corrupt],
                         "\(corrupt): not a valid safetensors file (header length 200 exceeds the file's 5 bytes)")
         let wrong = scratch + "/wrong.safetensors"

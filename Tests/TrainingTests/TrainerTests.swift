@@ -120,7 +120,7 @@ final class TrainerTests: XCTestCase {
         let newest = runDirectory + "/checkpoints/step-00000020.safetensors"
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: newest)))
         bytes[bytes.count - 5] ^= 0xFF
-        FileManager.default.createFile(atPath: newest, contents: Data(bytes))
+        XCTAssertTrue(FileManager.default.createFile(atPath: newest, contents: Data(bytes)))
         let trainer = try Trainer(config: try smallConfig(steps: 24), runDirectory: runDirectory, data: syntheticData())
         var warnings: [String] = []
         trainer.events.observers.append { event, fields in
