@@ -96,22 +96,21 @@ extension Tensor {
                 }
                 grads[0] = dx
             }
-            dy.withUnsafeBufferPointer { pdy in
-                if needs[1] {
-                    grads[1] = x.withUnsafeBufferPointer { px in
-                        segmentedReduction(segments: segments, length: w.count) { segment, dw in
-                            let first = segment * segmentRows
-                            GEMM.multiply(GEMMShape(m: outFeatures, n: inFeatures, k: segmentRows, transposeA: true),
-                                          pdy.baseAddress! + first * outFeatures, px.baseAddress! + first * inFeatures, dw)
-                        }
-                    }
+            if needs[1] {
+                var dw = uninitializedFloats(w.count)
+                withPointers(dy, x, &dw) { pdy, px, pdw in
+                    GEMM.multiplyTransposedSegmented(m: outFeatures, n: inFeatures, segmentRows: segmentRows,
+                                                     segments: segments, pdy, px, pdw)
                 }
-                if needs.count == 3 {
-                    grads.append(needs[2] ? segmentedReduction(segments: segments, length: outFeatures) { segment, db in
+                grads[1] = dw
+            }
+            if needs.count == 3 {
+                grads.append(needs[2] ? dy.withUnsafeBufferPointer { pdy in
+                    segmentedReduction(segments: segments, length: outFeatures) { segment, db in
                         tk_sum_rows(Int32(segmentRows), Int32(outFeatures),
                                     pdy.baseAddress! + segment * segmentRows * outFeatures, db)
-                    } : nil)
-                }
+                    }
+                } : nil)
             }
             return grads
         }

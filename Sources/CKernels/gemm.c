@@ -293,3 +293,96 @@ void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
         }
     }
 }
+
+// MARK: segmented Aᵀ·B with the gradient tree
+
+/// Adds tile `right` into `left` (both MR×NR, contiguous).
+static void add_tile(float *left, const float *right, int count) {
+    for (int i = 0; i < count; i++) left[i] += right[i];
+}
+
+void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
+                           const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (segment_rows <= 0 || segments <= 0) {
+        for (long i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    kernel_shape ks = active_kernel();
+    int mr = ks.mr, nr = ks.nr;
+    long rows = (long)segment_rows * segments;
+    int mc_max = BLOCK_MC / mr * mr;
+    // Keep the packed B block (all segments' rows × nc) around 256 KB.
+    int nc_max = (int)((1L << 16) / rows) / nr * nr;
+    if (nc_max < nr) nc_max = nr;
+    if (nc_max > BLOCK_NC) nc_max = BLOCK_NC;
+    if (nc_max > N) nc_max = N;
+    int mc_alloc = M < mc_max ? M : mc_max;
+    float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)rows);
+    float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)rows);
+    if (!Ap || !Bp) {
+        tk_sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc);
+        return;
+    }
+    int tile = mr * nr;
+    // Partial sums waiting to be combined: at most one per tree level, plus the newest.
+    float stack[34][AVX512_MR * AVX512_NR];
+    int sizes[34];
+
+    for (int jc = 0; jc < N; jc += nc_max) {
+        int nc = N - jc < nc_max ? N - jc : nc_max;
+        int ncp = (nc + nr - 1) / nr * nr;
+        for (int s = 0; s < segments; s++)
+            pack_B(0, B + (long)s * segment_rows * ldb + jc, ldb, segment_rows, nc, nr, Bp + (long)s * segment_rows * ncp);
+        for (int ic = 0; ic < M; ic += mc_max) {
+            int mc = M - ic < mc_max ? M - ic : mc_max;
+            int mcp = (mc + mr - 1) / mr * mr;
+            for (int s = 0; s < segments; s++)
+                pack_A(1, A + (long)s * segment_rows * lda + ic, lda, mc, segment_rows, mr, Ap + (long)s * segment_rows * mcp);
+            for (int jr = 0; jr < nc; jr += nr) {
+                int cols = nc - jr < nr ? nc - jr : nr;
+                for (int ir = 0; ir < mc; ir += mr) {
+                    int rows_here = mc - ir < mr ? mc - ir : mr;
+                    int depth = 0;
+                    for (int s = 0; s < segments; s++) {
+                        const float *Apanel = Ap + (long)s * segment_rows * mcp + (long)ir * segment_rows;
+                        const float *Bpanel = Bp + (long)s * segment_rows * ncp + (long)jr * segment_rows;
+                        ks.kernel(segment_rows, Apanel, Bpanel, stack[depth], nr, 0);
+                        int size = 1;
+                        // Node (start, 2w) = node(start, w) + node(start + w, w): merge equal-sized neighbours.
+                        while (depth > 0 && sizes[depth - 1] == size) {
+                            add_tile(stack[depth - 1], stack[depth], tile);
+                            depth--;
+                            size *= 2;
+                        }
+                        sizes[depth++] = size;
+                    }
+                    // A truncated tree (segments not a power of two): combine the rest from the right.
+                    while (depth > 1) {
+                        add_tile(stack[depth - 2], stack[depth - 1], tile);
+                        depth--;
+                    }
+                    float *Ctile = C + (long)(ic + ir) * ldc + jc + jr;
+                    for (int i = 0; i < rows_here; i++)
+                        memcpy(Ctile + (long)i * ldc, stack[0] + i * nr, sizeof(float) * (size_t)cols);
+                }
+            }
+        }
+    }
+}
+
+void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
+                                     const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    // Each segment's product by the reference GEMM, then the tree over segments, bottom-up.
+    size_t count = (size_t)M * (size_t)N;
+    float *parts = malloc(sizeof(float) * count * (size_t)(segments > 0 ? segments : 1));
+    for (int s = 0; s < segments; s++)
+        tk_sgemm_reference(1, 0, M, N, segment_rows, A + (long)s * segment_rows * lda, lda,
+                           B + (long)s * segment_rows * ldb, ldb, parts + count * (size_t)s, N, 0);
+    for (int width = 1; width < segments; width *= 2)
+        for (int start = 0; start + width < segments; start += 2 * width)
+            add_tile(parts + count * (size_t)start, parts + count * (size_t)(start + width), (int)count);
+    for (long i = 0; i < M; i++)
+        for (long j = 0; j < N; j++) C[i * ldc + j] = segments > 0 ? parts[i * N + j] : 0.0f;
+    free(parts);
+}

@@ -67,6 +67,24 @@ public enum GEMM {
         }
     }
 
+    /// Weight gradient summed per micro-batch in the gradient tree: C[m, n] = tree over s of A_sᵀ · B_s, with
+    /// A [segments·segmentRows, m] and B [segments·segmentRows, n] cut into row segments (see
+    /// `tk_sgemm_tn_segmented`). Equal to one `multiply` per segment followed by `GradientTree.sum`, without
+    /// writing the per-segment products to memory. Columns of C are spread over threads.
+    public static func multiplyTransposedSegmented(
+        m: Int, n: Int, segmentRows: Int, segments: Int,
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, partitions: Int? = nil
+    ) {
+        let shape = GEMMShape(m: m, n: n, k: segmentRows * segments, transposeA: true)
+        let cuts = cutPoints(extent: n, blocks: partitions ?? defaultPartitions(shape), quantum: 32)
+        Parallel.forEach(cuts.count - 1) { block in
+            let columns = cuts[block]..<cuts[block + 1]
+            guard !columns.isEmpty else { return }
+            tk_sgemm_tn_segmented(Int32(m), Int32(columns.count), Int32(segmentRows), Int32(segments), a, Int32(m),
+                                  b + columns.lowerBound, Int32(n), c + columns.lowerBound, Int32(n))
+        }
+    }
+
     /// The plain triple loop with the same fma chain, for tests.
     public static func reference(
         _ shape: GEMMShape, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,

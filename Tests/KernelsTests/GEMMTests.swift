@@ -167,3 +167,36 @@ final class GradientTreeTests: XCTestCase {
         return node(0, width)
     }
 }
+
+final class SegmentedGEMMTests: XCTestCase {
+    override func tearDown() { VectorISA.force(VectorISA.detected) }
+
+    /// The fused kernel equals one reference GEMM per segment combined by `GradientTree.sum`, bit for bit, on
+    /// every ISA and column partition.
+    func testSegmentedTransposedProductEqualsPerSegmentProductsInTheTree() {
+        let saved = Parallel.threadCount
+        defer { Parallel.threadCount = saved }
+        Parallel.threadCount = 2
+        for isa in VectorISA.allCases where isa.rawValue <= VectorISA.detected.rawValue {
+            VectorISA.force(isa)
+            for (m, n, segmentRows, segments) in [(10, 784, 16, 8), (256, 70, 3, 5), (7, 33, 1, 7), (64, 256, 32, 4),
+                                                 (9, 600, 5, 1), (33, 40, 2, 12)] {
+                let rows = segmentRows * segments
+                let a = testValues(rows * m, seed: 11), b = testValues(rows * n, seed: 12)
+                var parts: [[Float]] = (0..<segments).map { s in
+                    var part = [Float](repeating: 0, count: m * n)
+                    GEMM.reference(GEMMShape(m: m, n: n, k: segmentRows, transposeA: true),
+                                   Array(a[(s * segmentRows * m)...]), Array(b[(s * segmentRows * n)...]), &part)
+                    return part
+                }
+                let expected = GradientTree.sum(consuming: &parts)
+                for partitions in [1, 2, 3] {
+                    var c = [Float](repeating: .nan, count: m * n)
+                    GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments, a, b, &c,
+                                                     partitions: partitions)
+                    assertBitIdentical(c, expected, "\(isa.name) m \(m) n \(n) segments \(segments)×\(segmentRows) partitions \(partitions)")
+                }
+            }
+        }
+    }
+}

@@ -32,6 +32,17 @@ void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
                         const float *A, int lda, const float *B, int ldb,
                         float *C, int ldc, int accumulate);
 
+/// Weight gradients summed per micro-batch and combined in the gradient tree, without materialising the
+/// per-micro-batch products: C[M,N] = tree over s of A_sᵀ · B_s, where A_s and B_s are rows
+/// [s·segment_rows, (s+1)·segment_rows) of A [rows, M] and B [rows, N]. Each A_sᵀ·B_s is the same fma chain
+/// as `tk_sgemm` with transA; the tree is node(start, 2w) = node(start, w) + node(start + w, w) over segments
+/// 0..<segments (a missing right half leaves the left unchanged). Bit-identical to
+/// `tk_sgemm_tn_segmented_reference`, for any ISA and any partition of C's columns.
+void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
+                           const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
+                                     const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+
 // MARK: elementwise, [n]
 
 /// y = max(x, 0)
