@@ -102,7 +102,7 @@ static void micro_kernel_avx2(int kc, const float *Ap, const float *Bp, float *C
     }
 }
 
-#define AVX512_MR 8
+#define AVX512_MR 12
 #define AVX512_NR 32
 
 __attribute__((target("avx512f,fma")))

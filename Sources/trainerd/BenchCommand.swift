@@ -99,13 +99,13 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// GFLOP/s of `multiply` on n×n matrices over enough calls for about 0.1 s, after one warm-up call.
+    /// GFLOP/s of `multiply` on n×n matrices over enough calls for about 0.25 s, after one warm-up call.
     func measureGEMM(_ n: Int, _ multiply: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) -> Double {
         let a = (0..<(n * n)).map { Float(($0 * 7) % 13) / 13 - 0.5 }
         let b = (0..<(n * n)).map { Float(($0 * 5) % 11) / 11 - 0.5 }
         var c = [Float](repeating: 0, count: n * n)
         let flops = 2 * Double(n) * Double(n) * Double(n)
-        let calls = max(3, Int(1.5e10 / flops))
+        let calls = max(3, Int(4e10 / flops))
         c.withUnsafeMutableBufferPointer { pc in multiply(a, b, pc.baseAddress!) }
         let start = Date()
         for _ in 0..<calls { c.withUnsafeMutableBufferPointer { pc in multiply(a, b, pc.baseAddress!) } }
