@@ -37,6 +37,8 @@ public struct RunSummary {
     public var weightsSHA256: String
     public var seconds: Double
     public var samplesPerSecond: Double
+    /// False when a stop request ended the run early (a checkpoint holds its state).
+    public var finished: Bool
 }
 
 /// Single-process training: the same step as the distributed coordinator, without a network.
@@ -89,7 +91,8 @@ public final class Trainer {
             totalSteps: config.training.maxSteps > 0 ? min(config.training.maxSteps, epochSteps) : epochSteps)
     }
 
-    var checkpoints: CheckpointStore? {
+    /// The run directory's checkpoints (nil without a run directory).
+    public var checkpoints: CheckpointStore? {
         runDirectory.map { CheckpointStore(runDirectory: $0, layout: layout) }
     }
 
@@ -187,6 +190,15 @@ public final class Trainer {
             }
         }
         if state.step > startStep { try writeCheckpoint() }
+        let seconds = Date().timeIntervalSince(started)
+        let overall = Double((state.step - startStep) * plan.batchSize) / max(seconds, 1e-9)
+        if state.step < total {
+            // Interrupted: the checkpoint is the output; nothing may look like a finished run.
+            events.emit("stopped", [("step", .int(state.step)), ("loss", JSONValue(lastLoss)), ("elapsed_s", .number(seconds))])
+            return RunSummary(steps: state.step, loss: lastLoss, testLoss: .nan, testAccuracy: .nan,
+                              weightsSHA256: weightsSHA256(state.parameters), seconds: seconds,
+                              samplesPerSecond: overall, finished: false)
+        }
         let (testLoss, accuracy) = try evaluate(model, on: test)
         events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(testLoss)),
                              ("test_accuracy", .number(accuracy))])
@@ -197,14 +209,11 @@ public final class Trainer {
                             metadata: ["step": String(state.step), "weights_sha256": hash, "job": config.name])
                 .write(to: final)
         }
-        let seconds = Date().timeIntervalSince(started)
-        let overall = Double((state.step - startStep) * plan.batchSize) / max(seconds, 1e-9)
         let summary = RunSummary(steps: state.step, loss: lastLoss, testLoss: testLoss, testAccuracy: accuracy,
-                                 weightsSHA256: hash, seconds: seconds, samplesPerSecond: overall)
+                                 weightsSHA256: hash, seconds: seconds, samplesPerSecond: overall, finished: true)
         events.emit("done", [
             ("step", .int(summary.steps)), ("loss", JSONValue(summary.loss)), ("test_loss", JSONValue(testLoss)),
-            ("test_accuracy", .number(accuracy)), ("weights_sha256", .string(hash)),
-            ("stopped_early", .bool(state.step < total)), ("elapsed_s", .number(seconds)),
+            ("test_accuracy", .number(accuracy)), ("weights_sha256", .string(hash)), ("elapsed_s", .number(seconds)),
             ("samples_per_s", .number(overall.rounded())),
         ])
         return summary

@@ -14,8 +14,8 @@ struct Train: ParsableCommand {
         do {
             let job = try JobConfig.load(path: config, overrides: overrides)
             let trainer = try Trainer(config: job, runDirectory: runDir)
-            if !resume, !trainer.checkpoints(in: runDir).isEmpty {
-                throw ValidationError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
+            if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
+                throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
             }
             if resume, let step = trainer.resume() {
                 FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
@@ -25,25 +25,19 @@ struct Train: ParsableCommand {
             installStopHandler()
             let summary = try trainer.run()
             progress.finish()
+            guard summary.finished else {
+                print("stopped at step \(summary.steps); continue with: trainerd train \(config) --run-dir \(runDir) --resume")
+                throw ExitCode(130)
+            }
             print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
                          summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
             print("weights_sha256 \(summary.weightsSHA256)")
             print("run directory \(runDir)")
-            if Trainer.stopRequested { throw ExitCode(130) }
-        } catch let error as ValidationError {
-            throw error
         } catch let error as ExitCode {
             throw error
         } catch {
             fail(error)
         }
-    }
-}
-
-extension Trainer {
-    func checkpoints(in runDirectory: String) -> [String] {
-        let directory = (runDirectory as NSString).appendingPathComponent("checkpoints")
-        return ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".safetensors") }
     }
 }
 

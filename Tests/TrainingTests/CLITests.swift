@@ -118,6 +118,38 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(Set(hashes).count, 1)
     }
 
+    /// Ctrl-C: the step finishes, a checkpoint is written, exit status 130, no final.safetensors and no `done`;
+    /// `--resume` then ends with the weights of an uninterrupted run.
+    func testInterruptedRunResumesToTheUninterruptedWeights() throws {
+        try requireDataset()
+        let steps = ["--set", "training.max_steps=400", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=50"]
+        let straight = scratch + "/straight", interrupted = scratch + "/interrupted"
+        XCTAssertEqual(try trainerd(["train", config, "--run-dir", straight] + steps).status, 0)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["train", config, "--run-dir", interrupted] + steps
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while process.isRunning && Date() < deadline
+            && !((try? String(contentsOfFile: interrupted + "/events.jsonl", encoding: .utf8))?.contains("\"checkpoint\"") ?? false) {
+            usleep(20_000)
+        }
+        process.interrupt()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 130)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: interrupted + "/final.safetensors"))
+        XCTAssertEqual(try doneEvent(interrupted)["event"] as? String, "stopped")
+        let refused = try trainerd(["train", config, "--run-dir", interrupted] + steps)
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("already holds checkpoints; pass --resume"), refused.stderr)
+        let resumed = try trainerd(["train", config, "--run-dir", interrupted, "--resume"] + steps)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try doneEvent(interrupted)["weights_sha256"] as? String,
+                       try doneEvent(straight)["weights_sha256"] as? String)
+    }
+
     func testGradcheckPassesOnTheDefaultModel() throws {
         try requireDataset()
         let result = try trainerd(["gradcheck", config, "--set", "model.sizes=[784, 64, 64, 10]"])
