@@ -6,7 +6,10 @@
 
 #include "ckernels.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#define HAVE_X86_KERNELS 1
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,14 +21,15 @@ static int active_isa = -1;
 
 tk_isa tk_isa_detected(void) {
     if (detected_isa < 0) {
+        detected_isa = TK_ISA_SCALAR;
+#ifdef HAVE_X86_KERNELS
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
             detected_isa = TK_ISA_AVX512;
         } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
             detected_isa = TK_ISA_AVX2;
-        } else {
-            detected_isa = TK_ISA_SCALAR;
         }
+#endif
     }
     return (tk_isa)detected_isa;
 }
@@ -74,6 +78,10 @@ static void micro_kernel_scalar(int kc, const float *Ap, const float *Bp, float 
 
 #define AVX2_MR 6
 #define AVX2_NR 16
+#define AVX512_MR 12
+#define AVX512_NR 32
+
+#ifdef HAVE_X86_KERNELS
 
 __attribute__((target("avx2,fma")))
 static void micro_kernel_avx2(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
@@ -102,9 +110,6 @@ static void micro_kernel_avx2(int kc, const float *Ap, const float *Bp, float *C
     }
 }
 
-#define AVX512_MR 12
-#define AVX512_NR 32
-
 __attribute__((target("avx512f,fma")))
 static void micro_kernel_avx512(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
     __m512 c[AVX512_MR][2];
@@ -132,6 +137,8 @@ static void micro_kernel_avx512(int kc, const float *Ap, const float *Bp, float 
     }
 }
 
+#endif
+
 typedef struct {
     micro_kernel kernel;
     int mr, nr;
@@ -139,8 +146,10 @@ typedef struct {
 
 static kernel_shape active_kernel(void) {
     switch (tk_isa_active()) {
+#ifdef HAVE_X86_KERNELS
     case TK_ISA_AVX512: return (kernel_shape){micro_kernel_avx512, AVX512_MR, AVX512_NR};
     case TK_ISA_AVX2: return (kernel_shape){micro_kernel_avx2, AVX2_MR, AVX2_NR};
+#endif
     default: return (kernel_shape){micro_kernel_scalar, SCALAR_MR, SCALAR_NR};
     }
 }

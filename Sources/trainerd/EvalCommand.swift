@@ -7,13 +7,12 @@ import Training
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Test loss and accuracy of saved weights.")
 
-    @Argument(help: "The job's YAML config (model and data).") var config: String
+    @OptionGroup var options: JobOptions
     @Option(name: .long, help: "A safetensors file: final.safetensors or a checkpoint.") var weights: String
-    @Option(name: .customLong("set"), help: "Override a config field: key.path=value.") var overrides: [String] = []
 
     func run() throws {
         do {
-            let job = try JobConfig.load(path: config, overrides: overrides)
+            let job = try options.load()
             let data = try loadData(job)
             let model = makeModel(job.model, seed: job.seed)
             let store = CheckpointStore(runDirectory: ".", layout: ParameterLayout(model))

@@ -7,15 +7,14 @@ struct Gradcheck: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare backpropagation with central finite differences (Double), per parameter tensor.")
 
-    @Argument(help: "The job's YAML config (model and data).") var config: String
+    @OptionGroup var options: JobOptions
     @Option(help: "Training samples to use.") var samples = 4
     @Option(help: "Entries checked per parameter tensor.") var entries = 16
     @Option(help: "Worst relative error allowed before the check fails.") var tolerance = 1e-3
-    @Option(name: .customLong("set"), help: "Override a config field: key.path=value.") var overrides: [String] = []
 
     func run() throws {
         do {
-            let job = try JobConfig.load(path: config, overrides: overrides)
+            let job = try options.load()
             let data = try loadData(job)
             let model = makeModel(job.model, seed: job.seed)
             let batch = data.train.batch(Array(0..<min(samples, data.train.count))[...])

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Training
 
 @main
 struct Trainerd: ParsableCommand {
@@ -10,8 +11,16 @@ struct Trainerd: ParsableCommand {
     )
 }
 
-/// Prints `error` as one line on stderr and exits with status 1 (2 for configuration errors).
+/// Prints `error` as one line on stderr and exits with status 1.
 func fail(_ error: Error) -> Never {
     FileHandle.standardError.write(Data("trainerd: error: \(error)\n".utf8))
     exit(1)
+}
+
+/// The job's config file and `--set` overrides, shared by every command that reads a config.
+struct JobOptions: ParsableArguments {
+    @Argument(help: "The job's YAML config.") var config: String
+    @Option(name: .customLong("set"), help: "Override a config field: key.path=value (repeatable).") var overrides: [String] = []
+
+    func load() throws -> JobConfig { try JobConfig.load(path: config, overrides: overrides) }
 }

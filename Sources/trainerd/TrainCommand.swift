@@ -5,14 +5,13 @@ import Training
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Train in one process (no network).")
 
-    @Argument(help: "The job's YAML config.") var config: String
+    @OptionGroup var options: JobOptions
     @Option(name: .long, help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir: String = "runs/train"
-    @Option(name: .customLong("set"), help: "Override a config field: key.path=value (repeatable).") var overrides: [String] = []
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
 
     func run() throws {
         do {
-            let job = try JobConfig.load(path: config, overrides: overrides)
+            let job = try options.load()
             let trainer = try Trainer(config: job, runDirectory: runDir)
             if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
                 throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
@@ -26,7 +25,7 @@ struct Train: ParsableCommand {
             let summary = try trainer.run()
             progress.finish()
             guard summary.finished else {
-                print("stopped at step \(summary.steps); continue with: trainerd train \(config) --run-dir \(runDir) --resume")
+                print("stopped at step \(summary.steps); continue with: trainerd train \(options.config) --run-dir \(runDir) --resume")
                 throw ExitCode(130)
             }
             print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
