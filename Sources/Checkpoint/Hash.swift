@@ -1,4 +1,5 @@
 import COpenSSL
+import Foundation
 
 /// SHA-256 of `values` as float32 little-endian bytes, as lowercase hex. Over the flat parameter buffer in
 /// canonical order this is the run's `weights_sha256`.
@@ -10,5 +11,3 @@ public func weightsSHA256(_ values: [Float]) -> String {
     }
     return digest.map { String(format: "%02x", $0) }.joined()
 }
-
-import Foundation

@@ -183,7 +183,7 @@ extension JobConfig {
             guard t.threads >= 0 else { throw section.error("threads", "must be 0 (all cores) or positive, got \(t.threads)") }
         }
         if let section = try tree.section("schedule") {
-            schedule = try Self.schedule(section, totalSteps: 0)
+            schedule = try Self.schedule(section)
         }
     }
 
@@ -225,7 +225,7 @@ extension JobConfig {
         return result
     }
 
-    static func schedule(_ section: Fields, totalSteps: Int) throws -> LearningRateSchedule {
+    static func schedule(_ section: Fields) throws -> LearningRateSchedule {
         let kind = try section.string("kind") ?? "constant"
         switch kind {
         case "constant":
@@ -234,7 +234,7 @@ extension JobConfig {
         case "warmup_cosine":
             try section.allowOnly(["kind", "warmup_steps", "total_steps", "min_lr"])
             let warmup = try section.int("warmup_steps") ?? 0
-            let total = try section.int("total_steps") ?? totalSteps
+            let total = try section.int("total_steps") ?? 0
             let minLR = try section.float("min_lr") ?? 0
             guard warmup >= 0 else { throw section.error("warmup_steps", "must be 0 or positive, got \(warmup)") }
             guard total >= 0 else { throw section.error("total_steps", "must be 0 (the whole run) or positive") }

@@ -55,49 +55,32 @@ public final class GradientEngine {
     }
 }
 
-/// A mutex for the rare error path of parallel loops.
-final class NSLockLike {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func locked<R>(_ body: () -> R) -> R {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return body()
-    }
-}
-
-import Foundation
-
-/// Test-set loss and accuracy of `model` (no graph recorded), in chunks spread over threads.
+/// Test-set loss and accuracy of `model` (no graph recorded), in chunks spread over threads. A prediction is
+/// the first class with the highest logit, as `torch.argmax`.
 public func evaluate(_ model: Module, on dataset: ImageDataset, chunk: Int = 500) throws -> (loss: Float, accuracy: Double) {
     let chunks = (dataset.count + chunk - 1) / chunk
-    var lossSums = [Double](repeating: 0, count: chunks)
-    var correct = [Int](repeating: 0, count: chunks)
-    var failure: Error?
-    let lock = NSLockLike()
-    lossSums.withUnsafeMutableBufferPointer { losses in
-        correct.withUnsafeMutableBufferPointer { hits in
-            Parallel.forEach(chunks) { index in
-                withNoGrad {
+    var results = [Result<(lossSum: Double, correct: Int), Error>?](repeating: nil, count: chunks)
+    results.withUnsafeMutableBufferPointer { slots in
+        Parallel.forEach(chunks) { index in
+            slots[index] = Result {
+                try withNoGrad {
                     let range = (index * chunk)..<min(dataset.count, (index + 1) * chunk)
                     let batch = dataset.batch(Array(range)[...])
                     let logits = model(Tensor(shape: [range.count, dataset.features], storage: batch.inputs))
-                    do {
-                        losses[index] = Double(try logits.crossEntropy(labels: batch.labels, reduction: .sum).item)
-                    } catch {
-                        lock.locked { failure = failure ?? error }
-                    }
+                    let lossSum = Double(try logits.crossEntropy(labels: batch.labels, reduction: .sum).item)
                     let classes = logits.shape[1]
+                    var correct = 0
                     for row in 0..<range.count {
                         let scores = logits.storage[(row * classes)..<((row + 1) * classes)]
                         let predicted = scores.indices.max { scores[$0] < scores[$1] }! - row * classes
-                        if predicted == Int(batch.labels[row]) { hits[index] += 1 }
+                        if predicted == Int(batch.labels[row]) { correct += 1 }
                     }
+                    return (lossSum, correct)
                 }
             }
         }
     }
-    if let failure { throw failure }
-    return (Float(lossSums.reduce(0, +) / Double(dataset.count)), Double(correct.reduce(0, +)) / Double(dataset.count))
+    let totals = try results.map { try $0!.get() }
+    let count = Double(dataset.count)
+    return (Float(totals.map(\.lossSum).reduce(0, +) / count), Double(totals.map(\.correct).reduce(0, +)) / count)
 }

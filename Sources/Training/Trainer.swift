@@ -8,12 +8,8 @@ import Optim
 /// The train and test sets a config names, checked against the model's input and output widths.
 public func loadData(_ config: JobConfig) throws -> (train: ImageDataset, test: ImageDataset) {
     var (train, test) = try ImageDataset.loadMNISTStyle(directory: config.data.directory)
-    for index in [0, 1] {
-        var set = index == 0 ? train : test
-        set.mean = config.data.mean
-        set.std = config.data.std
-        if index == 0 { train = set } else { test = set }
-    }
+    (train.mean, train.std) = (config.data.mean, config.data.std)
+    (test.mean, test.std) = (config.data.mean, config.data.std)
     let sizes = config.model.sizes
     guard sizes[0] == train.features else {
         throw ConfigError("model.sizes[0] is \(sizes[0]) but \(config.data.directory) has \(train.features) features per sample")
@@ -57,7 +53,7 @@ public final class Trainer {
     public let runDirectory: String?
     public private(set) var state: TrainingState
     let engine: GradientEngine
-    let schedule: LearningRateSchedule
+    var schedule: LearningRateSchedule { config.resolvedSchedule(totalSteps: totalSteps) }
     /// Set from a signal handler to stop after the current step (a checkpoint is written).
     nonisolated(unsafe) public static var stopRequested = false
 
@@ -86,9 +82,6 @@ public final class Trainer {
         } else {
             events = try EventLog(path: nil)
         }
-        let epochSteps = config.training.epochs * plan.stepsPerEpoch
-        schedule = config.resolvedSchedule(
-            totalSteps: config.training.maxSteps > 0 ? min(config.training.maxSteps, epochSteps) : epochSteps)
     }
 
     /// The run directory's checkpoints (nil without a run directory).
