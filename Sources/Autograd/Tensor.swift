@@ -103,3 +103,12 @@ extension Tensor: CustomStringConvertible {
         return "Tensor(shape: \(shape), [\(preview)\(count > 8 ? ", …" : "")]\(requiresGrad ? ", requiresGrad" : ""))"
     }
 }
+
+extension Tensor {
+    /// Takes `other`'s values (same shape) without copying them, keeping this leaf's identity and gradient.
+    public mutating func shareStorage(of other: Tensor) {
+        precondition(shape == other.shape, "shapes \(shape) and \(other.shape) differ")
+        if let node, !node.isLeaf { self.node = nil }
+        storage = other.storage
+    }
+}

@@ -71,4 +71,11 @@ extension Module {
             offset += n
         }
     }
+
+    /// Shares `source`'s current parameter values (no copy until either side writes).
+    public func shareValues(from source: Module) {
+        for (mine, theirs) in zip(parameters, source.parameters) {
+            mine.value.shareStorage(of: theirs.value)
+        }
+    }
 }

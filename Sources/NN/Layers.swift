@@ -35,6 +35,8 @@ public final class Linear: Module {
         [("weight", weight)] + (bias.map { [("bias", $0)] } ?? [])
     }
 
+    public func replica() -> Module { Linear(weight: replicate(weight), bias: bias.map(replicate)) }
+
 }
 
 /// Elementwise activation without parameters.
@@ -56,6 +58,8 @@ public final class Activation: Module {
     }
 
     public var namedParameters: [(name: String, parameter: Parameter)] { [] }
+
+    public func replica() -> Module { self }
 }
 
 /// torch.nn.Sequential: applies its layers in order; parameter names are prefixed with the layer's index.
@@ -74,6 +78,8 @@ public final class Sequential: Module {
         }
     }
 
+    public func replica() -> Module { Sequential(layers.map { $0.replica() }) }
+
 }
 
 /// y = x + f(x): the skip path adds the upstream gradient unchanged, so dL/dx = dL/dy · (f′(x) + 1).
@@ -88,6 +94,8 @@ public final class Residual: Module {
     public var namedParameters: [(name: String, parameter: Parameter)] {
         body.namedParameters.map { ("body.\($0.name)", $0.parameter) }
     }
+
+    public func replica() -> Module { Residual(body.replica()) }
 
 }
 

@@ -26,6 +26,9 @@ public protocol Module: AnyObject {
     func forward(_ input: Tensor) -> Tensor
     /// (name, parameter) in canonical order, e.g. `0.weight`, `0.bias`, `2.weight`.
     var namedParameters: [(name: String, parameter: Parameter)] { get }
+    /// The same architecture with parameters that share the current values (copy-on-write) but accumulate
+    /// gradients of their own: one per thread when blocks of micro-batches run in parallel.
+    func replica() -> Module
 }
 
 extension Module {
@@ -36,4 +39,9 @@ extension Module {
     public func zeroGrad() {
         for parameter in parameters { parameter.zeroGrad() }
     }
+}
+
+/// A copy of a parameter for a replica: same values, same frozen state, its own gradient.
+func replicate(_ parameter: Parameter) -> Parameter {
+    Parameter(parameter.value, frozen: parameter.isFrozen)
 }

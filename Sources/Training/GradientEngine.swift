@@ -21,36 +21,59 @@ public struct GradientBlock: Sendable {
 /// Forward and backward passes that produce gradient sums per aligned block of micro-batches.
 ///
 /// A block of micro-batches runs as one pass over all its samples, with `SampleSegments` set to the block's
-/// size: row-wise work (the big GEMMs) covers every sample at once and spreads over threads, while each
-/// reduction over samples is summed per micro-batch and combined in the fixed `GradientTree`. The result is the
-/// same bits as one pass per micro-batch, for any thread count or split of the work among workers.
+/// size: each reduction over samples is summed per micro-batch and combined in the fixed `GradientTree`, so the
+/// result is the same bits as one pass per micro-batch. Blocks run in parallel, one per thread, each on a
+/// replica of the model (shared parameter values, its own gradients); the kernels inside a pass then stay on
+/// that thread. Halving aligned blocks until every thread has one keeps them aligned, so the caller's tree
+/// gives the same bits for any thread count or split of the work among workers.
 public final class GradientEngine {
     public let model: Module
+    private let replicas: [Module]
 
-    public init(model: Module) {
+    public init(model: Module, threads: Int = Parallel.threadCount) {
         self.model = model
+        replicas = (0..<max(1, threads)).map { _ in model.replica() }
     }
 
-    /// The gradient and loss sums over `microBatches` as the maximal aligned blocks a worker holding that range
-    /// sends; `inputs(j)` gives micro-batch j's samples.
+    /// Gradient and loss sums over `microBatches` as aligned blocks (the maximal ones, halved until each thread
+    /// has one); `inputs(j)` gives micro-batch j's samples.
     public func blockSums(
         _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32])
     ) throws -> [GradientBlock] {
-        try GradientTree.alignedBlocks(microBatches).map { block in
-            var x: [Float] = [], labels: [Int32] = []
-            for index in block {
-                let batch = inputs(index)
-                x += batch.inputs
-                labels += batch.labels
+        var blocks = GradientTree.alignedBlocks(microBatches)
+        while blocks.count < replicas.count, let widest = blocks.indices.max(by: { blocks[$0].count < blocks[$1].count }),
+              blocks[widest].count > 1 {
+            let block = blocks[widest], half = block.lowerBound + block.count / 2
+            blocks.replaceSubrange(widest...widest, with: [block.lowerBound..<half, half..<block.upperBound])
+        }
+        let lanes = min(replicas.count, blocks.count)
+        for replica in replicas[..<lanes] { replica.shareValues(from: model) }
+        var results = [Result<GradientBlock, Error>?](repeating: nil, count: blocks.count)
+        results.withUnsafeMutableBufferPointer { slots in
+            Parallel.forEach(lanes) { lane in
+                for index in stride(from: lane, to: blocks.count, by: lanes) {
+                    slots[index] = Result { try pass(blocks[index], on: replicas[lane], inputs: inputs) }
+                }
             }
-            return try withSampleSegments(block.count) {
-                model.zeroGrad()
-                let features = x.count / max(labels.count, 1)
-                let loss = try model(Tensor(shape: [labels.count, features], storage: x))
-                    .crossEntropy(labels: labels, reduction: .sum)
-                loss.backward()
-                return GradientBlock(microBatches: block, gradientSum: model.flatGradients(), lossSum: loss.item)
-            }
+        }
+        return try results.map { try $0!.get() }
+    }
+
+    private func pass(
+        _ block: Range<Int>, on replica: Module, inputs: (Int) -> (inputs: [Float], labels: [Int32])
+    ) throws -> GradientBlock {
+        var x: [Float] = [], labels: [Int32] = []
+        for index in block {
+            let batch = inputs(index)
+            x += batch.inputs
+            labels += batch.labels
+        }
+        return try withSampleSegments(block.count) {
+            replica.zeroGrad()
+            let loss = try replica(Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x))
+                .crossEntropy(labels: labels, reduction: .sum)
+            loss.backward()
+            return GradientBlock(microBatches: block, gradientSum: replica.flatGradients(), lossSum: loss.item)
         }
     }
 }
