@@ -23,10 +23,6 @@ public struct Tensor {
     /// A scalar constant (shape []).
     public init(_ value: Float) { self.init(shape: [], storage: [value]) }
 
-    public static func zeros(_ shape: [Int]) -> Tensor {
-        Tensor(shape: shape, storage: [Float](repeating: 0, count: shape.reduce(1, *)))
-    }
-
     public var count: Int { storage.count }
     public var rank: Int { shape.count }
 

@@ -26,8 +26,6 @@ public struct ParameterLayout: Equatable, Sendable {
     public init(_ module: Module) {
         self.init(entries: module.namedParameters.map { ($0.name, $0.parameter.shape, !$0.parameter.isFrozen) })
     }
-
-    public func entry(named name: String) -> Entry? { entries.first { $0.name == name } }
 }
 
 extension Module {

@@ -18,14 +18,6 @@ public struct Xoshiro256: RandomNumberGenerator, Sendable, Equatable {
         s0 = splitMix(); s1 = splitMix(); s2 = splitMix(); s3 = splitMix()
     }
 
-    /// Restores a generator from the four words of `stateWords` (as saved in a checkpoint).
-    public init(stateWords words: [UInt64]) {
-        precondition(words.count == 4, "xoshiro256 state has 4 words, got \(words.count)")
-        (s0, s1, s2, s3) = (words[0], words[1], words[2], words[3])
-    }
-
-    public var stateWords: [UInt64] { [s0, s1, s2, s3] }
-
     public mutating func next() -> UInt64 {
         let result = rotate(s1 &* 5, 7) &* 9
         let t = s1 << 17
