@@ -28,6 +28,7 @@ let package = Package(
         .target(name: "Optim", dependencies: ["Kernels"]),
         .target(name: "Data", dependencies: ["CZlib", "Random"]),
         .target(name: "Checkpoint", dependencies: ["COpenSSL"]),
+        .target(name: "Wire"),
         .target(name: "Training", dependencies: [
             "NN", "Optim", "Data", "Checkpoint",
             .product(name: "Yams", package: "Yams"),
@@ -38,6 +39,7 @@ let package = Package(
         ]),
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "RandomTests", dependencies: ["Random"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),

@@ -1,0 +1,135 @@
+/// One protocol message, independent of any socket. See `WireProtocol` for the frame layout.
+public struct Message: Equatable, Sendable {
+    public var type: MessageType
+    public var jobID: UInt64
+    public var step: UInt64
+    public var sender: UInt64
+    /// The micro-batches the message is about (assignments and gradients); empty otherwise.
+    public var microBatches: Range<Int>
+    /// The parameter block the tensors belong to (gradients and weights).
+    public var block: UInt32
+    /// UTF-8 JSON, or empty.
+    public var metadata: [UInt8]
+    public var tensors: [[Float]]
+
+    public init(type: MessageType, jobID: UInt64, step: UInt64 = 0, sender: UInt64 = 0, microBatches: Range<Int> = 0..<0,
+                block: UInt32 = 0, metadata: [UInt8] = [], tensors: [[Float]] = []) {
+        self.type = type
+        self.jobID = jobID
+        self.step = step
+        self.sender = sender
+        self.microBatches = microBatches
+        self.block = block
+        self.metadata = metadata
+        self.tensors = tensors
+    }
+}
+
+/// Why a received message was dropped; the text names the field and what was expected.
+public struct WireError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension Message {
+    /// The message as frames: header, metadata (if any), one frame per tensor.
+    public func encoded() -> [[UInt8]] {
+        var header: [UInt8] = []
+        header.reserveCapacity(WireProtocol.headerSize + 8 * tensors.count)
+        header += WireProtocol.magic
+        append(WireProtocol.version, to: &header)
+        header += [type.rawValue, 0]
+        append(jobID, to: &header)
+        append(step, to: &header)
+        append(sender, to: &header)
+        append(UInt32(microBatches.lowerBound), to: &header)
+        append(UInt32(microBatches.count), to: &header)
+        append(block, to: &header)
+        append(UInt32(metadata.count), to: &header)
+        append(UInt32(tensors.count), to: &header)
+        for tensor in tensors { append(UInt64(tensor.count * 4), to: &header) }
+        var frames = [header]
+        if !metadata.isEmpty { frames.append(metadata) }
+        for tensor in tensors {
+            frames.append(tensor.withUnsafeBufferPointer { values in
+                var bytes = [UInt8](repeating: 0, count: values.count * 4)
+                bytes.withUnsafeMutableBytes { raw in
+                    for (i, value) in values.enumerated() {
+                        raw.storeBytes(of: value.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+                    }
+                }
+                return bytes
+            })
+        }
+        return frames
+    }
+
+    /// Parses and checks frames: magic, version, known type, frame count and every length. `maximumTensorBytes`
+    /// bounds each tensor frame (the model's largest block).
+    public static func decode(_ frames: [[UInt8]], maximumTensorBytes: Int = Int.max) throws -> Message {
+        guard let header = frames.first else { throw WireError("empty message") }
+        guard header.count >= WireProtocol.headerSize else {
+            throw WireError("header frame has \(header.count) bytes, expected at least \(WireProtocol.headerSize)")
+        }
+        guard Array(header[0..<4]) == WireProtocol.magic else { throw WireError("not a trainerd message (wrong magic)") }
+        let version: UInt16 = read(header, at: 4)
+        guard version == WireProtocol.version else {
+            throw WireError("protocol version \(version), expected \(WireProtocol.version)")
+        }
+        guard let type = MessageType(rawValue: header[6]) else { throw WireError("unknown message type \(header[6])") }
+        let metadataLength = Int(read(header, at: 44) as UInt32)
+        let tensorCount = Int(read(header, at: 48) as UInt32)
+        guard metadataLength <= WireProtocol.maximumMetadata else {
+            throw WireError("metadata of \(metadataLength) bytes exceeds \(WireProtocol.maximumMetadata)")
+        }
+        guard tensorCount <= WireProtocol.maximumTensors else {
+            throw WireError("\(tensorCount) tensor frames exceed \(WireProtocol.maximumTensors)")
+        }
+        guard header.count == WireProtocol.headerSize + 8 * tensorCount else {
+            throw WireError("header frame has \(header.count) bytes, expected \(WireProtocol.headerSize + 8 * tensorCount) for \(tensorCount) tensors")
+        }
+        let expectedFrames = 1 + (metadataLength > 0 ? 1 : 0) + tensorCount
+        guard frames.count == expectedFrames else {
+            throw WireError("\(frames.count) frames, expected \(expectedFrames) (header, \(metadataLength > 0 ? "metadata, " : "")\(tensorCount) tensors)")
+        }
+        var next = 1
+        var metadata: [UInt8] = []
+        if metadataLength > 0 {
+            guard frames[1].count == metadataLength else {
+                throw WireError("metadata frame has \(frames[1].count) bytes, header says \(metadataLength)")
+            }
+            metadata = frames[1]
+            next = 2
+        }
+        var tensors: [[Float]] = []
+        tensors.reserveCapacity(tensorCount)
+        for index in 0..<tensorCount {
+            let declared = read(header, at: WireProtocol.headerSize + 8 * index) as UInt64
+            let frame = frames[next + index]
+            guard declared == UInt64(frame.count) else {
+                throw WireError("tensor \(index) frame has \(frame.count) bytes, header says \(declared)")
+            }
+            guard frame.count % 4 == 0 else { throw WireError("tensor \(index) has \(frame.count) bytes, not whole float32 values") }
+            guard frame.count <= maximumTensorBytes else {
+                throw WireError("tensor \(index) has \(frame.count) bytes, more than the \(maximumTensorBytes) allowed")
+            }
+            tensors.append(frame.withUnsafeBytes { raw in
+                (0..<(frame.count / 4)).map {
+                    Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+                }
+            })
+        }
+        let first = Int(read(header, at: 32) as UInt32), count = Int(read(header, at: 36) as UInt32)
+        return Message(type: type, jobID: read(header, at: 8), step: read(header, at: 16), sender: read(header, at: 24),
+                       microBatches: first..<(first + count), block: read(header, at: 40), metadata: metadata,
+                       tensors: tensors)
+    }
+}
+
+private func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
+    withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
+}
+
+private func read<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int) -> T {
+    bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+}

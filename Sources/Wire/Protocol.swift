@@ -1,0 +1,49 @@
+/// The trainerd wire protocol's constants: the one place that names them.
+///
+/// A message is a multipart ZeroMQ message: one header frame, then an optional metadata frame (UTF-8 JSON),
+/// then raw little-endian float32 tensor frames. The header (little-endian, `headerSize` bytes):
+///
+///     offset  size  field
+///          0     4  magic "TRND"
+///          4     2  protocol version
+///          6     1  message type
+///          7     1  reserved (0)
+///          8     8  job id
+///         16     8  step
+///         24     8  sender id
+///         32     4  first micro-batch of the range the message is about
+///         36     4  number of micro-batches in it
+///         40     4  parameter block index (gradients and weights travel per block)
+///         44     4  metadata frame length in bytes (0: no metadata frame)
+///         48     4  number of tensor frames, n
+///         52   8·n  byte length of each tensor frame
+public enum WireProtocol {
+    public static let magic: [UInt8] = Array("TRND".utf8)
+    public static let version: UInt16 = 1
+    /// Bytes of the fixed header, before the tensor lengths.
+    public static let headerSize = 52
+    /// Tensor frames a message may carry.
+    public static let maximumTensors = 4096
+    /// Bytes of metadata a message may carry.
+    public static let maximumMetadata = 1 << 20
+}
+
+/// What a message asks or tells. Raw values are on the wire.
+public enum MessageType: UInt8, CaseIterable, Sendable {
+    /// worker → coordinator: I am here (metadata: host, pid, protocol details).
+    case hello = 1
+    /// coordinator → worker: admitted (metadata: the job's config and model spec).
+    case welcome = 2
+    /// coordinator → worker: compute gradients for micro-batches [first, first + count) of `step`.
+    case assignment = 3
+    /// worker → coordinator: gradient sums of one aligned block of micro-batches (one tensor per parameter block).
+    case gradients = 4
+    /// coordinator → worker: the weights after `step` (one tensor per parameter block).
+    case weights = 5
+    /// either way: still alive.
+    case heartbeat = 6
+    /// either way: leaving.
+    case bye = 7
+    /// either way: refused or failed (metadata: {"message": …}).
+    case error = 8
+}

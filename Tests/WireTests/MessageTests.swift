@@ -1,0 +1,96 @@
+import Wire
+import XCTest
+
+final class MessageTests: XCTestCase {
+    let sample = Message(type: .gradients, jobID: 0xDEAD_BEEF_0102_0304, step: 77, sender: 5, microBatches: 4..<8,
+                         block: 2, metadata: Array("{\"loss\":1.5}".utf8), tensors: [[1, -2.5, 0.1], [], [3]])
+
+    func testEveryTypeRoundTrips() throws {
+        for type in MessageType.allCases {
+            var message = sample
+            message.type = type
+            XCTAssertEqual(try Message.decode(message.encoded()), message)
+        }
+        let bare = Message(type: .heartbeat, jobID: 1)
+        XCTAssertEqual(bare.encoded().count, 1)
+        XCTAssertEqual(try Message.decode(bare.encoded()), bare)
+    }
+
+    /// A header written byte by byte from the documented layout decodes to the expected fields.
+    func testHeaderLayoutIsTheDocumentedOne() throws {
+        var header: [UInt8] = Array("TRND".utf8) + [1, 0] + [5, 0]
+        header += [8, 7, 6, 5, 4, 3, 2, 1]  // job id
+        header += [42, 0, 0, 0, 0, 0, 0, 0]  // step
+        header += [9, 0, 0, 0, 0, 0, 0, 0]  // sender
+        header += [2, 0, 0, 0, 3, 0, 0, 0]  // micro-batches 2..<5
+        header += [1, 0, 0, 0]  // block
+        header += [0, 0, 0, 0]  // no metadata
+        header += [1, 0, 0, 0]  // one tensor
+        header += [8, 0, 0, 0, 0, 0, 0, 0]  // of 8 bytes
+        let tensor: [UInt8] = [0, 0, 0x80, 0x3F, 0, 0, 0x20, 0xC0]  // 1.0, -2.5
+        let message = try Message.decode([header, tensor])
+        XCTAssertEqual(message, Message(type: .weights, jobID: 0x0102_0304_0506_0708, step: 42, sender: 9,
+                                        microBatches: 2..<5, block: 1, tensors: [[1, -2.5]]))
+        XCTAssertEqual(message.encoded(), [header, tensor])
+    }
+
+    func assertRejected(_ frames: [[UInt8]], _ expected: String, line: UInt = #line) {
+        XCTAssertThrowsError(try Message.decode(frames, maximumTensorBytes: 64), line: line) {
+            XCTAssertEqual("\($0)", expected, line: line)
+        }
+    }
+
+    func testMalformedMessagesAreRejectedWithTheReason() {
+        let frames = sample.encoded()
+        assertRejected([], "empty message")
+        assertRejected([Array(frames[0].prefix(10))], "header frame has 10 bytes, expected at least 52")
+        var wrongMagic = frames
+        wrongMagic[0][0] = UInt8(ascii: "X")
+        assertRejected(wrongMagic, "not a trainerd message (wrong magic)")
+        var wrongVersion = frames
+        wrongVersion[0][4] = 9
+        assertRejected(wrongVersion, "protocol version 9, expected 1")
+        var unknownType = frames
+        unknownType[0][6] = 200
+        assertRejected(unknownType, "unknown message type 200")
+        assertRejected(Array(frames.dropLast()), "4 frames, expected 5 (header, metadata, 3 tensors)")
+        var shortTensor = frames
+        shortTensor[2].removeLast()
+        assertRejected(shortTensor, "tensor 0 frame has 11 bytes, header says 12")
+        var shortMetadata = frames
+        shortMetadata[1].removeLast()
+        assertRejected(shortMetadata, "metadata frame has 11 bytes, header says 12")
+        let big = Message(type: .gradients, jobID: 1, tensors: [[Float](repeating: 0, count: 17)]).encoded()
+        assertRejected(big, "tensor 0 has 68 bytes, more than the 64 allowed")
+        var odd = Message(type: .gradients, jobID: 1, tensors: [[1]]).encoded()
+        odd[1].removeLast()
+        odd[0][52] = 3
+        assertRejected(odd, "tensor 0 has 3 bytes, not whole float32 values")
+    }
+
+    /// Every truncation and every single-byte change of a valid message either decodes or throws: never a crash.
+    func testTruncatedAndMutatedFramesNeverCrash() {
+        let frames = sample.encoded()
+        for (index, frame) in frames.enumerated() {
+            for length in 0..<frame.count {
+                var cut = frames
+                cut[index] = Array(frame.prefix(length))
+                _ = try? Message.decode(cut)
+            }
+            for position in frame.indices {
+                for value: UInt8 in [0, 1, 0x7F, 0xFF] {
+                    var mutated = frames
+                    mutated[index][position] = value
+                    _ = try? Message.decode(mutated)
+                }
+            }
+        }
+        var state: UInt64 = 1
+        for _ in 0..<2000 {  // random frames, bounded
+            state = state &* 6_364_136_223_846_793_005 &+ 1
+            let count = Int(state >> 60)
+            let frames = (0..<count).map { i in (0..<Int((state >> UInt64(8 * (i % 7))) & 127)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) } }
+            _ = try? Message.decode(frames)
+        }
+    }
+}
