@@ -29,6 +29,8 @@ let package = Package(
         .target(name: "Data", dependencies: ["CZlib", "Random"]),
         .target(name: "Checkpoint", dependencies: ["COpenSSL"]),
         .target(name: "Wire"),
+        .systemLibrary(name: "CZMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        .target(name: "Transport", dependencies: ["CZMQ"]),
         .target(name: "Training", dependencies: [
             "NN", "Optim", "Data", "Checkpoint",
             .product(name: "Yams", package: "Yams"),
@@ -40,6 +42,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "RandomTests", dependencies: ["Random"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Wire"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),

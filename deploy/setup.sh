@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
-# C libraries (zlib, OpenSSL's libcrypto) with pkg-config, and Fashion-MNIST from Debian's dataset package.
+# C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, and Fashion-MNIST from Debian's dataset package.
 # With --tests it also makes sure Python has NumPy (the tests' independent evaluator).
 set -euo pipefail
 
-packages=(pkg-config zlib1g-dev libssl-dev dataset-fashion-mnist)
+packages=(pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,0 +1,159 @@
+import CZMQ
+import Foundation
+
+/// A ZeroMQ error with the operation and endpoint it concerns.
+public struct TransportError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public var code: Int32
+
+    init(_ what: String, code: Int32 = zmq_errno()) {
+        self.code = code
+        description = "\(what): \(String(cString: zmq_strerror(code)))"
+    }
+}
+
+/// One libzmq context per process; sockets keep it alive.
+public final class ZMQContext: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+
+    public init() {
+        handle = zmq_ctx_new()
+    }
+
+    deinit { zmq_ctx_term(handle) }
+
+    /// Whether libzmq was built with CURVE security (libsodium).
+    public static var hasCurve: Bool { zmq_has("curve") != 0 }
+}
+
+/// A ZeroMQ socket that moves multipart messages (arrays of frames) and knows nothing of their encoding.
+/// Linger is 0, so closing never waits for unsent messages.
+public final class ZMQSocket {
+    public enum Kind {
+        case router, dealer, publisher, subscriber
+
+        var zmqType: Int32 {
+            switch self {
+            case .router: return ZMQ_ROUTER
+            case .dealer: return ZMQ_DEALER
+            case .publisher: return ZMQ_PUB
+            case .subscriber: return ZMQ_SUB
+            }
+        }
+    }
+
+    private var handle: UnsafeMutableRawPointer?
+    private let context: ZMQContext
+    public let kind: Kind
+
+    public init(_ context: ZMQContext, _ kind: Kind) throws {
+        guard let socket = zmq_socket(context.handle, kind.zmqType) else { throw TransportError("cannot create a socket") }
+        self.context = context
+        self.kind = kind
+        handle = socket
+        try setOption(ZMQ_LINGER, 0)
+        if kind == .router {
+            // Unroutable sends fail instead of vanishing; a reconnecting worker takes over its identity.
+            try setOption(ZMQ_ROUTER_MANDATORY, 1)
+            try setOption(ZMQ_ROUTER_HANDOVER, 1)
+        }
+    }
+
+    deinit { close() }
+
+    public func close() {
+        if let handle { zmq_close(handle) }
+        handle = nil
+    }
+
+    private var socket: UnsafeMutableRawPointer {
+        get throws {
+            guard let handle else { throw TransportError("socket is closed", code: ENOTSOCK) }
+            return handle
+        }
+    }
+
+    public func setOption(_ option: Int32, _ value: Int32) throws {
+        var value = value
+        guard zmq_setsockopt(try socket, option, &value, MemoryLayout<Int32>.size) == 0 else {
+            throw TransportError("setting socket option \(option)")
+        }
+    }
+
+    public func setInt64Option(_ option: Int32, _ value: Int64) throws {
+        var value = value
+        guard zmq_setsockopt(try socket, option, &value, MemoryLayout<Int64>.size) == 0 else {
+            throw TransportError("setting socket option \(option)")
+        }
+    }
+
+    public func setOption(_ option: Int32, bytes: [UInt8]) throws {
+        guard zmq_setsockopt(try socket, option, bytes, bytes.count) == 0 else {
+            throw TransportError("setting socket option \(option)")
+        }
+    }
+
+    /// A stable identity for a DEALER, so the coordinator recognises a worker that reconnects.
+    public func setIdentity(_ identity: String) throws { try setOption(ZMQ_ROUTING_ID, bytes: Array(identity.utf8)) }
+
+    public func subscribe(prefix: [UInt8] = []) throws { try setOption(ZMQ_SUBSCRIBE, bytes: prefix) }
+
+    /// Bounds the size of any message this socket accepts (a larger one drops the connection).
+    public func setMaximumMessageSize(_ bytes: Int64) throws { try setInt64Option(ZMQ_MAXMSGSIZE, bytes) }
+
+    public func bind(_ endpoint: String) throws {
+        guard zmq_bind(try socket, endpoint) == 0 else { throw TransportError("cannot bind \(endpoint)") }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        guard zmq_connect(try socket, endpoint) == 0 else { throw TransportError("cannot connect to \(endpoint)") }
+    }
+
+    /// The endpoint actually bound (resolves a wildcard port such as tcp://127.0.0.1:*).
+    public var lastEndpoint: String {
+        get throws {
+            var buffer = [CChar](repeating: 0, count: 256)
+            var size = buffer.count
+            guard zmq_getsockopt(try socket, ZMQ_LAST_ENDPOINT, &buffer, &size) == 0 else {
+                throw TransportError("reading the bound endpoint")
+            }
+            return String(cString: buffer)
+        }
+    }
+
+    /// Sends all frames as one message. A ROUTER's first frame is the peer's identity.
+    public func send(_ frames: [[UInt8]]) throws {
+        let socket = try self.socket
+        for (index, frame) in frames.enumerated() {
+            let flags = index < frames.count - 1 ? ZMQ_SNDMORE : 0
+            let sent = frame.withUnsafeBytes { zmq_send(socket, $0.baseAddress, $0.count, flags) }
+            guard sent >= 0 else { throw TransportError("sending frame \(index) of \(frames.count)") }
+        }
+    }
+
+    /// The next whole message, or nil when none arrives within `timeout` seconds (0 polls without waiting).
+    /// A ROUTER's first frame is the sender's identity.
+    public func receive(timeout: Double) throws -> [[UInt8]]? {
+        let socket = try self.socket
+        var item = zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        let ready = zmq_poll(&item, 1, Int(timeout * 1000))
+        guard ready >= 0 else {
+            if zmq_errno() == EINTR { return nil }
+            throw TransportError("polling")
+        }
+        guard ready > 0 else { return nil }
+        var frames: [[UInt8]] = []
+        var more: Int32 = 1
+        while more != 0 {
+            var message = zmq_msg_t()
+            zmq_msg_init(&message)
+            defer { zmq_msg_close(&message) }
+            guard zmq_msg_recv(&message, socket, 0) >= 0 else { throw TransportError("receiving") }
+            let size = zmq_msg_size(&message)
+            let data = zmq_msg_data(&message)
+            frames.append(size == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: size)))
+            more = zmq_msg_more(&message)
+        }
+        return frames
+    }
+}
