@@ -8,7 +8,6 @@ import Kernels
 final class Node {
     let inputs: [Node?]
     let backward: BackwardRule?
-    let count: Int
     /// The accumulated gradient of a leaf, or of an interior node asked to retain it.
     var grad: [Float]?
     /// Set by `retainGrad()`: keep this interior node's gradient after backward.
@@ -16,16 +15,15 @@ final class Node {
 
     var isLeaf: Bool { backward == nil }
 
-    init(leafWithCount count: Int) {
+    /// A leaf: a tensor that wants its gradient.
+    init() {
         self.inputs = []
         self.backward = nil
-        self.count = count
     }
 
-    init(inputs: [Node?], count: Int, backward: @escaping BackwardRule) {
+    init(inputs: [Node?], backward: @escaping BackwardRule) {
         self.inputs = inputs
         self.backward = backward
-        self.count = count
     }
 }
 
@@ -54,7 +52,7 @@ extension Tensor {
         var result = Tensor(shape: shape, storage: storage)
         let nodes = inputs.map(\.node)
         if GradMode.isEnabled, nodes.contains(where: { $0 != nil }) {
-            result.node = Node(inputs: nodes, count: storage.count, backward: backward)
+            result.node = Node(inputs: nodes, backward: backward)
         }
         return result
     }
@@ -85,27 +83,22 @@ extension Tensor {
         var pending: [ObjectIdentifier: [Float]] = [ObjectIdentifier(root): upstream]
         for current in order.reversed() {
             guard let upstream = pending.removeValue(forKey: ObjectIdentifier(current)) else { continue }
-            guard let backward = current.backward else {
-                if current.grad == nil {
-                    current.grad = upstream
-                } else {
-                    tk_add_inplace(Int64(upstream.count), upstream, &current.grad!)
-                }
-                continue
-            }
-            if current.retainsGrad {
-                if current.grad == nil { current.grad = upstream } else { tk_add_inplace(Int64(upstream.count), upstream, &current.grad!) }
-            }
+            if current.isLeaf || current.retainsGrad { accumulate(upstream, into: &current.grad) }
+            guard let backward = current.backward else { continue }
             let inputGrads = backward(upstream, current.inputs.map { $0 != nil })
             for (input, grad) in zip(current.inputs, inputGrads) {
                 guard let input, let grad else { continue }
-                let key = ObjectIdentifier(input)
-                if pending[key] == nil {
-                    pending[key] = grad
-                } else {
-                    tk_add_inplace(Int64(grad.count), grad, &pending[key]!)
-                }
+                accumulate(grad, into: &pending[ObjectIdentifier(input)])
             }
         }
+    }
+}
+
+/// slot += gradient (or slot = gradient when empty).
+private func accumulate(_ gradient: [Float], into slot: inout [Float]?) {
+    if slot == nil {
+        slot = gradient
+    } else {
+        tk_add_inplace(Int64(gradient.count), gradient, &slot!)
     }
 }

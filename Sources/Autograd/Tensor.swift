@@ -39,7 +39,7 @@ public struct Tensor {
         get { node != nil }
         set {
             if newValue {
-                if node == nil { node = Node(leafWithCount: count) }
+                if node == nil { node = Node() }
             } else {
                 node = nil
             }
