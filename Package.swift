@@ -31,6 +31,7 @@ let package = Package(
         .target(name: "Wire"),
         .systemLibrary(name: "CZMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Transport", dependencies: ["CZMQ"]),
+        .target(name: "Cluster", dependencies: ["Kernels"]),
         .target(name: "Training", dependencies: [
             "NN", "Optim", "Data", "Checkpoint",
             .product(name: "Yams", package: "Yams"),
@@ -43,6 +44,7 @@ let package = Package(
         .testTarget(name: "RandomTests", dependencies: ["Random"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Wire"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),
