@@ -37,11 +37,56 @@ public struct RunSummary {
     public var finished: Bool
 }
 
-/// Single-process training: the same step as the distributed coordinator, without a network.
+/// Where a step's gradient sums come from: this process's threads, or workers over the network.
+public protocol GradientSource: AnyObject {
+    /// Σ over the step's samples of ∂ℓ/∂θ (flat, canonical order) and Σ ℓ, each combined over the micro-batches
+    /// in the gradient tree, for global step `step` at weights `parameters`. `fields` go into the step event.
+    func sums(step: Int, parameters: [Float]) throws -> (gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)])
+    /// Called once when the run ends (finished or stopped).
+    func finish(summary: RunSummary)
+}
+
+/// Computes every micro-batch of a step in this process.
+public final class LocalGradientSource: GradientSource {
+    let engine: GradientEngine
+    let plan: BatchPlan
+    let train: ImageDataset
+    private var cachedEpoch = -1
+    private var permutation: [Int] = []
+
+    public init(model: Module, plan: BatchPlan, train: ImageDataset) {
+        engine = GradientEngine(model: model)
+        self.plan = plan
+        self.train = train
+    }
+
+    /// The gradient and loss sums over micro-batches `range` of `step`, as aligned blocks.
+    public func blockSums(step: Int, range: Range<Int>) throws -> [GradientBlock] {
+        let epoch = step / plan.stepsPerEpoch
+        if epoch != cachedEpoch {
+            permutation = plan.permutation(epoch: epoch)
+            cachedEpoch = epoch
+        }
+        let samples = plan.samples(step: step, permutation: permutation)
+        return try engine.blockSums(range) { train.batch(plan.microBatch($0, of: samples)) }
+    }
+
+    public func sums(step: Int, parameters: [Float]) throws -> (gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)]) {
+        engine.model.load(flatValues: parameters)
+        let blocks = try blockSums(step: step, range: 0..<plan.microBatches)
+        // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
+        let gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: plan.microBatches)
+        let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]
+        return (gradient, loss, [])
+    }
+
+    public func finish(summary: RunSummary) {}
+}
+
+/// The training loop, shared by `train` (gradients from this process) and the coordinator (from workers).
 ///
-/// A step: the global batch's micro-batches run forward and backward (in parallel over threads), their
-/// gradient sums are combined in the fixed tree, divided by the global batch, clipped by global norm, and the
-/// optimizer updates the flat parameter buffer.
+/// A step: the global batch's micro-batch gradient sums, combined in the fixed tree, are divided by the global
+/// batch, clipped by global norm, and the optimizer updates the flat parameter buffer.
 public final class Trainer {
     public let config: JobConfig
     public let model: Sequential
@@ -52,7 +97,7 @@ public final class Trainer {
     public let events: EventLog
     public let runDirectory: String?
     public private(set) var state: TrainingState
-    let engine: GradientEngine
+    public let source: GradientSource
     var schedule: LearningRateSchedule { config.resolvedSchedule(totalSteps: totalSteps) }
     /// Set from a signal handler to stop after the current step (a checkpoint is written).
     nonisolated(unsafe) public static var stopRequested = false
@@ -62,7 +107,9 @@ public final class Trainer {
         return config.training.maxSteps > 0 ? min(config.training.maxSteps, epochSteps) : epochSteps
     }
 
-    public init(config: JobConfig, runDirectory: String?, data: (train: ImageDataset, test: ImageDataset)? = nil) throws {
+    /// `makeSource` nil computes gradients in this process.
+    public init(config: JobConfig, runDirectory: String?, data: (train: ImageDataset, test: ImageDataset)? = nil,
+                makeSource: ((Sequential, BatchPlan, ImageDataset) -> GradientSource)? = nil) throws {
         self.config = config
         self.runDirectory = runDirectory
         Parallel.threadCount = config.training.threads > 0 ? config.training.threads
@@ -72,7 +119,7 @@ public final class Trainer {
         layout = ParameterLayout(model)
         plan = BatchPlan(seed: config.seed, datasetSize: train.count, batchSize: config.training.batchSize,
                          microBatches: config.training.microBatches)
-        engine = GradientEngine(model: model)
+        source = makeSource?(model, plan, train) ?? LocalGradientSource(model: model, plan: plan, train: train)
         let optimizer = Optimizer(config.optimizer.config, parameterCount: layout.totalCount,
                                   trainable: layout.entries.filter(\.trainable).map(\.range))
         state = TrainingState(step: 0, parameters: model.flatValues(), optimizer: optimizer)
@@ -101,23 +148,17 @@ public final class Trainer {
         return state.step
     }
 
-    /// Gradient (already divided by the global batch) and mean loss of global step `step`.
-    public func gradient(step: Int, permutation: [Int]) throws -> (gradient: [Float], loss: Float) {
-        let samples = plan.samples(step: step, permutation: permutation)
-        let blocks = try engine.blockSums(0..<plan.microBatches) { index in
-            train.batch(plan.microBatch(index, of: samples))
-        }
-        // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
-        var gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: plan.microBatches)
-        let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]
+    /// Gradient (already divided by the global batch) and mean loss of global step `step` at the current weights.
+    public func gradient(step: Int) throws -> (gradient: [Float], loss: Float, fields: [(String, JSONValue)]) {
+        var (gradient, loss, fields) = try source.sums(step: step, parameters: state.parameters)
         let batch = Float(plan.batchSize)
         for i in gradient.indices { gradient[i] /= batch }
-        return (gradient, loss / batch)
+        return (gradient, loss / batch, fields)
     }
 
-    /// One optimizer step; returns the loss before it and the clipping result.
-    public func step(permutation: [Int]) throws -> (loss: Float, clip: ClipResult, lr: Float) {
-        var (gradient, loss) = try gradient(step: state.step, permutation: permutation)
+    /// One optimizer step; returns the loss before it, the clipping result and the source's step fields.
+    public func step() throws -> (loss: Float, clip: ClipResult, lr: Float, fields: [(String, JSONValue)]) {
+        var (gradient, loss, fields) = try gradient(step: state.step)
         let tensors = layout.entries.map(\.range)
         let clip = config.training.clipNorm > 0
             ? clipGradientNorm(&gradient, tensors: tensors, maxNorm: config.training.clipNorm)
@@ -129,7 +170,7 @@ public final class Trainer {
         state.parameters = parameters
         state.step += 1
         model.load(flatValues: state.parameters)
-        return (loss, clip, lr)
+        return (loss, clip, lr, fields)
     }
 
     public func run() throws -> RunSummary {
@@ -146,17 +187,11 @@ public final class Trainer {
         var windowStart = Date(), windowSteps = 0
         var samplesPerSecond = 0.0
         var lastLoss = Float.nan
-        var permutationEpoch = -1
-        var permutation: [Int] = []
         var lastEval: (loss: Float, accuracy: Double)?
         let startStep = state.step
         while state.step < total && !Trainer.stopRequested {
             let epoch = state.step / plan.stepsPerEpoch
-            if epoch != permutationEpoch {
-                permutation = plan.permutation(epoch: epoch)
-                permutationEpoch = epoch
-            }
-            let (loss, clip, lr) = try step(permutation: permutation)
+            let (loss, clip, lr, fields) = try step()
             guard loss.isFinite, clip.totalNorm.isFinite else {
                 throw ConfigError("step \(state.step): the loss or gradient is not finite (loss \(loss), gradient norm \(clip.totalNorm)); lower optimizer.lr or set training.clip_norm")
             }
@@ -172,7 +207,7 @@ public final class Trainer {
                 ("step", .int(state.step)), ("epoch", .int(epoch)), ("loss", JSONValue(loss)),
                 ("grad_norm", JSONValue(clip.totalNorm)), ("clipped", .bool(clip.clipped)), ("lr", JSONValue(lr)),
                 ("samples_per_s", .number(samplesPerSecond.rounded())), ("total_steps", .int(total)),
-            ])
+            ] + fields)
             if config.training.evalEvery > 0 && state.step % config.training.evalEvery == 0 && state.step < total {
                 lastEval = try evaluate(model, on: test)
                 events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(lastEval!.loss)),
@@ -188,9 +223,11 @@ public final class Trainer {
         if state.step < total {
             // Interrupted: the checkpoint is the output; nothing may look like a finished run.
             events.emit("stopped", [("step", .int(state.step)), ("loss", JSONValue(lastLoss)), ("elapsed_s", .number(seconds))])
-            return RunSummary(steps: state.step, loss: lastLoss, testLoss: .nan, testAccuracy: .nan,
-                              weightsSHA256: weightsSHA256(state.parameters), seconds: seconds,
-                              samplesPerSecond: overall, finished: false)
+            let summary = RunSummary(steps: state.step, loss: lastLoss, testLoss: .nan, testAccuracy: .nan,
+                                     weightsSHA256: weightsSHA256(state.parameters), seconds: seconds,
+                                     samplesPerSecond: overall, finished: false)
+            source.finish(summary: summary)
+            return summary
         }
         let (testLoss, accuracy) = try evaluate(model, on: test)
         events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(testLoss)),
@@ -209,6 +246,7 @@ public final class Trainer {
             ("test_accuracy", .number(accuracy)), ("weights_sha256", .string(hash)), ("elapsed_s", .number(seconds)),
             ("samples_per_s", .number(overall.rounded())),
         ])
+        source.finish(summary: summary)
         return summary
     }
 

@@ -72,12 +72,11 @@ struct Bench: ParsableCommand {
         do {
             let job = try JobConfig.load(path: config, overrides: ["training.threads=\(Parallel.threadCount)"])
             let trainer = try Trainer(config: job, runDirectory: nil)
-            let permutation = trainer.plan.permutation(epoch: 0)
             var rates: [Double] = []
             for _ in 0..<repeats {
-                for _ in 0..<10 { _ = try trainer.step(permutation: permutation) }  // warm-up
+                for _ in 0..<10 { _ = try trainer.step() }  // warm-up
                 let start = Date()
-                for _ in 0..<steps { _ = try trainer.step(permutation: permutation) }
+                for _ in 0..<steps { _ = try trainer.step() }
                 rates.append(Double(steps * job.training.batchSize) / Date().timeIntervalSince(start))
             }
             let rate = median(rates)

@@ -92,7 +92,7 @@ final class TrainerTests: XCTestCase {
         let data = syntheticData()
         let trainer = try Trainer(config: config, runDirectory: nil, data: data)
         let permutation = trainer.plan.permutation(epoch: 0)
-        let full = try trainer.gradient(step: 0, permutation: permutation)
+        let full = try trainer.gradient(step: 0)
         let samples = trainer.plan.samples(step: 0, permutation: permutation)
         let engine = GradientEngine(model: trainer.model)
         for workers in [2, 3, 5] {
