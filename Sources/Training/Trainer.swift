@@ -60,8 +60,13 @@ public final class LocalGradientSource: GradientSource {
         self.train = train
     }
 
-    /// The gradient and loss sums over micro-batches `range` of `step`, as aligned blocks.
-    public func blockSums(step: Int, range: Range<Int>) throws -> [GradientBlock] {
+    /// The gradient and loss sums over micro-batches `range` of `step` at weights `parameters`, as aligned blocks.
+    public func blockSums(step: Int, range: Range<Int>, parameters: [Float]) throws -> [GradientBlock] {
+        engine.model.load(flatValues: parameters)
+        return try blockSums(step: step, range: range)
+    }
+
+    func blockSums(step: Int, range: Range<Int>) throws -> [GradientBlock] {
         let epoch = step / plan.stepsPerEpoch
         if epoch != cachedEpoch {
             permutation = plan.permutation(epoch: epoch)
@@ -72,8 +77,7 @@ public final class LocalGradientSource: GradientSource {
     }
 
     public func sums(step: Int, parameters: [Float]) throws -> (gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)]) {
-        engine.model.load(flatValues: parameters)
-        let blocks = try blockSums(step: step, range: 0..<plan.microBatches)
+        let blocks = try blockSums(step: step, range: 0..<plan.microBatches, parameters: parameters)
         // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
         let gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: plan.microBatches)
         let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]

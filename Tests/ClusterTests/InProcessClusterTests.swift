@@ -1,0 +1,109 @@
+import Cluster
+import Data
+import Foundation
+import NN
+import TestSupport
+import Training
+import Transport
+import Wire
+import XCTest
+
+/// A coordinator and workers in one process over the in-memory transport: the distributed step must give the
+/// single-process weights bit for bit, for any number of workers.
+final class InProcessClusterTests: XCTestCase {
+    static let yaml = """
+        name: cluster
+        seed: 11
+        model: {sizes: [16, 12, 4], activation: tanh}
+        optimizer: {kind: adamw, lr: 0.01}
+        training: {batch_size: 48, micro_batches: 6, max_steps: 12, checkpoint_every: 0, threads: 1}
+        """
+
+    /// 4 classes of noisy 16-pixel prototypes, made here so the test needs no dataset files.
+    static func data(_ config: JobConfig) -> (train: ImageDataset, test: ImageDataset) {
+        func make(_ count: Int, _ seed: UInt64) -> ImageDataset {
+            let noise = testValues(count * 16, seed: seed)
+            let pixels = (0..<(count * 16)).map { i in UInt8(max(0, min(255, ((i % 16) / 4 == (i / 16) % 4 ? 200 : 40) + 60 * noise[i]))) }
+            return ImageDataset(features: 16, pixels: pixels, labels: (0..<count).map { Int32($0 % 4) })
+        }
+        return (make(480, 1), make(96, 2))
+    }
+
+    func runCluster(workers: Int) throws -> String {
+        let job = JobDescription(yaml: Self.yaml, overrides: [])
+        let config = try job.parse()
+        let router = InMemoryRouter()
+        var coordinator: Coordinator!
+        let trainer = try Trainer(config: config, runDirectory: nil, data: Self.data(config)) { model, plan, _ in
+            coordinator = Coordinator(socket: router, job: job, layout: ParameterLayout(model),
+                                      microBatches: plan.microBatches, minimumWorkers: workers, events: try! EventLog(path: nil))
+            return coordinator
+        }
+        final class Failures: @unchecked Sendable { var list: [String] = []; let lock = NSLock() }
+        let failures = Failures()
+        let threads = (0..<workers).map { index in
+            Thread {
+                let worker = Worker(socket: router.connect(identity: "worker-\(index)"), name: "worker-\(index)",
+                                    loadDatasets: { Self.data($0) })
+                do { try worker.run() } catch {
+                    failures.lock.lock(); failures.list.append("\(error)"); failures.lock.unlock()
+                }
+            }
+        }
+        threads.forEach { $0.start() }
+        let summary = try trainer.run()
+        XCTAssertEqual(summary.steps, 12)
+        let deadline = Date().addingTimeInterval(10)
+        while threads.contains(where: { !$0.isFinished }) && Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(threads.allSatisfy(\.isFinished), "workers did not stop after bye")
+        XCTAssertEqual(failures.list, [])
+        return summary.weightsSHA256
+    }
+
+    func testOneToFourWorkersGiveTheSingleProcessWeights() throws {
+        let config = try JobConfig.parse(yaml: Self.yaml)
+        let single = try Trainer(config: config, runDirectory: nil, data: Self.data(config)).run().weightsSHA256
+        for workers in 1...4 {
+            XCTAssertEqual(try runCluster(workers: workers), single, "\(workers) workers")
+        }
+    }
+
+    /// A peer with another protocol version, a foreign job id or garbage frames is refused or dropped; the job
+    /// still finishes with the same weights.
+    func testBadPeersAreRefusedAndDoNotDisturbTheJob() throws {
+        let config = try JobConfig.parse(yaml: Self.yaml)
+        let single = try Trainer(config: config, runDirectory: nil, data: Self.data(config)).run().weightsSHA256
+        let job = JobDescription(yaml: Self.yaml, overrides: [])
+        let router = InMemoryRouter()
+        let events = try EventLog(path: nil)
+        var warnings: [String] = []
+        events.observers.append { event, fields in
+            if event == "warning", case let .string(text)? = fields.first?.1 { warnings.append(text) }
+        }
+        let trainer = try Trainer(config: config, runDirectory: nil, data: Self.data(config)) { model, plan, _ in
+            Coordinator(socket: router, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
+                        minimumWorkers: 1, events: events)
+        }
+        let stranger = router.connect(identity: "stranger")
+        var oldVersion = Message(type: .hello, jobID: 0).encoded()
+        oldVersion[0][4] = 0  // protocol version 0
+        try stranger.send(oldVersion)
+        try stranger.send(Message(type: .hello, jobID: 12345).encoded())
+        try stranger.send([[1, 2, 3]])
+        let worker = Thread {
+            try? Worker(socket: router.connect(identity: "good"), name: "good", loadDatasets: { Self.data($0) }).run()
+        }
+        worker.start()
+        XCTAssertEqual(try trainer.run().weightsSHA256, single)
+        var replies: [String] = []
+        while let frames = try stranger.receive(timeout: 0.1) {
+            let message = try Message.decode(frames)
+            if message.type == .error, let object = try JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: String] {
+                replies.append(object["message"] ?? "")
+            }
+        }
+        XCTAssertTrue(replies.contains("protocol version 0, expected 1"), "\(replies)")
+        XCTAssertTrue(replies.contains { $0.hasPrefix("this coordinator runs job ") }, "\(replies)")
+        XCTAssertTrue(warnings.contains { $0.contains("stranger") && $0.contains("header frame has 3 bytes") }, "\(warnings)")
+    }
+}
