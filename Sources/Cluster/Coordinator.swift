@@ -67,12 +67,14 @@ public final class Coordinator: GradientSource {
     let layout: ParameterLayout
     let microBatches: Int
     let minimumWorkers: Int
-    let events: EventLog
+    public let events: EventLog
     /// Seconds to wait for a step's gradients before failing with the names of the silent workers.
     let stepTimeout: Double
     var peers: [Peer] = []
     /// Workers that said hello during a step; they get work from the next one.
     var joining: [Peer] = []
+    /// Polled while waiting: a reason to give up (a local worker process died), or nil.
+    public var abortReason: () -> String? = { nil }
     /// The step in flight: who owns each micro-batch, and the gradients received so far.
     var round: (step: Int, owners: [Int: [UInt8]], reducer: StepReducer)?
 
@@ -139,6 +141,7 @@ public final class Coordinator: GradientSource {
 
     /// Receives and handles at most one message.
     private func receiveOne(timeout: Double) throws {
+        if let reason = abortReason() { throw CoordinatorError(reason) }
         guard let frames = try socket.receive(timeout: timeout), let identity = frames.first else { return }
         let name = peerName(identity)
         let message: Message

@@ -1,5 +1,6 @@
 import Data
 import Foundation
+import Kernels
 import NN
 import Training
 import Transport
@@ -19,14 +20,17 @@ public final class Worker {
     var weights: (step: UInt64, values: [Float])?
     let log: (String) -> Void
     let loadDatasets: (JobConfig) throws -> (train: ImageDataset, test: ImageDataset)
+    /// Kernel threads; nil follows the job's `training.threads`.
+    let threads: Int?
 
-    public init(socket: MessageSocket, name: String, joinTimeout: Double = 30,
+    public init(socket: MessageSocket, name: String, joinTimeout: Double = 30, threads: Int? = nil,
                 loadDatasets: @escaping (JobConfig) throws -> (train: ImageDataset, test: ImageDataset) = loadData,
                 log: @escaping (String) -> Void = { _ in }) {
         self.socket = socket
         self.name = name
         self.joinTimeout = joinTimeout
         self.loadDatasets = loadDatasets
+        self.threads = threads
         self.log = log
     }
 
@@ -89,6 +93,8 @@ public final class Worker {
     private func join(_ welcome: Message) throws {
         let job = try JobDescription(metadata: welcome.metadata)
         let config = try job.parse()
+        let wanted = threads ?? config.training.threads
+        Parallel.threadCount = wanted > 0 ? wanted : ProcessInfo.processInfo.activeProcessorCount
         let data = try loadDatasets(config)
         let model = makeModel(config.model, seed: config.seed)
         let plan = BatchPlan(seed: config.seed, datasetSize: data.train.count, batchSize: config.training.batchSize,

@@ -50,17 +50,7 @@ extension Message {
         for tensor in tensors { append(UInt64(tensor.count * 4), to: &header) }
         var frames = [header]
         if !metadata.isEmpty { frames.append(metadata) }
-        for tensor in tensors {
-            frames.append(tensor.withUnsafeBufferPointer { values in
-                var bytes = [UInt8](repeating: 0, count: values.count * 4)
-                bytes.withUnsafeMutableBytes { raw in
-                    for (i, value) in values.enumerated() {
-                        raw.storeBytes(of: value.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
-                    }
-                }
-                return bytes
-            })
-        }
+        for tensor in tensors { frames.append(littleEndianBytes(tensor)) }
         return frames
     }
 
@@ -113,16 +103,38 @@ extension Message {
             guard frame.count <= maximumTensorBytes else {
                 throw WireError("tensor \(index) has \(frame.count) bytes, more than the \(maximumTensorBytes) allowed")
             }
-            tensors.append(frame.withUnsafeBytes { raw in
-                (0..<(frame.count / 4)).map {
-                    Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
-                }
-            })
+            tensors.append(floats(littleEndian: frame))
         }
         let first = Int(read(header, at: 32) as UInt32), count = Int(read(header, at: 36) as UInt32)
         return Message(type: type, jobID: read(header, at: 8), step: read(header, at: 16), sender: read(header, at: 24),
                        microBatches: first..<(first + count), block: read(header, at: 40), metadata: metadata,
                        tensors: tensors)
+    }
+}
+
+/// float32 values as little-endian bytes (a plain copy on little-endian hosts).
+func littleEndianBytes(_ values: [Float]) -> [UInt8] {
+    #if _endian(little)
+    return values.withUnsafeBytes { Array($0) }
+    #else
+    return values.flatMap { value in withUnsafeBytes(of: value.bitPattern.littleEndian) { Array($0) } }
+    #endif
+}
+
+/// The float32 values of little-endian `bytes` (whose count is a multiple of 4).
+func floats(littleEndian bytes: [UInt8]) -> [Float] {
+    let count = bytes.count / 4
+    return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+        bytes.withUnsafeBytes { raw in
+            #if _endian(little)
+            if count > 0 { UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: count * 4) }
+            #else
+            for i in 0..<count {
+                buffer[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
+            }
+            #endif
+        }
+        initialized = count
     }
 }
 

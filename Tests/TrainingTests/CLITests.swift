@@ -150,6 +150,52 @@ final class CLITests: XCTestCase {
                        try doneEvent(straight)["weights_sha256"] as? String)
     }
 
+    /// `launch` with 1 to 4 worker processes over ZeroMQ ends with the weights of `train`, bit for bit.
+    func testLaunchWithOneToFourWorkersMatchesTrain() throws {
+        try requireDataset()
+        let steps = ["--set", "training.max_steps=40", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=0"]
+        let single = scratch + "/single"
+        XCTAssertEqual(try trainerd(["train", config, "--run-dir", single] + steps).status, 0)
+        let expected = try XCTUnwrap(try doneEvent(single)["weights_sha256"] as? String)
+        for workers in 1...4 {
+            let runDirectory = scratch + "/launch\(workers)"
+            let result = try trainerd(["launch", config, "--workers", String(workers), "--run-dir", runDirectory] + steps)
+            XCTAssertEqual(result.status, 0, result.stderr)
+            let done = try doneEvent(runDirectory)
+            XCTAssertEqual(done["weights_sha256"] as? String, expected, "\(workers) workers")
+            let events = try String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8)
+            XCTAssertEqual(events.components(separatedBy: "\"event\":\"worker_joined\"").count - 1, workers)
+        }
+        print("train and launch with 1-4 workers: weights_sha256 \(expected)")
+    }
+
+    func testWorkerWithoutACoordinatorGivesUpWithTheEndpoint() throws {
+        let result = try trainerd(["worker", "--connect", "tcp://127.0.0.1:9", "--join-timeout", "1"])
+        XCTAssertEqual(result.status, 1)
+        XCTAssertEqual(result.stderr, "trainerd: error: tcp://127.0.0.1:9: no answer from the coordinator within 1 s\n")
+    }
+
+    func testCoordinatorReportsAPortInUse() throws {
+        // Hold a loopback port with a plain TCP listener, then ask the coordinator to bind it.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &address) { pointer in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                XCTAssertEqual(bind(listener, $0, length), 0)
+                XCTAssertEqual(listen(listener, 1), 0)
+                XCTAssertEqual(getsockname(listener, $0, &length), 0)
+                if length == 0 { throw XCTSkip("no loopback socket") }
+            }
+        }
+        let port = UInt16(bigEndian: address.sin_port)
+        try assertFails(["coordinator", config, "--bind", "tcp://127.0.0.1:\(port)", "--run-dir", scratch + "/run"],
+                        "cannot bind tcp://127.0.0.1:\(port): Address already in use")
+    }
+
     func testGradcheckPassesOnTheDefaultModel() throws {
         try requireDataset()
         let result = try trainerd(["gradcheck", config, "--set", "model.sizes=[784, 64, 64, 10]"])

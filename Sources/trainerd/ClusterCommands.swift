@@ -1,0 +1,198 @@
+import ArgumentParser
+import Cluster
+import Foundation
+import NN
+import Training
+import Transport
+
+/// Runs the training loop with gradients from workers on `router`, printing progress like `train`.
+/// Returns the process exit status: 0 finished, 130 stopped by a signal.
+func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, minimumWorkers: Int, runDir: String,
+                resume: Bool, abortReason: @escaping () -> String? = { nil }) throws -> Int32 {
+    let yaml = try String(contentsOfFile: options.config, encoding: .utf8)
+    let job = JobDescription(yaml: yaml, overrides: options.overrides)
+    let config = try options.load()
+    var coordinator: Coordinator?
+    let trainer = try Trainer(config: config, runDirectory: runDir) { model, plan, _ in
+        let created = Coordinator(socket: router, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
+                                  minimumWorkers: minimumWorkers, events: try! EventLog(path: nil))
+        coordinator = created
+        return created
+    }
+    // The coordinator reports joins and dropped messages through the run's event log.
+    coordinator?.events.observers.append { event, fields in trainer.events.emit(event, fields) }
+    coordinator?.abortReason = abortReason
+    if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
+        throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
+    }
+    if resume, let step = trainer.resume() {
+        FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
+    }
+    if let logBind {
+        let context = ZMQContext()
+        let publisher = try ZMQSocket(context, .publisher)
+        try publisher.bind(logBind)
+        trainer.events.observers.append { event, fields in
+            let line = JSONValue.object([("event", .string(event))] + fields).serialized
+            try? publisher.send([Array(line.utf8)])
+        }
+    }
+    let progress = ProgressLine()
+    trainer.events.observers.append(progress.observe)
+    installStopHandler()
+    FileHandle.standardError.write(Data("coordinator on \(try router.lastEndpoint), job \(String(coordinator!.jobID, radix: 16)), waiting for \(minimumWorkers) worker(s)\n".utf8))
+    let summary = try trainer.run()
+    progress.finish()
+    guard summary.finished else {
+        print("stopped at step \(summary.steps); continue with --resume and the same --run-dir \(runDir)")
+        return 130
+    }
+    print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
+                 summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
+    print("weights_sha256 \(summary.weightsSHA256)")
+    print("run directory \(runDir)")
+    return 0
+}
+
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator", abstract: "Own the weights of a job and train with workers that connect to it.")
+
+    @OptionGroup var options: JobOptions
+    @Option(help: "Endpoint for workers, e.g. tcp://0.0.0.0:5555.") var bind: String
+    @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://0.0.0.0:5556.") var logBind: String?
+    @Option(help: "Workers to wait for before the first step.") var workers = 1
+    @Option(help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir = "runs/coordinator"
+    @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
+
+    func run() throws {
+        let status: Int32
+        do {
+            let router = try ZMQSocket(ZMQContext(), .router)
+            try router.bind(bind)
+            status = try coordinate(options: options, router: router, logBind: logBind, minimumWorkers: workers,
+                                    runDir: runDir, resume: resume)
+        } catch {
+            fail(error)
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Compute gradients for a coordinator (the job's config comes from it).")
+
+    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:5555.") var connect: String
+    @Option(help: "A stable name (the ZeroMQ identity); default host-pid.") var name: String?
+    @Option(help: "Kernel threads (default: the job's training.threads).") var threads: Int?
+    @Option(help: "Seconds to wait for the coordinator's welcome.") var joinTimeout = 30.0
+
+    func run() throws {
+        do {
+            let identity = name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
+            let dealer = try ZMQSocket(ZMQContext(), .dealer)
+            try dealer.setIdentity(identity)
+            try dealer.connect(connect)
+            let worker = Worker(socket: dealer, name: identity, joinTimeout: joinTimeout, threads: threads) { line in
+                FileHandle.standardError.write(Data("worker \(identity): \(line)\n".utf8))
+            }
+            try worker.run()
+        } catch let error as CoordinatorError where error.description.hasPrefix("no answer") {
+            fail(CoordinatorError("\(connect): \(error)"))
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+struct Launch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train with a coordinator and N worker processes on this machine (like torchrun).")
+
+    @OptionGroup var options: JobOptions
+    @Option(help: "Worker processes to start.") var workers = 2
+    @Option(help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir = "runs/launch"
+    @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://127.0.0.1:5556.") var logBind: String?
+    @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
+
+    func validate() throws {
+        guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
+    }
+
+    func run() throws {
+        var children: [LocalWorker] = []
+        let status: Int32
+        do {
+            _ = try options.load()  // report config errors before starting anything
+            let router = try ZMQSocket(ZMQContext(), .router)
+            try router.bind("tcp://127.0.0.1:*")
+            let endpoint = try router.lastEndpoint
+            let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
+            children = try (0..<workers).map {
+                try LocalWorker(arguments: ["worker", "--connect", endpoint, "--name", "worker-\($0)", "--threads", String(threads)])
+            }
+            status = try coordinate(options: options, router: router, logBind: logBind, minimumWorkers: workers,
+                                    runDir: runDir, resume: resume, abortReason: {
+                children.lazy.compactMap(\.failure).first
+            })
+        } catch {
+            children.forEach { $0.stop() }
+            fail(error)
+        }
+        for child in children { child.waitForExit(timeout: 30) }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+/// A worker child process of `launch`, in a process group of its own so that Ctrl-C reaches only `launch`,
+/// which finishes the step, checkpoints and then sends every worker bye.
+final class LocalWorker: @unchecked Sendable {
+    let pid: pid_t
+    private let lock = NSLock()
+    private var exitStatus: Int32?
+
+    init(arguments: [String]) throws {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        let executable = "/proc/self/exe"
+        let argv = ([CommandLine.arguments[0]] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, executable, nil, &attributes, argv, environ)
+        guard result == 0 else { throw CoordinatorError("cannot start a worker process: \(String(cString: strerror(result)))") }
+        pid = child
+        Thread.detachNewThread { [self] in
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            lock.lock()
+            exitStatus = status
+            lock.unlock()
+        }
+    }
+
+    /// Why the job cannot go on, if this worker has exited.
+    var failure: String? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let status = exitStatus else { return nil }
+        return "worker process \(pid) exited (status \(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))) before the job finished"
+    }
+
+    func stop() { kill(pid, SIGTERM) }
+
+    func waitForExit(timeout: Double) {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            lock.lock()
+            let done = exitStatus != nil
+            lock.unlock()
+            if done { return }
+            usleep(20_000)
+        }
+        kill(pid, SIGKILL)
+    }
+}
