@@ -75,8 +75,18 @@ public final class Coordinator: GradientSource {
     var joining: [Peer] = []
     /// Polled while waiting: a reason to give up (a local worker process died), or nil.
     public var abortReason: () -> String? = { nil }
-    /// The step in flight: who owns each micro-batch, and the gradients received so far.
-    var round: (step: Int, owners: [Int: [UInt8]], reducer: StepReducer)?
+    /// The step in flight: who owns each micro-batch, the gradients received so far, and per-worker accounting.
+    struct Round {
+        var step: Int
+        var owners: [Int: [UInt8]]
+        var reducer: StepReducer
+        var started = Date()
+        var outstanding: [[UInt8]: Int] = [:]
+        var finished: [[UInt8]: Date] = [:]
+        var bytes: [[UInt8]: Int] = [:]
+    }
+
+    var round: Round?
 
     public init(socket: MessageSocket, job: JobDescription, layout: ParameterLayout, microBatches: Int,
                 minimumWorkers: Int, events: EventLog, stepTimeout: Double = 600) {
@@ -111,18 +121,33 @@ public final class Coordinator: GradientSource {
             try socket.send([peer.identity] + Message(type: .assignment, jobID: jobID, step: UInt64(step), microBatches: range).encoded())
             for index in range { owners[index] = peer.identity }
         }
-        round = (step, owners, StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)))
+        round = Round(step: step, owners: owners,
+                      reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)))
+        for (peer, range) in zip(peers, ranges) where !range.isEmpty { round!.outstanding[peer.identity] = range.count }
         defer { round = nil }
-        let started = Date()
         while !round!.reducer.isComplete {
             try receiveOne(timeout: 1)
-            if Date().timeIntervalSince(started) > stepTimeout {
-                throw CoordinatorError("step \(step): no gradients from \(peers.map(\.name).joined(separator: ", ")) within \(Int(stepTimeout)) s")
+            if Date().timeIntervalSince(round!.started) > stepTimeout {
+                let silent = peers.filter { round!.outstanding[$0.identity, default: 0] > 0 }.map(\.name)
+                throw CoordinatorError("step \(step): no gradients from \(silent.joined(separator: ", ")) within \(Int(stepTimeout)) s")
             }
         }
         let (gradientSum, lossSum) = round!.reducer.reduced()!
-        return (gradientSum, lossSum, [("workers", .int(peers.count)),
-                                       ("wait_s", .number(Date().timeIntervalSince(started)))])
+        return (gradientSum, lossSum, roundFields(round!))
+    }
+
+    /// Per-worker seconds from assignment to its last gradients, bytes received, and the wait for the slowest.
+    private func roundFields(_ round: Round) -> [(String, JSONValue)] {
+        let seconds = peers.compactMap { peer in round.finished[peer.identity].map { (peer.name, $0.timeIntervalSince(round.started)) } }
+        let slowest = seconds.max { $0.1 < $1.1 }
+        let fastest = seconds.map(\.1).min() ?? 0
+        return [
+            ("workers", .int(peers.count)),
+            ("worker_s", .object(seconds.map { ($0.0, .number($0.1)) })),
+            ("worker_bytes", .object(peers.compactMap { peer in round.bytes[peer.identity].map { (peer.name, .int($0)) } })),
+            ("slowest_worker", slowest.map { .string($0.0) } ?? .null),
+            ("waited_for_slowest_s", .number((slowest?.1 ?? 0) - fastest)),
+        ]
     }
 
     public func finish(summary: RunSummary) {
@@ -199,6 +224,9 @@ public final class Coordinator: GradientSource {
             return drop(from: name, "\(error)")
         }
         self.round!.reducer = trial
+        self.round!.bytes[identity, default: 0] += message.tensors.reduce(0) { $0 + 4 * $1.count }
+        self.round!.outstanding[identity, default: 0] -= message.microBatches.count
+        if self.round!.outstanding[identity] == 0 { self.round!.finished[identity] = Date() }
     }
 
     private func welcome(_ identity: [UInt8], name: String, _ hello: Message) throws {

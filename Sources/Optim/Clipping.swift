@@ -13,23 +13,28 @@ public struct ClipResult: Sendable, Equatable {
     }
 }
 
-/// ‖(‖g_1‖, …, ‖g_T‖)‖₂ over the tensors in `tensors` (ranges of the flat buffer), as PyTorch's
-/// clip_grad_norm_ computes it. Sums of squares run in Double in a fixed order, the same on every machine.
-public func globalGradientNorm(_ gradients: [Float], tensors: [Range<Int>]) -> Float {
-    var sumOfSquares: Double = 0
+/// ‖g_t‖₂ of each tensor in `tensors` (ranges of the flat buffer), summed in Double in a fixed order.
+public func tensorNorms(_ gradients: [Float], tensors: [Range<Int>]) -> [Float] {
     gradients.withUnsafeBufferPointer { g in
-        for range in tensors {
-            let tensorNorm = Float(tk_sum_of_squares(Int64(range.count), g.baseAddress! + range.lowerBound).squareRoot())
-            sumOfSquares += Double(tensorNorm) * Double(tensorNorm)
-        }
+        tensors.map { Float(tk_sum_of_squares(Int64($0.count), g.baseAddress! + $0.lowerBound).squareRoot()) }
     }
-    return Float(sumOfSquares.squareRoot())
+}
+
+/// ‖(‖g_1‖, …, ‖g_T‖)‖₂, as PyTorch's clip_grad_norm_ computes it, from the per-tensor norms.
+public func globalGradientNorm(tensorNorms norms: [Float]) -> Float {
+    Float(norms.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot())
+}
+
+/// The global norm over the tensors in `tensors` (ranges of the flat buffer).
+public func globalGradientNorm(_ gradients: [Float], tensors: [Range<Int>]) -> Float {
+    globalGradientNorm(tensorNorms: tensorNorms(gradients, tensors: tensors))
 }
 
 /// torch.nn.utils.clip_grad_norm_: coefficient = min(1, maxNorm / (total + 1e-6)), every gradient × coefficient.
+/// `norms` may pass the per-tensor norms when the caller has them already.
 @discardableResult
-public func clipGradientNorm(_ gradients: inout [Float], tensors: [Range<Int>], maxNorm: Float) -> ClipResult {
-    let total = globalGradientNorm(gradients, tensors: tensors)
+public func clipGradientNorm(_ gradients: inout [Float], tensors: [Range<Int>], maxNorm: Float, norms: [Float]? = nil) -> ClipResult {
+    let total = globalGradientNorm(tensorNorms: norms ?? tensorNorms(gradients, tensors: tensors))
     let coefficient = min(1, maxNorm / (total + 1e-6))
     if coefficient < 1 {
         gradients.withUnsafeMutableBufferPointer { g in

@@ -164,9 +164,12 @@ public final class Trainer {
     public func step() throws -> (loss: Float, clip: ClipResult, lr: Float, fields: [(String, JSONValue)]) {
         var (gradient, loss, fields) = try gradient(step: state.step)
         let tensors = layout.entries.map(\.range)
+        let norms = tensorNorms(gradient, tensors: tensors)
         let clip = config.training.clipNorm > 0
-            ? clipGradientNorm(&gradient, tensors: tensors, maxNorm: config.training.clipNorm)
-            : ClipResult(totalNorm: globalGradientNorm(gradient, tensors: tensors), clipped: false)
+            ? clipGradientNorm(&gradient, tensors: tensors, maxNorm: config.training.clipNorm, norms: norms)
+            : ClipResult(totalNorm: globalGradientNorm(tensorNorms: norms), clipped: false)
+        // Per-layer gradient norms before clipping: the gradient flow the monitor shows.
+        fields.append(("grad_norms", .object(zip(layout.entries, norms).map { ($0.name, JSONValue($1)) })))
         let lr = schedule.learningRate(base: config.optimizer.lr, step: state.step)
         var parameters = state.parameters
         state.parameters = []  // keeps `parameters` uniquely referenced: updated in place
