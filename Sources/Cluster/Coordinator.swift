@@ -150,11 +150,21 @@ public final class Coordinator: GradientSource {
         ]
     }
 
+    /// Says bye to every worker and waits (at most `byeTimeout` seconds) for each to answer bye, so that the
+    /// messages are delivered before the coordinator's socket closes.
     public func finish(summary: RunSummary) {
-        for peer in peers + joining {
-            try? socket.send([peer.identity] + Message(type: .bye, jobID: jobID).encoded())
+        var waiting = Set((peers + joining).map(\.identity))
+        for identity in waiting { try? socket.send([identity] + Message(type: .bye, jobID: jobID).encoded()) }
+        let deadline = Date().addingTimeInterval(byeTimeout)
+        while !waiting.isEmpty && Date() < deadline {
+            guard let frames = try? socket.receive(timeout: 0.1), let identity = frames.first,
+                  let message = try? Message.decode(Array(frames.dropFirst())), message.type == .bye else { continue }
+            waiting.remove(identity)
         }
     }
+
+    /// Seconds `finish` waits for the workers' goodbyes.
+    let byeTimeout = 5.0
 
     private func admitJoiners() throws {
         for peer in joining {

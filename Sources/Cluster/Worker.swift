@@ -78,6 +78,7 @@ public final class Worker {
         case .assignment:
             try compute(message)
         case .bye:
+            try? socket.send(Message(type: .bye, jobID: jobID).encoded())
             return .stop
         case .error:
             let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String

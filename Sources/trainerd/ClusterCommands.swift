@@ -94,9 +94,9 @@ struct WorkerCommand: ParsableCommand {
             let dealer = try ZMQSocket(ZMQContext(), .dealer)
             try dealer.setIdentity(identity)
             try dealer.connect(connect)
-            let worker = Worker(socket: dealer, name: identity, joinTimeout: joinTimeout, threads: threads) { line in
+            let worker = Worker(socket: dealer, name: identity, joinTimeout: joinTimeout, threads: threads, log: { line in
                 FileHandle.standardError.write(Data("worker \(identity): \(line)\n".utf8))
-            }
+            })
             try worker.run()
         } catch let error as CoordinatorError where error.description.hasPrefix("no answer") {
             fail(CoordinatorError("\(connect): \(error)"))

@@ -169,6 +169,62 @@ final class CLITests: XCTestCase {
         print("train and launch with 1-4 workers: weights_sha256 \(expected)")
     }
 
+    /// Coordinator and two workers on three network namespaces joined by a bridge in a fourth, so the job
+    /// crosses a real network stack; the weights equal `train`'s. The namespaces are removed afterwards.
+    func testAcrossNetworkNamespaces() throws {
+        try requireDataset()
+        try XCTSkipUnless(getuid() == 0, "network namespaces need root")
+        let tag = String(getpid() % 100_000)
+        let (bridge, coordinatorHost, workerHosts) = ("trd\(tag)sw", "trd\(tag)c", ["trd\(tag)w1", "trd\(tag)w2"])
+        let hosts = [coordinatorHost] + workerHosts
+        func ip(_ arguments: [String]) throws {
+            let result = try run("/usr/bin/env", ["ip"] + arguments, timeout: 20)
+            if result.status != 0 { throw XCTSkip("cannot set up network namespaces here: ip \(arguments.joined(separator: " ")): \(result.stderr)") }
+        }
+        defer { for name in [bridge] + hosts { _ = try? run("/usr/bin/env", ["ip", "netns", "del", name], timeout: 20) } }
+        for name in [bridge] + hosts { try ip(["netns", "add", name]) }
+        try ip(["-n", bridge, "link", "add", "br0", "type", "bridge"])
+        try ip(["-n", bridge, "link", "set", "br0", "up"])
+        for (index, host) in hosts.enumerated() {
+            let (inside, outside) = ("t\(tag)h\(index)", "t\(tag)b\(index)")
+            try ip(["link", "add", inside, "type", "veth", "peer", "name", outside])
+            try ip(["link", "set", inside, "netns", host])
+            try ip(["link", "set", outside, "netns", bridge])
+            try ip(["-n", host, "addr", "add", "10.203.77.\(index + 1)/24", "dev", inside])
+            try ip(["-n", host, "link", "set", inside, "up"])
+            try ip(["-n", host, "link", "set", "lo", "up"])
+            try ip(["-n", bridge, "link", "set", outside, "master", "br0"])
+            try ip(["-n", bridge, "link", "set", outside, "up"])
+        }
+        let steps = ["--set", "training.max_steps=40", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=0"]
+        XCTAssertEqual(try trainerd(["train", config, "--run-dir", scratch + "/single"] + steps).status, 0)
+        let workers = try workerHosts.map { host -> Process in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["ip", "netns", "exec", host, executable, "worker", "--connect", "tcp://10.203.77.1:5555",
+                                 "--name", host, "--threads", "1"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        defer { workers.filter(\.isRunning).forEach { $0.terminate() } }
+        let coordinator = try run("/usr/bin/env", ["ip", "netns", "exec", coordinatorHost, executable, "coordinator", config,
+                                                   "--bind", "tcp://10.203.77.1:5555", "--workers", "2",
+                                                   "--run-dir", scratch + "/netns"] + steps, timeout: 180)
+        XCTAssertEqual(coordinator.status, 0, coordinator.stderr)
+        let expected = try doneEvent(scratch + "/single")["weights_sha256"] as? String
+        XCTAssertEqual(try doneEvent(scratch + "/netns")["weights_sha256"] as? String, expected)
+        let events = try String(contentsOfFile: scratch + "/netns/events.jsonl", encoding: .utf8)
+        for host in workerHosts { XCTAssertTrue(events.contains("\"worker\":\"\(host)\""), "\(host) never joined") }
+        let deadline = Date().addingTimeInterval(30)
+        while workers.contains(where: \.isRunning) && Date() < deadline { usleep(50_000) }
+        XCTAssertFalse(workers.contains(where: \.isRunning), "workers did not stop after the coordinator's bye")
+        workers.filter(\.isRunning).forEach { kill($0.processIdentifier, SIGKILL) }
+        workers.forEach { $0.waitUntilExit() }
+        XCTAssertEqual(workers.map(\.terminationStatus), [0, 0])
+    }
+
     func testWorkerWithoutACoordinatorGivesUpWithTheEndpoint() throws {
         let result = try trainerd(["worker", "--connect", "tcp://127.0.0.1:9", "--join-timeout", "1"])
         XCTAssertEqual(result.status, 1)
