@@ -30,13 +30,15 @@ public final class ZMQContext: @unchecked Sendable {
 /// Linger is 0, so closing never waits for unsent messages.
 public final class ZMQSocket {
     public enum Kind {
-        case router, dealer, publisher, subscriber
+        /// `xpublisher` is a PUB socket that also receives subscriptions (first byte 1: subscribe).
+        case router, dealer, publisher, xpublisher, subscriber
 
         var zmqType: Int32 {
             switch self {
             case .router: return ZMQ_ROUTER
             case .dealer: return ZMQ_DEALER
             case .publisher: return ZMQ_PUB
+            case .xpublisher: return ZMQ_XPUB
             case .subscriber: return ZMQ_SUB
             }
         }

@@ -29,13 +29,8 @@ func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, minimu
         FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
     }
     if let logBind {
-        let context = ZMQContext()
-        let publisher = try ZMQSocket(context, .publisher)
-        try publisher.bind(logBind)
-        trainer.events.observers.append { event, fields in
-            let line = JSONValue.object([("event", .string(event))] + fields).serialized
-            try? publisher.send([Array(line.utf8)])
-        }
+        let publisher = try LogPublisher(bind: logBind)
+        trainer.events.observers.append(publisher.publish)
     }
     let progress = ProgressLine()
     trainer.events.observers.append(progress.observe)

@@ -225,6 +225,77 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(workers.map(\.terminationStatus), [0, 0])
     }
 
+    /// A loopback port that was free a moment ago.
+    func freePort() -> UInt16 {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                _ = bind(listener, $0, length)
+                _ = getsockname(listener, $0, &length)
+            }
+        }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    func start(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Ctrl-C on `launch` stops after the step with a checkpoint (exit 130, workers told bye); `launch --resume`
+    /// then ends with the weights of an uninterrupted `train`.
+    func testInterruptedLaunchResumesToTheUninterruptedWeights() throws {
+        try requireDataset()
+        let steps = ["--set", "training.max_steps=300", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=40"]
+        XCTAssertEqual(try trainerd(["train", config, "--run-dir", scratch + "/straight"] + steps).status, 0)
+        let runDirectory = scratch + "/launch"
+        let launch = try start(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps)
+        let deadline = Date().addingTimeInterval(120)
+        while launch.isRunning && Date() < deadline
+            && !((try? String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8))?.contains("\"checkpoint\"") ?? false) {
+            usleep(20_000)
+        }
+        launch.interrupt()
+        launch.waitUntilExit()
+        XCTAssertEqual(launch.terminationStatus, 130)
+        XCTAssertEqual(try doneEvent(runDirectory)["event"] as? String, "stopped")
+        let resumed = try trainerd(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--resume"] + steps)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try doneEvent(runDirectory)["weights_sha256"] as? String,
+                       try doneEvent(scratch + "/straight")["weights_sha256"] as? String)
+    }
+
+    /// `monitor --json` follows the log stream to the end and sees the same final weights.
+    func testMonitorFollowsTheLogStream() throws {
+        try requireDataset()
+        let endpoint = "tcp://127.0.0.1:\(freePort())"
+        let runDirectory = scratch + "/monitored"
+        let launch = try start(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--log-bind", endpoint,
+                                "--set", "training.max_steps=150", "--set", "training.eval_every=50"])
+        defer { if launch.isRunning { launch.terminate() } }
+        let monitor = try trainerd(["monitor", endpoint, "--json", "--idle-timeout", "120"], timeout: 180)
+        XCTAssertEqual(monitor.status, 0, monitor.stderr)
+        let events = monitor.stdout.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        XCTAssertTrue(events.contains { $0["event"] as? String == "step" && $0["grad_norms"] is [String: Any] })
+        XCTAssertTrue(events.contains { $0["event"] as? String == "eval" })
+        let done = try XCTUnwrap(events.last)
+        XCTAssertEqual(done["event"] as? String, "done")
+        launch.waitUntilExit()
+        XCTAssertEqual(done["weights_sha256"] as? String, try doneEvent(runDirectory)["weights_sha256"] as? String)
+    }
+
     func testWorkerWithoutACoordinatorGivesUpWithTheEndpoint() throws {
         let result = try trainerd(["worker", "--connect", "tcp://127.0.0.1:9", "--join-timeout", "1"])
         XCTAssertEqual(result.status, 1)

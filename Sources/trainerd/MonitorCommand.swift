@@ -1,0 +1,136 @@
+import ArgumentParser
+import Foundation
+import Cluster
+import Training
+import Transport
+
+/// Publishes the run's events on a ZeroMQ XPUB socket. A monitor that subscribes mid-run first gets a
+/// `snapshot` event with the latest job, step and eval fields (the last-value cache of the zguide), then every
+/// event as it happens.
+final class LogPublisher {
+    private let socket: ZMQSocket
+    private var latest: [String: [(String, JSONValue)]] = [:]
+
+    init(bind endpoint: String) throws {
+        socket = try ZMQSocket(ZMQContext(), .xpublisher)
+        try socket.bind(endpoint)
+    }
+
+    func publish(_ event: String, _ fields: [(String, JSONValue)]) {
+        // A subscription message (first byte 1) means a new monitor: bring it up to date.
+        var newSubscriber = false
+        while let frames = try? socket.receive(timeout: 0), let first = frames.first?.first {
+            if first == 1 { newSubscriber = true }
+        }
+        if newSubscriber && !latest.isEmpty {
+            let snapshot = ["job_start", "worker_joined", "eval", "step"].compactMap { name in latest[name].map { (name, JSONValue.object($0)) } }
+            send("snapshot", snapshot)
+        }
+        if ["job_start", "worker_joined", "eval", "step"].contains(event) { latest[event] = fields }
+        send(event, fields)
+    }
+
+    private func send(_ event: String, _ fields: [(String, JSONValue)]) {
+        let line = JSONValue.object([("event", .string(event)), ("time", .number(Date().timeIntervalSince1970))] + fields)
+        try? socket.send([Array(line.serialized.utf8)])
+    }
+}
+
+struct Monitor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Follow a job's log stream: step, loss, accuracy, throughput, workers and per-layer gradient norms.")
+
+    @Argument(help: "The coordinator's log endpoint (its --log-bind), e.g. tcp://10.0.0.1:5556.") var endpoint: String
+    @Flag(help: "Print the raw JSON events, one a line.") var json = false
+    @Option(help: "A layer whose gradient norm is below this is marked as vanishing.") var vanishing = 1e-6
+    @Option(help: "A layer whose gradient norm is above this is marked as exploding.") var exploding = 1e2
+    @Option(help: "Give up after this many seconds without an event (0: never).") var idleTimeout = 0.0
+    @Option(help: "Seconds between step reports (0: every step).") var every = 1.0
+
+    func run() throws {
+        do {
+            let socket = try ZMQSocket(ZMQContext(), .subscriber)
+            try socket.subscribe()
+            try socket.connect(endpoint)
+            var lastEvent = Date()
+            var lastStepShown = Date.distantPast
+            while true {
+                guard let frames = try socket.receive(timeout: 1), let line = frames.first else {
+                    if idleTimeout > 0 && Date().timeIntervalSince(lastEvent) > idleTimeout {
+                        throw CoordinatorError("\(endpoint): no events for \(Int(idleTimeout)) s")
+                    }
+                    continue
+                }
+                lastEvent = Date()
+                let text = String(decoding: line, as: UTF8.self)
+                guard let event = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                      let name = event["event"] as? String else { continue }
+                if json {
+                    print(text)
+                } else if name != "step" || Date().timeIntervalSince(lastStepShown) >= every {
+                    if name == "step" { lastStepShown = Date() }
+                    show(name, event)
+                }
+                fflush(stdout)
+                if name == "done" || name == "stopped" { return }
+            }
+        } catch {
+            fail(error)
+        }
+    }
+
+    func show(_ name: String, _ event: [String: Any]) {
+        switch name {
+        case "snapshot":
+            for key in ["job_start", "worker_joined", "eval", "step"] {
+                if let fields = event[key] as? [String: Any] { show(key, fields) }
+            }
+        case "job_start":
+            print("job \(event["job"] ?? "?"): \(event["model"] ?? "?"), \(event["parameters"] ?? "?") parameters, \(event["steps"] ?? "?") steps")
+        case "worker_joined":
+            print("worker \(event["worker"] ?? "?") joined (\(event["workers"] ?? "?") workers)")
+        case "step":
+            let number = { (key: String) in (event[key] as? NSNumber)?.doubleValue ?? .nan }
+            var line = String(format: "step %d/%d  loss %.4f  |g| %.3f%@  %.0f samples/s", Int(number("step")),
+                              Int(number("total_steps")), number("loss"), number("grad_norm"),
+                              (event["clipped"] as? Bool) == true ? " (clipped)" : "", number("samples_per_s"))
+            if let workers = event["workers"] { line += "  \(workers) workers" }
+            if let slowest = event["slowest_worker"] as? String {
+                line += String(format: "  slowest %@ (+%.1f ms)", slowest, number("waited_for_slowest_s") * 1000)
+            }
+            print(line)
+            if let norms = event["grad_norms"] as? [String: Any] {
+                let rows = norms.keys.sorted(by: layerOrder).map { key -> String in
+                    let norm = (norms[key] as? NSNumber)?.doubleValue ?? .nan
+                    let mark = norm < vanishing ? " ↓ vanishing" : norm > exploding ? " ↑ exploding" : ""
+                    return "    " + key.padding(toLength: 18, withPad: " ", startingAt: 0) + String(format: "%.3e", norm) + mark
+                }
+                print(rows.joined(separator: "\n"))
+            }
+        case "eval":
+            print(String(format: "eval at step %d: test loss %.4f, accuracy %.2f%%", (event["step"] as? Int) ?? 0,
+                         (event["test_loss"] as? NSNumber)?.doubleValue ?? .nan,
+                         ((event["test_accuracy"] as? NSNumber)?.doubleValue ?? .nan) * 100))
+        case "warning":
+            print("warning: \(event["message"] ?? "")")
+        case "done":
+            print("done: step \(event["step"] ?? "?"), test accuracy \(event["test_accuracy"] ?? "?"), weights_sha256 \(event["weights_sha256"] ?? "?")")
+        case "stopped":
+            print("stopped at step \(event["step"] ?? "?")")
+        default:
+            break
+        }
+    }
+
+    /// Parameter names in model order: numeric path components compare as numbers ("10.weight" after "2.bias"),
+    /// and a layer's weight comes before its bias.
+    func layerOrder(_ a: String, _ b: String) -> Bool {
+        let (x, y) = (a.split(separator: "."), b.split(separator: "."))
+        func rank(_ part: Substring) -> String { part == "weight" ? "0" : part == "bias" ? "1" : "2" + part }
+        for (p, q) in zip(x, y) where p != q {
+            if let i = Int(p), let j = Int(q) { return i < j }
+            return rank(p) < rank(q)
+        }
+        return x.count < y.count
+    }
+}
