@@ -150,9 +150,11 @@ public final class Coordinator: GradientSource {
         ]
     }
 
+    public func finish(summary: RunSummary) { sayGoodbye() }
+
     /// Says bye to every worker and waits (at most `byeTimeout` seconds) for each to answer bye, so that the
     /// messages are delivered before the coordinator's socket closes.
-    public func finish(summary: RunSummary) {
+    public func sayGoodbye() {
         var waiting = Set((peers + joining).map(\.identity))
         for identity in waiting { try? socket.send([identity] + Message(type: .bye, jobID: jobID).encoded()) }
         let deadline = Date().addingTimeInterval(byeTimeout)

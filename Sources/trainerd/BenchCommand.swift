@@ -1,5 +1,8 @@
 import ArgumentParser
+import Cluster
 import Foundation
+import NN
+import Transport
 import Kernels
 import Training
 
@@ -34,7 +37,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "GEMM GFLOP/s (against OpenBLAS when installed) and training throughput of a config.")
 
-    @Option(help: "Config whose training throughput is measured.") var config = "configs/fmnist-mlp.yaml"
+    @Option(help: "Config whose training throughput is measured (hidden widths 256 and 1024).") var config = "configs/fmnist-mlp.yaml"
     @Option(help: "Timed training steps per run.") var steps = 200
     @Option(help: "Runs of each measurement (the median is reported).") var repeats = 5
     @Option(help: "Kernel threads (0: one per core).") var threads = 0
@@ -68,34 +71,71 @@ struct Bench: ParsableCommand {
         }
         if blas == nil { lines.append("  (OpenBLAS not found: apt-get install libopenblas-dev for the reference column)") }
 
-        var trainingRow: JSONValue = .null
-        do {
-            let job = try JobConfig.load(path: config, overrides: ["training.threads=\(Parallel.threadCount)"])
-            let trainer = try Trainer(config: job, runDirectory: nil)
-            var rates: [Double] = []
-            for _ in 0..<repeats {
-                for _ in 0..<10 { _ = try trainer.step() }  // warm-up
-                let start = Date()
-                for _ in 0..<steps { _ = try trainer.step() }
-                rates.append(Double(steps * job.training.batchSize) / Date().timeIntervalSince(start))
+        var trainingRows: [JSONValue] = []
+        for width in [256, 1024] {
+            do {
+                let row = try measureTraining(width: width)
+                trainingRows.append(row.json)
+                lines += [""] + row.lines
+            } catch {
+                lines += ["", "Training throughput (hidden width \(width)) skipped: \(error)"]
             }
-            let rate = median(rates)
-            lines += ["", "Training \(job.name) (batch \(job.training.batchSize), \(job.training.microBatches) micro-batches)",
-                      String(format: "  samples/s  %.0f   (runs: %@)", rate, rates.map { String(format: "%.0f", $0) }.joined(separator: ", "))]
-            trainingRow = .object([("config", .string(config)), ("samples_per_s", .number(rate)),
-                                   ("runs", .array(rates.map(JSONValue.number)))])
-        } catch {
-            lines += ["", "Training throughput skipped: \(error)"]
         }
         if json {
             print(JSONValue.object([
                 ("threads", .int(Parallel.threadCount)), ("isa", .string(VectorISA.active.name)),
                 ("openblas", blas.map { .string($0.library) } ?? .null),
-                ("gemm", .array(gemmRows)), ("training", trainingRow),
+                ("gemm", .array(gemmRows)), ("training", .array(trainingRows)),
             ]).serialized)
         } else {
             print(lines.joined(separator: "\n"))
         }
+    }
+
+    /// Samples/s of the config with hidden layers `width` wide, in one process and with 2 local worker processes
+    /// (1 thread each) and a coordinator, measured alternately in every repeat.
+    func measureTraining(width: Int) throws -> (lines: [String], json: JSONValue) {
+        let overrides = ["model.sizes=[784, \(width), \(width), 10]", "training.threads=\(Parallel.threadCount)"]
+        let job = try JobConfig.load(path: config, overrides: overrides)
+        let single = try Trainer(config: job, runDirectory: nil)
+        let router = try ZMQSocket(ZMQContext(), .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let endpoint = try router.lastEndpoint
+        let description = JobDescription(yaml: try String(contentsOfFile: config, encoding: .utf8), overrides: overrides)
+        let workers = try (0..<2).map {
+            try LocalWorker(arguments: ["worker", "--connect", endpoint, "--name", "bench-\($0)", "--threads", "1"])
+        }
+        var coordinator: Coordinator!
+        let distributed = try Trainer(config: job, runDirectory: nil) { model, plan, _ in
+            coordinator = Coordinator(socket: router, job: description, layout: ParameterLayout(model),
+                                      microBatches: plan.microBatches, minimumWorkers: 2, events: try! EventLog(path: nil))
+            coordinator.abortReason = { workers.lazy.compactMap(\.failure).first }
+            return coordinator
+        }
+        defer {
+            coordinator.sayGoodbye()
+            workers.forEach { $0.waitForExit(timeout: 10) }
+        }
+        func rate(_ trainer: Trainer) throws -> Double {
+            for _ in 0..<10 { _ = try trainer.step() }  // warm-up
+            let start = Date()
+            for _ in 0..<steps { _ = try trainer.step() }
+            return Double(steps * job.training.batchSize) / Date().timeIntervalSince(start)
+        }
+        var local: [Double] = [], remote: [Double] = []
+        for _ in 0..<repeats {
+            local.append(try rate(single))
+            remote.append(try rate(distributed))
+        }
+        let ratio = median(zip(remote, local).map { $0 / $1 })
+        let runs = { (values: [Double]) in values.map { String(format: "%.0f", $0) }.joined(separator: ", ") }
+        return ([
+            "Training \(job.name), MLP 784-\(width)-\(width)-10 (batch \(job.training.batchSize), \(job.training.microBatches) micro-batches)",
+            String(format: "  one process, %d threads    %8.0f samples/s   (runs: %@)", Parallel.threadCount, median(local), runs(local)),
+            String(format: "  2 local workers + coordinator %6.0f samples/s   (runs: %@)", median(remote), runs(remote)),
+            String(format: "  ratio distributed / one process  %.2f", ratio),
+        ], .object([("width", .int(width)), ("single_samples_per_s", .number(median(local))),
+                    ("two_workers_samples_per_s", .number(median(remote))), ("ratio", .number(ratio))]))
     }
 
     /// GFLOP/s of `multiply` on n×n matrices over enough calls for about 0.25 s, after one warm-up call.
