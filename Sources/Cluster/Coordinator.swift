@@ -59,6 +59,8 @@ public final class Coordinator: GradientSource {
     struct Peer {
         var identity: [UInt8]
         var name: String
+        /// Set by the worker's first heartbeat after the welcome: its model and data are loaded.
+        var ready = false
     }
 
     let socket: MessageSocket
@@ -71,7 +73,7 @@ public final class Coordinator: GradientSource {
     /// Seconds to wait for a step's gradients before failing with the names of the silent workers.
     let stepTimeout: Double
     var peers: [Peer] = []
-    /// Workers that said hello during a step; they get work from the next one.
+    /// Welcomed workers; once ready they get work from the next step.
     var joining: [Peer] = []
     /// Polled while waiting: a reason to give up (a local worker process died), or nil.
     public var abortReason: () -> String? = { nil }
@@ -169,11 +171,11 @@ public final class Coordinator: GradientSource {
     let byeTimeout = 5.0
 
     private func admitJoiners() throws {
-        for peer in joining {
+        for peer in joining where peer.ready {
             peers.append(peer)
             events.emit("worker_joined", [("worker", .string(peer.name)), ("workers", .int(peers.count))])
         }
-        joining = []
+        joining.removeAll(where: \.ready)
     }
 
     /// Receives and handles at most one message.
@@ -205,9 +207,13 @@ public final class Coordinator: GradientSource {
             joining.removeAll { $0.identity == identity }
         case .error:
             let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String
-            throw CoordinatorError("worker \(name) failed: \(text ?? "no reason given")")
+            let reason = "worker \(name) failed: \(text ?? "no reason given")"
+            if peers.contains(where: { $0.identity == identity }) { throw CoordinatorError(reason) }
+            // A worker that could not join (its dataset is missing, say) leaves the job as it was.
+            joining.removeAll { $0.identity == identity }
+            events.emit("warning", [("message", .string(reason))])
         case .heartbeat:
-            break
+            if let index = joining.firstIndex(where: { $0.identity == identity }) { joining[index].ready = true }
         case .welcome, .assignment, .weights:
             drop(from: name, "a \(message.type) message, which only the coordinator sends")
         }

@@ -68,7 +68,14 @@ public final class Worker {
         }
         switch message.type {
         case .welcome:
-            try join(message)
+            do {
+                try join(message)
+                try socket.send(Message(type: .heartbeat, jobID: jobID).encoded())  // ready for work
+            } catch {
+                // Tell the coordinator why this worker cannot take part, then stop.
+                try? socket.send(Message(type: .error, jobID: message.jobID, metadata: metadataJSON(["message": "\(error)"])).encoded())
+                throw error
+            }
         case .weights:
             guard let layout, message.tensors.map(\.count) == layout.entries.map(\.count) else {
                 log("dropped weights whose shapes do not match the model")

@@ -40,7 +40,7 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case gradients = 4
     /// coordinator → worker: the weights after `step` (one tensor per parameter block).
     case weights = 5
-    /// either way: still alive.
+    /// either way: still alive; a worker's first one after the welcome means it is ready for work.
     case heartbeat = 6
     /// either way: leaving.
     case bye = 7

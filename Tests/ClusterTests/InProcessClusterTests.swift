@@ -90,6 +90,19 @@ final class InProcessClusterTests: XCTestCase {
         try stranger.send(oldVersion)
         try stranger.send(Message(type: .hello, jobID: 12345).encoded())
         try stranger.send([[1, 2, 3]])
+        // A worker whose dataset is missing tells the coordinator why and leaves; the job goes on without it.
+        final class Outcome: @unchecked Sendable { var error: String? }
+        let outcome = Outcome()
+        let missing = Thread {
+            do {
+                try Worker(socket: router.connect(identity: "no-data"), name: "no-data", loadDatasets: { _ in
+                    throw DataError.missingFile("/nowhere/train-images-idx3-ubyte.gz")
+                }).run()
+            } catch {
+                outcome.error = "\(error)"
+            }
+        }
+        missing.start()
         let worker = Thread {
             try? Worker(socket: router.connect(identity: "good"), name: "good", loadDatasets: { Self.data($0) }).run()
         }
@@ -105,5 +118,7 @@ final class InProcessClusterTests: XCTestCase {
         XCTAssertTrue(replies.contains("protocol version 0, expected 1"), "\(replies)")
         XCTAssertTrue(replies.contains { $0.hasPrefix("this coordinator runs job ") }, "\(replies)")
         XCTAssertTrue(warnings.contains { $0.contains("stranger") && $0.contains("header frame has 3 bytes") }, "\(warnings)")
+        XCTAssertTrue(warnings.contains("worker no-data failed: /nowhere/train-images-idx3-ubyte.gz: file not found"), "\(warnings)")
+        XCTAssertEqual(outcome.error, "/nowhere/train-images-idx3-ubyte.gz: file not found")
     }
 }
