@@ -6,22 +6,81 @@ import Training
 import Transport
 import Wire
 
+/// The worker's protocol logic as a state machine: messages from the coordinator in, actions out. Joining
+/// (building the model, loading data) and computing gradients are actions the loop performs.
+public struct WorkerMachine {
+    public enum Action: Equatable {
+        /// Build the job's model and load its data, then report ready (or the reason it cannot).
+        case join(JobDescription, jobID: UInt64)
+        /// Compute the gradient sums of micro-batches `range` of `step` at `weights` and send them.
+        case compute(step: UInt64, range: Range<Int>, weights: [Float])
+        case send(Message)
+        case log(String)
+        /// The run is over (the coordinator said bye).
+        case stop
+    }
+
+    var jobID: UInt64 = 0
+    /// Numbers of values of each parameter tensor, known once joined.
+    var blockSizes: [Int]?
+    var weights: (step: UInt64, values: [Float])?
+
+    public init() {}
+
+    public var hasJoined: Bool { blockSizes != nil }
+
+    /// Records that the join action succeeded with a model of these parameter tensor sizes.
+    public mutating func joined(blockSizes: [Int]) { self.blockSizes = blockSizes }
+
+    public mutating func receive(_ message: Message) throws -> [Action] {
+        if message.type != .welcome && message.type != .error && message.jobID != jobID {
+            return [.log("dropped a message of type \(message.type) for job \(String(message.jobID, radix: 16))")]
+        }
+        switch message.type {
+        case .welcome:
+            guard !hasJoined else { return [.log("dropped a second welcome")] }
+            jobID = message.jobID
+            return [.join(try JobDescription(metadata: message.metadata), jobID: message.jobID)]
+        case .weights:
+            guard let blockSizes, message.tensors.map(\.count) == blockSizes else {
+                return [.log("dropped weights whose shapes do not match the model")]
+            }
+            weights = (message.step, message.tensors.flatMap { $0 })
+            return []
+        case .assignment:
+            guard hasJoined else { throw CoordinatorError("an assignment arrived before the welcome") }
+            guard let weights, weights.step == message.step else {
+                throw CoordinatorError("an assignment for step \(message.step) arrived without its weights")
+            }
+            return [.compute(step: message.step, range: message.microBatches, weights: weights.values)]
+        case .bye:
+            return [.send(Message(type: .bye, jobID: jobID)), .stop]
+        case .error:
+            let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String
+            throw CoordinatorError("the coordinator refused this worker: \(text ?? "no reason given")")
+        case .heartbeat:
+            return []
+        case .hello, .gradients:
+            return [.log("dropped a \(message.type) message, which only workers send")]
+        }
+    }
+}
+
 /// A worker: says hello, builds the job's model and data plan from the coordinator's welcome, and answers each
 /// assignment with the gradient sums of its micro-batches as aligned blocks, at the weights sent for that step.
-/// It needs only the dataset to exist where it runs.
+/// It needs only the dataset to exist where it runs. The thin loop around `WorkerMachine`.
 public final class Worker {
     let socket: MessageSocket
     let name: String
     /// Seconds to wait for the coordinator's welcome.
     let joinTimeout: Double
-    var jobID: UInt64 = 0
-    var source: LocalGradientSource?
-    var layout: ParameterLayout?
-    var weights: (step: UInt64, values: [Float])?
     let log: (String) -> Void
     let loadDatasets: (JobConfig) throws -> (train: ImageDataset, test: ImageDataset)
     /// Kernel threads; nil follows the job's `training.threads`.
     let threads: Int?
+    var machine = WorkerMachine()
+    var source: LocalGradientSource?
+    var layout: ParameterLayout?
 
     public init(socket: MessageSocket, name: String, joinTimeout: Double = 30, threads: Int? = nil,
                 loadDatasets: @escaping (JobConfig) throws -> (train: ImageDataset, test: ImageDataset) = loadData,
@@ -43,7 +102,7 @@ public final class Worker {
         let started = Date()
         while true {
             guard let frames = try socket.receive(timeout: 1) else {
-                if source == nil && Date().timeIntervalSince(started) > joinTimeout {
+                if !machine.hasJoined && Date().timeIntervalSince(started) > joinTimeout {
                     throw CoordinatorError("no answer from the coordinator within \(Int(joinTimeout)) s")
                 }
                 continue
@@ -55,81 +114,57 @@ public final class Worker {
                 log("dropped a message from the coordinator: \(error)")
                 continue
             }
-            if try handle(message) == .stop { return }
-        }
-    }
-
-    enum Next { case proceed, stop }
-
-    func handle(_ message: Message) throws -> Next {
-        if message.type != .welcome && message.type != .error && message.jobID != jobID {
-            log("dropped a \(message.type) message for job \(String(message.jobID, radix: 16))")
-            return .proceed
-        }
-        switch message.type {
-        case .welcome:
-            do {
-                try join(message)
-                try socket.send(Message(type: .heartbeat, jobID: jobID).encoded())  // ready for work
-            } catch {
-                // Tell the coordinator why this worker cannot take part, then stop.
-                try? socket.send(Message(type: .error, jobID: message.jobID, metadata: metadataJSON(["message": "\(error)"])).encoded())
-                throw error
+            for action in try machine.receive(message) {
+                switch action {
+                case let .join(job, jobID):
+                    try join(job, jobID: jobID)
+                case let .compute(step, range, weights):
+                    try compute(step: step, range: range, weights: weights)
+                case let .send(message):
+                    try socket.send(message.encoded())
+                case let .log(line):
+                    log(line)
+                case .stop:
+                    return
+                }
             }
-        case .weights:
-            guard let layout, message.tensors.map(\.count) == layout.entries.map(\.count) else {
-                log("dropped weights whose shapes do not match the model")
-                return .proceed
-            }
-            weights = (message.step, message.tensors.flatMap { $0 })
-        case .assignment:
-            try compute(message)
-        case .bye:
-            try? socket.send(Message(type: .bye, jobID: jobID).encoded())
-            return .stop
-        case .error:
-            let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String
-            throw CoordinatorError("the coordinator refused this worker: \(text ?? "no reason given")")
-        case .heartbeat:
-            break
-        case .hello, .gradients:
-            log("dropped a \(message.type) message, which only workers send")
         }
-        return .proceed
     }
 
-    private func join(_ welcome: Message) throws {
-        let job = try JobDescription(metadata: welcome.metadata)
-        let config = try job.parse()
-        let wanted = threads ?? config.training.threads
-        Parallel.threadCount = wanted > 0 ? wanted : ProcessInfo.processInfo.activeProcessorCount
-        let data = try loadDatasets(config)
-        let model = makeModel(config.model, seed: config.seed)
-        let plan = BatchPlan(seed: config.seed, datasetSize: data.train.count, batchSize: config.training.batchSize,
-                             microBatches: config.training.microBatches)
-        jobID = welcome.jobID
-        layout = ParameterLayout(model)
-        source = LocalGradientSource(model: model, plan: plan, train: data.train)
-        log("joined job \(config.name) (\(String(jobID, radix: 16)))")
-    }
-
-    private func compute(_ assignment: Message) throws {
-        guard let source, let layout else { throw CoordinatorError("an assignment arrived before the welcome") }
-        guard let weights, weights.step == assignment.step else {
-            throw CoordinatorError("an assignment for step \(assignment.step) arrived without its weights")
-        }
-        let step = Int(assignment.step)
+    /// Builds the model and data plan; reports ready, or tells the coordinator why it cannot and stops.
+    private func join(_ job: JobDescription, jobID: UInt64) throws {
         do {
-            for block in try source.blockSums(step: step, range: assignment.microBatches, parameters: weights.values) {
-                let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
-                try socket.send(Message(type: .gradients, jobID: jobID, step: assignment.step,
-                                        microBatches: block.microBatches, tensors: tensors).encoded())
-            }
-        } catch let error as TransportError {
-            throw error
+            let config = try job.parse()
+            let wanted = threads ?? config.training.threads
+            Parallel.threadCount = wanted > 0 ? wanted : ProcessInfo.processInfo.activeProcessorCount
+            let data = try loadDatasets(config)
+            let model = makeModel(config.model, seed: config.seed)
+            let plan = BatchPlan(seed: config.seed, datasetSize: data.train.count, batchSize: config.training.batchSize,
+                                 microBatches: config.training.microBatches)
+            layout = ParameterLayout(model)
+            source = LocalGradientSource(model: model, plan: plan, train: data.train)
+            machine.joined(blockSizes: layout!.entries.map(\.count))
+            log("joined job \(config.name) (\(String(jobID, radix: 16)))")
         } catch {
             try? socket.send(Message(type: .error, jobID: jobID, metadata: metadataJSON(["message": "\(error)"])).encoded())
             throw error
+        }
+        try socket.send(Message(type: .heartbeat, jobID: jobID).encoded())  // ready for work
+    }
+
+    private func compute(step: UInt64, range: Range<Int>, weights: [Float]) throws {
+        guard let source, let layout else { return }
+        let blocks: [GradientBlock]
+        do {
+            blocks = try source.blockSums(step: Int(step), range: range, parameters: weights)
+        } catch {
+            try? socket.send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])).encoded())
+            throw error
+        }
+        for block in blocks {
+            let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
+            try socket.send(Message(type: .gradients, jobID: machine.jobID, step: step, microBatches: block.microBatches,
+                                    tensors: tensors).encoded())
         }
     }
 }

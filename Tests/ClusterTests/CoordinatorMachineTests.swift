@@ -84,3 +84,32 @@ final class CoordinatorMachineTests: XCTestCase {
         }
     }
 }
+
+final class WorkerMachineTests: XCTestCase {
+    let job = JobDescription(yaml: "seed: 3", overrides: ["training.batch_size=16"])
+
+    func testJoinComputeAndLeaveInResponseToTheCoordinator() throws {
+        var machine = WorkerMachine()
+        let welcome = Message(type: .welcome, jobID: 42, metadata: Message(type: .welcome, jobID: 42).metadata)
+        XCTAssertThrowsError(try machine.receive(welcome))  // a welcome without a job description
+        var real = WorkerMachine()
+        let actions = try real.receive(Message(type: .welcome, jobID: 42, metadata: Array(
+            "{\"config\":\"seed: 3\",\"overrides\":[\"training.batch_size=16\"]}".utf8)))
+        XCTAssertEqual(actions, [.join(job, jobID: 42)])
+        real.joined(blockSizes: [2, 1])
+        XCTAssertThrowsError(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2))) {
+            XCTAssertEqual("\($0)", "an assignment for step 0 arrived without its weights")
+        }
+        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1], [2]])),
+                       [.log("dropped weights whose shapes do not match the model")])
+        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1, 2], [3]])), [])
+        XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2)),
+                       [.compute(step: 0, range: 0..<2, weights: [1, 2, 3])])
+        XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 7, step: 0, microBatches: 0..<2)),
+                       [.log("dropped a message of type assignment for job 7")])
+        XCTAssertEqual(try real.receive(Message(type: .bye, jobID: 42)), [.send(Message(type: .bye, jobID: 42)), .stop])
+        XCTAssertThrowsError(try real.receive(Message(type: .error, jobID: 42, metadata: Array("{\"message\":\"no\"}".utf8)))) {
+            XCTAssertEqual("\($0)", "the coordinator refused this worker: no")
+        }
+    }
+}
