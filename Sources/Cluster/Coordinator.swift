@@ -66,6 +66,8 @@ public final class Coordinator: GradientSource {
     let byeTimeout = 5.0
     /// Polled while waiting: a reason to give up (a local worker process died), or nil.
     public var abortReason: () -> String? = { nil }
+    /// Called at least once a second while waiting for workers (the log stream serves new monitors).
+    public var whileWaiting: () -> Void = {}
 
     public var jobID: UInt64 { machine.jobID }
 
@@ -114,6 +116,7 @@ public final class Coordinator: GradientSource {
     /// Receives and handles at most one message.
     private func receiveOne(timeout: Double) throws {
         if let reason = abortReason() { throw CoordinatorError(reason) }
+        whileWaiting()
         guard let frames = try socket.receive(timeout: timeout), let identity = frames.first else { return }
         try perform(machine.receive(from: identity, Array(frames.dropFirst()), now: now))
     }

@@ -142,8 +142,9 @@ public struct CoordinatorMachine {
             if peers.contains(where: { $0.identity == identity }) {
                 throw CoordinatorError("worker \(name) left during the run; the job cannot continue without it")
             }
+            guard joining.contains(where: { $0.identity == identity }) else { return [] }
             joining.removeAll { $0.identity == identity }
-            return []
+            return [.log("worker_left", [("worker", .string(name)), ("workers", .int(peers.count))])]
         case .error:
             let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String
             let reason = "worker \(name) failed: \(text ?? "no reason given")"

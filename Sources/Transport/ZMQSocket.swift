@@ -123,12 +123,32 @@ public final class ZMQSocket {
         }
     }
 
-    /// Sends all frames as one message. A ROUTER's first frame is the peer's identity.
+    /// Frames at least this large are handed to libzmq without a copy.
+    public static let zeroCopyThreshold = 4096
+
+    /// Sends all frames as one message. A ROUTER's first frame is the peer's identity. Large frames (tensors) are
+    /// sent zero-copy: libzmq reads the array's own storage and releases it when the bytes are on the wire.
     public func send(_ frames: [[UInt8]]) throws {
         let socket = try self.socket
         for (index, frame) in frames.enumerated() {
             let flags = index < frames.count - 1 ? ZMQ_SNDMORE : 0
-            let sent = frame.withUnsafeBytes { zmq_send(socket, $0.baseAddress, $0.count, flags) }
+            let sent: Int32
+            if frame.count >= Self.zeroCopyThreshold {
+                // The box keeps the (immutable) array, and so its storage, alive until libzmq calls back.
+                let box = Unmanaged.passRetained(FrameBox(frame))
+                let data = box.takeUnretainedValue().baseAddress
+                var message = zmq_msg_t()
+                guard zmq_msg_init_data(&message, data, frame.count, { _, hint in
+                    Unmanaged<FrameBox>.fromOpaque(hint!).release()
+                }, box.toOpaque()) == 0 else {
+                    box.release()
+                    throw TransportError("preparing frame \(index) of \(frames.count)")
+                }
+                sent = zmq_msg_send(&message, socket, flags)
+                if sent < 0 { zmq_msg_close(&message) }
+            } else {
+                sent = frame.withUnsafeBytes { zmq_send(socket, $0.baseAddress, $0.count, flags) }
+            }
             guard sent >= 0 else { throw TransportError("sending frame \(index) of \(frames.count)") }
         }
     }
@@ -157,5 +177,17 @@ public final class ZMQSocket {
             more = zmq_msg_more(&message)
         }
         return frames
+    }
+}
+
+/// Owns a frame's bytes while libzmq sends them without copying.
+private final class FrameBox {
+    let bytes: [UInt8]
+    let baseAddress: UnsafeMutableRawPointer
+
+    init(_ bytes: [UInt8]) {
+        self.bytes = bytes
+        // An array held in a `let` is never reallocated or written, so its storage stays where it is.
+        baseAddress = UnsafeMutableRawPointer(mutating: bytes.withUnsafeBytes { $0.baseAddress! })
     }
 }

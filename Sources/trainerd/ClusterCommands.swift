@@ -31,6 +31,7 @@ func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, minimu
     if let logBind {
         let publisher = try LogPublisher(bind: logBind)
         trainer.events.observers.append(publisher.publish)
+        coordinator?.whileWaiting = publisher.serveNewSubscribers
     }
     let progress = ProgressLine()
     trainer.events.observers.append(progress.observe)

@@ -17,7 +17,13 @@ final class LogPublisher {
     }
 
     func publish(_ event: String, _ fields: [(String, JSONValue)]) {
-        // A subscription message (first byte 1) means a new monitor: bring it up to date.
+        serveNewSubscribers()
+        if ["job_start", "worker_joined", "eval", "step"].contains(event) { latest[event] = fields }
+        send(event, fields)
+    }
+
+    /// A subscription message (first byte 1) means a new monitor: bring it up to date at once.
+    func serveNewSubscribers() {
         var newSubscriber = false
         while let frames = try? socket.receive(timeout: 0), let first = frames.first?.first {
             if first == 1 { newSubscriber = true }
@@ -26,8 +32,6 @@ final class LogPublisher {
             let snapshot = ["job_start", "worker_joined", "eval", "step"].compactMap { name in latest[name].map { (name, JSONValue.object($0)) } }
             send("snapshot", snapshot)
         }
-        if ["job_start", "worker_joined", "eval", "step"].contains(event) { latest[event] = fields }
-        send(event, fields)
     }
 
     private func send(_ event: String, _ fields: [(String, JSONValue)]) {

@@ -73,12 +73,13 @@ final class CLITests: XCTestCase {
         return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
     }
 
-    /// The headline: the default job reaches ≥ 88.0 % test accuracy, and final.safetensors gives the same
-    /// accuracy in an independent NumPy implementation and in `trainerd eval`.
+    /// The README's main job, `launch` with 2 workers on the default config, reaches ≥ 88.0 % test accuracy, and
+    /// final.safetensors gives the same accuracy in an independent NumPy implementation and in `trainerd eval`.
+    /// (`train` ends with the same weights: testLaunchWithOneToFourWorkersMatchesTrain.)
     func testDefaultJobReaches88PercentAndIndependentEvaluationAgrees() throws {
         try requireDataset()
         let runDirectory = scratch + "/default"
-        let result = try trainerd(["train", config, "--run-dir", runDirectory], timeout: 600)
+        let result = try trainerd(["launch", config, "--workers", "2", "--run-dir", runDirectory], timeout: 900)
         XCTAssertEqual(result.status, 0, result.stderr)
         let done = try doneEvent(runDirectory)
         XCTAssertEqual(done["event"] as? String, "done")
