@@ -126,20 +126,7 @@ final class CLITests: XCTestCase {
         let steps = ["--set", "training.max_steps=400", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=50"]
         let straight = scratch + "/straight", interrupted = scratch + "/interrupted"
         XCTAssertEqual(try trainerd(["train", config, "--run-dir", straight] + steps).status, 0)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["train", config, "--run-dir", interrupted] + steps
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(60)
-        while process.isRunning && Date() < deadline
-            && !((try? String(contentsOfFile: interrupted + "/events.jsonl", encoding: .utf8))?.contains("\"checkpoint\"") ?? false) {
-            usleep(20_000)
-        }
-        process.interrupt()
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 130)
+        XCTAssertEqual(try interruptAfterFirstCheckpoint(["train", config, "--run-dir", interrupted] + steps, interrupted), 130)
         XCTAssertFalse(FileManager.default.fileExists(atPath: interrupted + "/final.safetensors"))
         XCTAssertEqual(try doneEvent(interrupted)["event"] as? String, "stopped")
         let refused = try trainerd(["train", config, "--run-dir", interrupted] + steps)
@@ -253,6 +240,19 @@ final class CLITests: XCTestCase {
         return process
     }
 
+    /// Starts trainerd, sends it SIGINT once its first checkpoint is logged (or after 120 s), and returns its exit status.
+    func interruptAfterFirstCheckpoint(_ arguments: [String], _ runDirectory: String) throws -> Int32 {
+        let process = try start(arguments)
+        let deadline = Date().addingTimeInterval(120)
+        while process.isRunning && Date() < deadline
+            && !((try? String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8))?.contains("\"checkpoint\"") ?? false) {
+            usleep(20_000)
+        }
+        process.interrupt()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
     /// Ctrl-C on `launch` stops after the step with a checkpoint (exit 130, workers told bye); `launch --resume`
     /// then ends with the weights of an uninterrupted `train`.
     func testInterruptedLaunchResumesToTheUninterruptedWeights() throws {
@@ -260,15 +260,8 @@ final class CLITests: XCTestCase {
         let steps = ["--set", "training.max_steps=300", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=40"]
         XCTAssertEqual(try trainerd(["train", config, "--run-dir", scratch + "/straight"] + steps).status, 0)
         let runDirectory = scratch + "/launch"
-        let launch = try start(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps)
-        let deadline = Date().addingTimeInterval(120)
-        while launch.isRunning && Date() < deadline
-            && !((try? String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8))?.contains("\"checkpoint\"") ?? false) {
-            usleep(20_000)
-        }
-        launch.interrupt()
-        launch.waitUntilExit()
-        XCTAssertEqual(launch.terminationStatus, 130)
+        XCTAssertEqual(try interruptAfterFirstCheckpoint(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps,
+                                                         runDirectory), 130)
         XCTAssertEqual(try doneEvent(runDirectory)["event"] as? String, "stopped")
         let resumed = try trainerd(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--resume"] + steps)
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
