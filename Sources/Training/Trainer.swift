@@ -221,10 +221,10 @@ public final class Trainer {
                                      ("test_accuracy", .number(lastEval!.accuracy))])
             }
             if config.training.checkpointEvery > 0 && state.step % config.training.checkpointEvery == 0 {
-                try writeCheckpoint()
+                writeCheckpoint()
             }
         }
-        if state.step > startStep { try writeCheckpoint() }
+        if state.step > startStep { writeCheckpoint() }
         let seconds = Date().timeIntervalSince(started)
         let overall = Double((state.step - startStep) * plan.batchSize) / max(seconds, 1e-9)
         if state.step < total {
@@ -257,9 +257,15 @@ public final class Trainer {
         return summary
     }
 
-    func writeCheckpoint() throws {
+    /// Writes a checkpoint. A failure (disk full, read-only directory) is logged as an `error` event and training
+    /// goes on: the write is atomic, so the previous checkpoints are intact.
+    func writeCheckpoint() {
         guard let store = checkpoints else { return }
-        let file = try store.save(state, seed: config.seed, jobName: config.name, keep: config.training.keepCheckpoints)
-        events.emit("checkpoint", [("step", .int(state.step)), ("path", .string(file))])
+        do {
+            let file = try store.save(state, seed: config.seed, jobName: config.name, keep: config.training.keepCheckpoints)
+            events.emit("checkpoint", [("step", .int(state.step)), ("path", .string(file))])
+        } catch {
+            events.emit("error", [("message", .string("checkpoint at step \(state.step) not written, the previous ones are kept: \(error)"))])
+        }
     }
 }

@@ -76,8 +76,8 @@ final class ProgressLine {
         case "eval":
             write((isTerminal ? "\r\u{1B}[K" : "") + String(format: "eval at step %d: test loss %.4f, accuracy %.2f%%\n",
                                                           Int(number(value["step"])), number(value["test_loss"]), number(value["test_accuracy"]) * 100))
-        case "warning":
-            write((isTerminal ? "\r\u{1B}[K" : "") + "warning: \(text(value["message"]))\n")
+        case "warning", "error":
+            write((isTerminal ? "\r\u{1B}[K" : "") + "\(event): \(text(value["message"]))\n")
         default:
             break
         }

@@ -134,6 +134,27 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(try trainer.run().weightsSHA256, straight.weightsSHA256)
     }
 
+    /// A checkpoint that cannot be written is logged as an error; training goes on and the earlier checkpoints
+    /// stay intact and loadable.
+    func testAFailedCheckpointWriteKeepsThePreviousOneAndTrainingGoesOn() throws {
+        let straight = try run(try smallConfig(steps: 24))
+        let trainer = try Trainer(config: try smallConfig(steps: 24), runDirectory: runDirectory, data: syntheticData())
+        // A directory where step 20's temporary file would go makes that write fail (whoever runs the test).
+        let blocker = runDirectory + "/checkpoints/.step-00000020.safetensors.tmp-\(getpid())"
+        try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: true)
+        var errors: [String] = []
+        trainer.events.observers.append { event, fields in
+            if event == "error", case let .string(text)? = fields.first?.1 { errors.append(text) }
+        }
+        XCTAssertEqual(try trainer.run().weightsSHA256, straight.weightsSHA256)
+        XCTAssertEqual(errors.count, 1)
+        XCTAssertTrue(errors.first?.hasPrefix("checkpoint at step 20 not written, the previous ones are kept: ") ?? false, "\(errors)")
+        let store = try XCTUnwrap(trainer.checkpoints)
+        XCTAssertEqual(store.checkpointFiles().map { ($0 as NSString).lastPathComponent },
+                       ["step-00000010.safetensors", "step-00000024.safetensors"])
+        XCTAssertEqual(try store.load(store.checkpointFiles()[0], optimizer: trainer.state.optimizer).step, 10)
+    }
+
     func testModelWiderThanTheDataIsRejectedWithTheFieldName() throws {
         var config = try smallConfig()
         config.model.sizes = [784, 10]
