@@ -26,6 +26,25 @@ public final class ZMQContext: @unchecked Sendable {
     public static var hasCurve: Bool { zmq_has("curve") != 0 }
 }
 
+/// A CURVE key pair in Z85 text (40 characters each), as `zmq_curve_keypair` makes it.
+public struct CurveKeyPair: Equatable, Sendable {
+    public var publicKey: String
+    public var secretKey: String
+
+    public static func generate() throws -> CurveKeyPair {
+        var publicKey = [CChar](repeating: 0, count: 41), secretKey = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_keypair(&publicKey, &secretKey) == 0 else { throw TransportError("generating a CURVE key pair") }
+        return CurveKeyPair(publicKey: String(cString: publicKey), secretKey: String(cString: secretKey))
+    }
+
+    /// The public key that belongs to a Z85 secret key.
+    public static func publicKey(forSecret secretKey: String) throws -> String {
+        var publicKey = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_public(&publicKey, secretKey) == 0 else { throw TransportError("deriving a CURVE public key") }
+        return String(cString: publicKey)
+    }
+}
+
 /// A ZeroMQ socket that moves multipart messages (arrays of frames) and knows nothing of their encoding.
 /// Linger is 0, so closing never waits for unsent messages.
 public final class ZMQSocket {

@@ -63,3 +63,14 @@ final class ZMQSocketTests: XCTestCase {
         XCTAssertTrue(ZMQContext.hasCurve, "libzmq without CURVE: the security issue needs libsodium")
     }
 }
+
+final class CurveKeyTests: XCTestCase {
+    /// Key pairs are Z85 text of 40 characters, distinct each time, and the public key follows from the secret.
+    func testKeyPairsAreFreshAndConsistent() throws {
+        let a = try CurveKeyPair.generate(), b = try CurveKeyPair.generate()
+        XCTAssertEqual(a.publicKey.count, 40)
+        XCTAssertEqual(a.secretKey.count, 40)
+        XCTAssertNotEqual(a, b)
+        XCTAssertEqual(try CurveKeyPair.publicKey(forSecret: a.secretKey), a.publicKey)
+    }
+}
