@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "Wire"),
         .systemLibrary(name: "CZMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Transport", dependencies: ["CZMQ"]),
-        .target(name: "Cluster", dependencies: ["Training", "Wire", "Transport", "COpenSSL"]),
+        .target(name: "Cluster", dependencies: ["Training", "Checkpoint", "Wire", "Transport"]),
         .target(name: "Training", dependencies: [
             "NN", "Optim", "Data", "Checkpoint",
             .product(name: "Yams", package: "Yams"),

@@ -1,4 +1,4 @@
-import COpenSSL
+import Checkpoint
 import Foundation
 import NN
 import Training
@@ -19,17 +19,12 @@ public struct JobDescription: Equatable, Sendable {
     /// Identifies the job on the wire: the first 8 bytes of SHA-256 over the config text and overrides.
     public var jobID: UInt64 {
         let bytes = Array((yaml + "\u{0}" + overrides.joined(separator: "\u{0}")).utf8)
-        var digest = [UInt8](repeating: 0, count: Int(SHA256_DIGEST_LENGTH))
-        _ = SHA256(bytes, bytes.count, &digest)
-        return digest.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+        return bytes.withUnsafeBytes(sha256).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
     }
 
     public func parse() throws -> JobConfig { try JobConfig.parse(yaml: yaml, source: "the coordinator's config", overrides: overrides) }
 
-    var metadata: [UInt8] {
-        let object: [String: Any] = ["config": yaml, "overrides": overrides]
-        return [UInt8]((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
-    }
+    var metadata: [UInt8] { metadataJSON(["config": yaml, "overrides": overrides]) }
 
     init(metadata: [UInt8]) throws {
         guard let object = try? JSONSerialization.jsonObject(with: Data(metadata)) as? [String: Any],
@@ -47,6 +42,12 @@ func parameterBlocks(_ values: [Float], _ layout: ParameterLayout) -> [[Float]] 
 
 func metadataJSON(_ object: [String: Any]) -> [UInt8] {
     [UInt8]((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
+}
+
+/// The text of an error message's `{"message": …}` metadata.
+func errorText(_ message: Message) -> String {
+    ((try? JSONSerialization.jsonObject(with: Data(message.metadata))) as? [String: Any])?["message"] as? String
+        ?? "no reason given"
 }
 
 /// The coordinator's side of a step, wired to a socket: a thin loop around `CoordinatorMachine`, which assigns

@@ -146,8 +146,7 @@ public struct CoordinatorMachine {
             joining.removeAll { $0.identity == identity }
             return [.log("worker_left", [("worker", .string(name)), ("workers", .int(peers.count))])]
         case .error:
-            let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String
-            let reason = "worker \(name) failed: \(text ?? "no reason given")"
+            let reason = "worker \(name) failed: \(errorText(message))"
             if peers.contains(where: { $0.identity == identity }) { throw CoordinatorError(reason) }
             // A worker that could not join (its dataset is missing, say) leaves the job as it was.
             joining.removeAll { $0.identity == identity }

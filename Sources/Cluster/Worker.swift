@@ -56,8 +56,7 @@ public struct WorkerMachine {
         case .bye:
             return [.send(Message(type: .bye, jobID: jobID)), .stop]
         case .error:
-            let text = (try? JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: Any])?["message"] as? String
-            throw CoordinatorError("the coordinator refused this worker: \(text ?? "no reason given")")
+            throw CoordinatorError("the coordinator refused this worker: \(errorText(message))")
         case .heartbeat:
             return []
         case .hello, .gradients:

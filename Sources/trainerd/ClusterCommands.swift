@@ -5,8 +5,7 @@ import NN
 import Training
 import Transport
 
-/// Runs the training loop with gradients from workers on `router`, printing progress like `train`.
-/// Returns the process exit status: 0 finished, 130 stopped by a signal.
+/// Runs the training loop with gradients from workers on `router`, exactly as `train` runs it.
 func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, minimumWorkers: Int, runDir: String,
                 resume: Bool, abortReason: @escaping () -> String? = { nil }) throws -> Int32 {
     let yaml = try String(contentsOfFile: options.config, encoding: .utf8)
@@ -22,32 +21,14 @@ func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, minimu
     // The coordinator reports joins and dropped messages through the run's event log.
     coordinator?.events.observers.append { event, fields in trainer.events.emit(event, fields) }
     coordinator?.abortReason = abortReason
-    if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
-        throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
-    }
-    if resume, let step = trainer.resume() {
-        FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
-    }
     if let logBind {
         let publisher = try LogPublisher(bind: logBind)
         trainer.events.observers.append(publisher.publish)
         coordinator?.whileWaiting = publisher.serveNewSubscribers
     }
-    let progress = ProgressLine()
-    trainer.events.observers.append(progress.observe)
-    installStopHandler()
-    FileHandle.standardError.write(Data("coordinator on \(try router.lastEndpoint), job \(String(coordinator!.jobID, radix: 16)), waiting for \(minimumWorkers) worker(s)\n".utf8))
-    let summary = try trainer.run()
-    progress.finish()
-    guard summary.finished else {
-        print("stopped at step \(summary.steps); continue with --resume and the same --run-dir \(runDir)")
-        return 130
+    return try runTraining(trainer, runDir: runDir, resume: resume) {
+        FileHandle.standardError.write(Data("coordinator on \(try router.lastEndpoint), job \(String(coordinator!.jobID, radix: 16)), waiting for \(minimumWorkers) worker(s)\n".utf8))
     }
-    print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
-                 summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
-    print("weights_sha256 \(summary.weightsSHA256)")
-    print("run directory \(runDir)")
-    return 0
 }
 
 struct CoordinatorCommand: ParsableCommand {

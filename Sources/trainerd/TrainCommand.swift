@@ -10,34 +10,41 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
 
     func run() throws {
+        let status: Int32
         do {
-            let job = try options.load()
-            let trainer = try Trainer(config: job, runDirectory: runDir)
-            if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
-                throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
-            }
-            if resume, let step = trainer.resume() {
-                FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
-            }
-            let progress = ProgressLine()
-            trainer.events.observers.append(progress.observe)
-            installStopHandler()
-            let summary = try trainer.run()
-            progress.finish()
-            guard summary.finished else {
-                print("stopped at step \(summary.steps); continue with: trainerd train \(options.config) --run-dir \(runDir) --resume")
-                throw ExitCode(130)
-            }
-            print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
-                         summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
-            print("weights_sha256 \(summary.weightsSHA256)")
-            print("run directory \(runDir)")
-        } catch let error as ExitCode {
-            throw error
+            let trainer = try Trainer(config: try options.load(), runDirectory: runDir)
+            status = try runTraining(trainer, runDir: runDir, resume: resume)
         } catch {
             fail(error)
         }
+        if status != 0 { throw ExitCode(status) }
     }
+}
+
+/// Resumes or refuses to overwrite checkpoints, runs `trainer` with a progress line and Ctrl-C handling, and
+/// prints how it ended. Returns the exit status: 0 finished, 130 stopped by a signal.
+func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, beforeRun: () throws -> Void = {}) throws -> Int32 {
+    if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
+        throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
+    }
+    if resume, let step = trainer.resume() {
+        FileHandle.standardError.write(Data("resuming at step \(step)\n".utf8))
+    }
+    let progress = ProgressLine()
+    trainer.events.observers.append(progress.observe)
+    installStopHandler()
+    try beforeRun()
+    let summary = try trainer.run()
+    progress.finish()
+    guard summary.finished else {
+        print("stopped at step \(summary.steps); continue with --resume and the same --run-dir \(runDir)")
+        return 130
+    }
+    print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
+                 summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
+    print("weights_sha256 \(summary.weightsSHA256)")
+    print("run directory \(runDir)")
+    return 0
 }
 
 /// Ctrl-C or SIGTERM: finish the current step, write a checkpoint, exit 130. A second signal exits at once.

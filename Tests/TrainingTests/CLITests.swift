@@ -213,21 +213,30 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(workers.map(\.terminationStatus), [0, 0])
     }
 
-    /// A loopback port that was free a moment ago.
-    func freePort() -> UInt16 {
+    /// A TCP listener on a free loopback port; the caller closes it.
+    func loopbackListener() throws -> (socket: Int32, port: UInt16) {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(listener) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) { pointer in
+        let ok = withUnsafeMutablePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                _ = bind(listener, $0, length)
-                _ = getsockname(listener, $0, &length)
+                bind(listener, $0, length) == 0 && listen(listener, 1) == 0 && getsockname(listener, $0, &length) == 0
             }
         }
-        return UInt16(bigEndian: address.sin_port)
+        guard ok else {
+            close(listener)
+            throw XCTSkip("no loopback TCP socket here")
+        }
+        return (listener, UInt16(bigEndian: address.sin_port))
+    }
+
+    /// A loopback port that was free a moment ago.
+    func freePort() throws -> UInt16 {
+        let (listener, port) = try loopbackListener()
+        close(listener)
+        return port
     }
 
     func start(_ arguments: [String]) throws -> Process {
@@ -272,7 +281,7 @@ final class CLITests: XCTestCase {
     /// `monitor --json` follows the log stream to the end and sees the same final weights.
     func testMonitorFollowsTheLogStream() throws {
         try requireDataset()
-        let endpoint = "tcp://127.0.0.1:\(freePort())"
+        let endpoint = "tcp://127.0.0.1:\(try freePort())"
         let runDirectory = scratch + "/monitored"
         let launch = try start(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--log-bind", endpoint,
                                 "--set", "training.max_steps=150", "--set", "training.eval_every=50"])
@@ -298,21 +307,8 @@ final class CLITests: XCTestCase {
 
     func testCoordinatorReportsAPortInUse() throws {
         // Hold a loopback port with a plain TCP listener, then ask the coordinator to bind it.
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (listener, port) = try loopbackListener()
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                XCTAssertEqual(bind(listener, $0, length), 0)
-                XCTAssertEqual(listen(listener, 1), 0)
-                XCTAssertEqual(getsockname(listener, $0, &length), 0)
-                if length == 0 { throw XCTSkip("no loopback socket") }
-            }
-        }
-        let port = UInt16(bigEndian: address.sin_port)
         try assertFails(["coordinator", config, "--bind", "tcp://127.0.0.1:\(port)", "--run-dir", scratch + "/run"],
                         "cannot bind tcp://127.0.0.1:\(port): Address already in use")
     }
