@@ -122,12 +122,23 @@ public final class Coordinator: GradientSource {
         try perform(machine.receive(from: identity, Array(frames.dropFirst()), now: now))
     }
 
+    /// The step's weights message, encoded once for all workers (the machine sends one per step).
+    private var encodedWeights: (step: UInt64, frames: [[UInt8]])?
+
+    private func encode(_ message: Message) -> [[UInt8]] {
+        guard message.type == .weights else { return message.encoded() }
+        if let encodedWeights, encodedWeights.step == message.step { return encodedWeights.frames }
+        let frames = message.encoded()
+        encodedWeights = (message.step, frames)
+        return frames
+    }
+
     private func perform(_ actions: [CoordinatorMachine.Action]) throws {
         for action in actions {
             switch action {
             case let .send(peer, message):
                 do {
-                    try socket.send([peer] + message.encoded())
+                    try socket.send([peer] + encode(message))
                 } catch let error as TransportError where message.type == .error {
                     // A refused peer that has already gone needs no answer.
                     events.emit("warning", [("message", .string("could not answer \(CoordinatorMachine.peerName(peer)): \(error)"))])
