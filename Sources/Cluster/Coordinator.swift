@@ -51,52 +51,80 @@ func errorText(_ message: Message) -> String {
 }
 
 /// The coordinator's side of a step, wired to a socket: a thin loop around `CoordinatorMachine`, which assigns
-/// each worker a contiguous range of the step's micro-batches, sends it the weights, and completes the gradient
-/// tree from the block sums it returns.
+/// each worker a contiguous range of the step's micro-batches, sends it the weights, completes the gradient tree
+/// from the block sums it returns, and moves the work of lost and slow workers to the others.
 ///
 /// Used as the `Trainer`'s gradient source, so clipping, the optimizer, evaluation, checkpoints and the event log
 /// are exactly those of `train`, and the weights are the same bits.
 public final class Coordinator: GradientSource {
     let socket: MessageSocket
     var machine: CoordinatorMachine
-    let minimumWorkers: Int
+    /// Workers to wait for before the first step (then `cluster.min_workers` before each).
+    let startWorkers: Int
     public let events: EventLog
-    /// Seconds to wait for a step's gradients before failing with the names of the silent workers.
-    let stepTimeout: Double
     /// Seconds `sayGoodbye` waits for the workers' goodbyes.
     let byeTimeout = 5.0
-    /// Polled while waiting: a reason to give up (a local worker process died), or nil.
+    /// Polled while waiting: a reason to give up (every local worker process died), or nil.
     public var abortReason: () -> String? = { nil }
-    /// Called at least once a second while waiting for workers (the log stream serves new monitors).
+    /// Called at least once a second while waiting (the log stream serves new monitors, `launch` reaps workers).
     public var whileWaiting: () -> Void = {}
+    /// Warnings about dropped messages logged per peer before the rest are only counted.
+    let warningsPerPeer = 20
+    private var droppedMessages: [String: Int] = [:]
+    private var hasStarted = false
 
     public var jobID: UInt64 { machine.jobID }
+    public var cluster: JobConfig.ClusterSection { machine.cluster }
+    /// The largest tensor frame a worker may send (bounds ZMQ_MAXMSGSIZE).
+    public var maximumTensorBytes: Int { machine.maximumTensorBytes }
 
     public init(socket: MessageSocket, job: JobDescription, layout: ParameterLayout, microBatches: Int,
-                minimumWorkers: Int, events: EventLog, stepTimeout: Double = 600) {
+                cluster: JobConfig.ClusterSection, startWorkers: Int? = nil, events: EventLog) {
         self.socket = socket
-        machine = CoordinatorMachine(job: job, layout: layout, microBatches: microBatches)
-        self.minimumWorkers = minimumWorkers
+        machine = CoordinatorMachine(job: job, layout: layout, microBatches: microBatches, cluster: cluster)
+        self.startWorkers = max(startWorkers ?? 0, cluster.minWorkers)
         self.events = events
-        self.stepTimeout = stepTimeout
     }
 
     private var now: Double { Date().timeIntervalSince1970 }
 
-    public func sums(step: Int, parameters: [Float]) throws -> (gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)]) {
-        while machine.workerCount + machine.readyToJoin < minimumWorkers {
-            if Trainer.stopRequested { throw CoordinatorError("stopped while waiting for workers") }
-            try receiveOne(timeout: 1)
-        }
+    public func sums(step: Int, parameters: [Float]) throws -> StepSums {
+        let required = hasStarted ? cluster.minWorkers : startWorkers
+        try waitWhile { $0.waitingReason(required: required) }
+        hasStarted = true
         try perform(machine.startStep(step, parameters: parameters, now: now))
-        let started = now
-        while !machine.isStepComplete {
-            try receiveOne(timeout: 1)
-            if now - started > stepTimeout {
-                throw CoordinatorError("step \(step): no gradients from \(machine.silentWorkers.joined(separator: ", ")) within \(Int(stepTimeout)) s")
-            }
-        }
+        try waitWhile { $0.isStepComplete ? nil : ($0.waitingReason(required: required) ?? "") }
         return machine.finishStep(now: now)!
+    }
+
+    /// Receives, ticks and reports the machine's waiting reason (when it changes, and every 30 s) while `reason`
+    /// gives one; "" means busy, not waiting. Fails after `cluster.wait_timeout` s of waiting for workers.
+    private func waitWhile(_ reason: (CoordinatorMachine) -> String?) throws {
+        var waitingSince: Double?
+        var reported: (reason: String, at: Double)?
+        while let current = reason(machine) {
+            if Trainer.stopRequested && machine.workerCount == 0 { throw CoordinatorError("stopped while waiting for workers") }
+            if current.isEmpty {
+                waitingSince = nil
+            } else {
+                let start = waitingSince ?? now
+                waitingSince = start
+                if reported?.reason != current || now - reported!.at >= 30 {
+                    events.emit("waiting", [("reason", .string(current)), ("workers", .int(machine.workerCount)),
+                                            ("min_workers", .int(cluster.minWorkers))])
+                    reported = (current, now)
+                }
+                if now - start > cluster.waitTimeout {
+                    throw CoordinatorError("\(current) for \(Int(cluster.waitTimeout)) s (cluster.wait_timeout); giving up")
+                }
+            }
+            try receiveOne(timeout: min(0.5, cluster.heartbeatInterval / 2))
+        }
+    }
+
+    /// Declares a worker lost at once (`launch` saw its process exit).
+    public func declareLost(name: String, reason: String) {
+        try? perform(machine.declareLost(name: name, reason: reason, now: now))
     }
 
     public func finish(summary: RunSummary) { sayGoodbye() }
@@ -114,15 +142,17 @@ public final class Coordinator: GradientSource {
         }
     }
 
-    /// Receives and handles at most one message.
+    /// Receives and handles at most one message, then lets the machine check the clock.
     private func receiveOne(timeout: Double) throws {
         if let reason = abortReason() { throw CoordinatorError(reason) }
         whileWaiting()
-        guard let frames = try socket.receive(timeout: timeout), let identity = frames.first else { return }
-        try perform(machine.receive(from: identity, Array(frames.dropFirst()), now: now))
+        if let frames = try socket.receive(timeout: timeout), let identity = frames.first {
+            try perform(machine.receive(from: identity, Array(frames.dropFirst()), now: now))
+        }
+        try perform(machine.tick(now: now))
     }
 
-    /// The step's weights message, encoded once for all workers (the machine sends one per step).
+    /// The step's weights message, encoded once for all workers.
     private var encodedWeights: (step: UInt64, frames: [[UInt8]])?
 
     private func encode(_ message: Message) -> [[UInt8]] {
@@ -139,15 +169,32 @@ public final class Coordinator: GradientSource {
             case let .send(peer, message):
                 do {
                     try socket.send([peer] + encode(message))
-                } catch let error as TransportError where message.type == .error {
-                    // A refused peer that has already gone needs no answer.
-                    events.emit("warning", [("message", .string("could not answer \(CoordinatorMachine.peerName(peer)): \(error)"))])
+                } catch let error as TransportError {
+                    // A peer that has gone cannot be reached; its heartbeat timeout declares it lost.
+                    log("warning", [("message", .string("could not send \(message.type) to \(CoordinatorMachine.peerName(peer)): \(error)"))])
                 }
             case let .log(event, fields):
-                events.emit(event, fields)
+                log(event, fields)
             }
         }
     }
+
+    /// Emits an event; warnings about dropped messages are limited to `warningsPerPeer` per peer, then counted.
+    private func log(_ event: String, _ fields: [(String, JSONValue)]) {
+        if event == "warning", case let .string(text)? = fields.first?.1, text.hasPrefix("dropped a message from ") {
+            let peer = String(text.dropFirst("dropped a message from ".count).prefix { $0 != ":" })
+            droppedMessages[peer, default: 0] += 1
+            let count = droppedMessages[peer]!
+            if count == warningsPerPeer + 1 {
+                events.emit("warning", [("message", .string("further messages dropped from \(peer) are counted, not logged"))])
+            }
+            if count > warningsPerPeer { return }
+        }
+        events.emit(event, fields)
+    }
+
+    /// Messages dropped from each peer (all, including those not logged).
+    public var droppedMessageCounts: [String: Int] { droppedMessages }
 }
 
 public struct CoordinatorError: Error, CustomStringConvertible {

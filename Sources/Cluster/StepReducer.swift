@@ -6,8 +6,8 @@ import Kernels
 /// Each piece is the sum over an aligned block of micro-batches (width a power of two, starting at a multiple of
 /// it) for one parameter block. A block is complete when its pieces tile 0..<K; its sum is then the tree's, the
 /// same bits however the micro-batches were split among workers. Pieces that cannot belong to the step — not
-/// aligned, out of range, overlapping one already taken, the wrong length, not finite — are refused with the
-/// reason and change nothing.
+/// aligned, out of range, overlapping one already taken, the wrong length — are refused with the reason and change
+/// nothing. Non-finite values are taken and recorded: the trainer skips such a step (README "Failure modes").
 public struct StepReducer {
     public let step: UInt64
     public let microBatches: Int
@@ -15,6 +15,8 @@ public struct StepReducer {
     public let blockSizes: [Int]
     private var pieces: [[(range: Range<Int>, sum: [Float])]]
     private var lossPieces: [(range: Range<Int>, sum: [Float])] = []
+    /// Pieces that hold a NaN or an infinity: (parameter block, or nil for the loss; micro-batches).
+    public private(set) var nonFinite: [(block: Int?, range: Range<Int>)] = []
 
     public init(step: UInt64, microBatches: Int, blockSizes: [Int]) {
         precondition(microBatches > 0)
@@ -33,16 +35,14 @@ public struct StepReducer {
         guard values.count == blockSizes[block] else {
             throw ReducerError("block \(block) of micro-batches \(range) has \(values.count) values, expected \(blockSizes[block])")
         }
-        if let bad = values.firstIndex(where: { !$0.isFinite }) {
-            throw ReducerError("block \(block) of micro-batches \(range) has a non-finite value \(values[bad]) at \(bad)")
-        }
+        if values.contains(where: { !$0.isFinite }) { nonFinite.append((block, range)) }
         pieces[block].append((range, values))
     }
 
     /// Takes the summed loss over `range`.
     public mutating func addLoss(range: Range<Int>, sum: Float) throws {
         try check(range, against: lossPieces.map(\.range), what: "the loss")
-        guard sum.isFinite else { throw ReducerError("the loss of micro-batches \(range) is not finite (\(sum))") }
+        if !sum.isFinite { nonFinite.append((nil, range)) }
         lossPieces.append((range, [sum]))
     }
 
@@ -58,6 +58,9 @@ public struct StepReducer {
             throw ReducerError("duplicate \(what) for micro-batches \(range) of step \(step) (\(other) already received)")
         }
     }
+
+    /// The micro-batches whose loss has arrived (a gradients message carries every block and the loss).
+    public var received: [Range<Int>] { lossPieces.map(\.range) }
 
     private func covers(_ ranges: [Range<Int>]) -> Bool { ranges.reduce(0) { $0 + $1.count } == microBatches }
 

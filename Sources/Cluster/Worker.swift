@@ -12,10 +12,14 @@ public struct WorkerMachine {
     public enum Action: Equatable {
         /// Build the job's model and load its data, then report ready (or the reason it cannot).
         case join(JobDescription, jobID: UInt64)
+        /// Already joined this job (the coordinator restarted or lost track of us): report ready again.
+        case ready
         /// Compute the gradient sums of micro-batches `range` of `step` at `weights` and send them.
         case compute(step: UInt64, range: Range<Int>, weights: [Float])
         case send(Message)
         case log(String)
+        /// Say hello again: the coordinator does not know this worker (any work in progress is void).
+        case rejoin(String)
         /// The run is over (the coordinator said bye).
         case stop
     }
@@ -38,7 +42,13 @@ public struct WorkerMachine {
         }
         switch message.type {
         case .welcome:
-            guard !hasJoined else { return [.log("dropped a second welcome")] }
+            if hasJoined {
+                guard message.jobID == jobID else {
+                    throw CoordinatorError("the coordinator now runs job \(String(message.jobID, radix: 16)), not \(String(jobID, radix: 16)); start a new worker for it")
+                }
+                weights = nil
+                return [.ready]
+            }
             jobID = message.jobID
             return [.join(try JobDescription(metadata: message.metadata), jobID: message.jobID)]
         case .weights:
@@ -56,6 +66,11 @@ public struct WorkerMachine {
         case .bye:
             return [.send(Message(type: .bye, jobID: jobID)), .stop]
         case .error:
+            let details = (try? JSONSerialization.jsonObject(with: Data(message.metadata))) as? [String: Any]
+            if details?["rejoin"] as? Bool == true {
+                weights = nil
+                return [.rejoin(errorText(message))]
+            }
             throw CoordinatorError("the coordinator refused this worker: \(errorText(message))")
         case .heartbeat:
             return []
@@ -67,67 +82,171 @@ public struct WorkerMachine {
 
 /// A worker: says hello, builds the job's model and data plan from the coordinator's welcome, and answers each
 /// assignment with the gradient sums of its micro-batches as aligned blocks, at the weights sent for that step.
-/// It needs only the dataset to exist where it runs. The thin loop around `WorkerMachine`.
+/// It needs only the dataset to exist where it runs. The loop around `WorkerMachine`.
+///
+/// Gradients are computed on a thread of their own, so the loop keeps exchanging heartbeats during long steps.
+/// When the coordinator falls silent for `cluster.heartbeat_timeout`, the worker reconnects and says hello again
+/// with growing pauses (1, 2, 4 … 15 s) until a coordinator for the same job answers (`coordinator --resume`),
+/// or gives up after `retryTimeout` seconds.
 public final class Worker {
-    let socket: MessageSocket
+    let connect: () throws -> MessageSocket
+    var socket: MessageSocket
     let name: String
-    /// Seconds to wait for the coordinator's welcome.
+    /// Seconds to wait for the first welcome.
     let joinTimeout: Double
+    /// Seconds to keep trying to reach a coordinator that was lost.
+    let retryTimeout: Double
     let log: (String) -> Void
     let loadDatasets: (JobConfig) throws -> (train: ImageDataset, test: ImageDataset)
     /// Kernel threads; nil follows the job's `training.threads`.
     let threads: Int?
+    /// Polled in the loop: a reason to stop at once (the parent `launch` is gone), or nil.
+    public var stopReason: () -> String? = { nil }
+    /// Polled in the loop: leave the job (say bye; the coordinator hands this worker's micro-batches on).
+    public var leaveRequested: () -> Bool = { false }
     var machine = WorkerMachine()
     var source: LocalGradientSource?
     var layout: ParameterLayout?
+    var cluster = JobConfig.ClusterSection()
+    let computer = ComputeThread()
+    /// Work handed to the compute thread under an older generation is void (the coordinator forgot it).
+    var generation = 0
+    var lastHeard = Date()
+    var lastSent = Date()
+    /// While reconnecting: since when, and when to say hello next.
+    var reconnecting: (since: Date, nextHello: Date, pause: Double)?
+    /// A hello is out and its welcome not yet in.
+    var awaitingWelcome = false
 
-    public init(socket: MessageSocket, name: String, joinTimeout: Double = 30, threads: Int? = nil,
+    public init(connect: @escaping () throws -> MessageSocket, name: String, joinTimeout: Double = 30,
+                retryTimeout: Double = 600, threads: Int? = nil,
                 loadDatasets: @escaping (JobConfig) throws -> (train: ImageDataset, test: ImageDataset) = loadData,
-                log: @escaping (String) -> Void = { _ in }) {
-        self.socket = socket
+                log: @escaping (String) -> Void = { _ in }) throws {
+        self.connect = connect
+        socket = try connect()
         self.name = name
         self.joinTimeout = joinTimeout
+        self.retryTimeout = retryTimeout
         self.loadDatasets = loadDatasets
         self.threads = threads
         self.log = log
     }
 
-    /// Runs until the coordinator says bye; throws with a clear message when refused or when a step fails.
+    /// Runs until the coordinator says bye; throws with a clear message when refused, unreachable, or a step fails.
     public func run() throws {
+        try sayHello()
+        while true {
+            if let reason = stopReason() { throw CoordinatorError(reason) }
+            if leaveRequested() {
+                log("leaving the job")
+                try? send(Message(type: .bye, jobID: machine.jobID))
+                socket.close(deliveringWithin: 1)
+                return
+            }
+            let timeout = min(0.25, cluster.heartbeatInterval / 2)
+            let frames = try socket.receive(timeout: timeout, wakingOn: computer.wakeDescriptor)
+            try sendFinishedWork()
+            if let frames, try handle(frames) { return }
+            try keepAlive()
+        }
+    }
+
+    private func sayHello() throws {
         let hello = Message(type: .hello, jobID: 0, metadata: metadataJSON([
             "host": ProcessInfo.processInfo.hostName, "pid": Int(getpid()), "name": name,
         ]))
-        try socket.send(hello.encoded())
-        let started = Date()
-        while true {
-            guard let frames = try socket.receive(timeout: 1) else {
-                if !machine.hasJoined && Date().timeIntervalSince(started) > joinTimeout {
-                    throw CoordinatorError("no answer from the coordinator within \(Int(joinTimeout)) s")
+        try send(hello)
+        awaitingWelcome = true
+    }
+
+    private func send(_ message: Message) throws {
+        try socket.send(message.encoded())
+        lastSent = Date()
+    }
+
+    /// Handles one message from the coordinator; true when the run is over.
+    private func handle(_ frames: [[UInt8]]) throws -> Bool {
+        lastHeard = Date()
+        let message: Message
+        do {
+            message = try Message.decode(frames)
+        } catch {
+            log("dropped a message from the coordinator: \(error)")
+            return false
+        }
+        if message.type == .welcome {
+            if machine.hasJoined { log("rejoined the coordinator") }
+            reconnecting = nil
+            awaitingWelcome = false
+        }
+        for action in try machine.receive(message) {
+            switch action {
+            case let .join(job, jobID):
+                try join(job, jobID: jobID)
+            case .ready:
+                try send(Message(type: .heartbeat, jobID: machine.jobID))
+            case let .compute(step, range, weights):
+                computer.submit(generation: generation, step: step, range: range) { [source] in
+                    try source!.blockSums(step: Int(step), range: range, parameters: weights)
                 }
-                continue
-            }
-            let message: Message
-            do {
-                message = try Message.decode(frames)
-            } catch {
-                log("dropped a message from the coordinator: \(error)")
-                continue
-            }
-            for action in try machine.receive(message) {
-                switch action {
-                case let .join(job, jobID):
-                    try join(job, jobID: jobID)
-                case let .compute(step, range, weights):
-                    try compute(step: step, range: range, weights: weights)
-                case let .send(message):
-                    try socket.send(message.encoded())
-                case let .log(line):
-                    log(line)
-                case .stop:
-                    return
-                }
+            case let .send(message):
+                try send(message)
+            case let .log(line):
+                log(line)
+            case let .rejoin(reason):
+                guard !awaitingWelcome else { continue }
+                log("the coordinator asks this worker to join again (\(reason))")
+                generation += 1
+                try sayHello()
+            case .stop:
+                socket.close(deliveringWithin: 1)
+                return true
             }
         }
+        return false
+    }
+
+    /// Sends the gradients of finished work of the current generation.
+    private func sendFinishedWork() throws {
+        for result in computer.takeResults() where result.generation == generation {
+            switch result.outcome {
+            case let .success(blocks):
+                guard let layout else { continue }
+                for block in blocks {
+                    let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
+                    try send(Message(type: .gradients, jobID: machine.jobID, step: result.step,
+                                     microBatches: block.microBatches, tensors: tensors))
+                }
+            case let .failure(error):
+                try? send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])))
+                throw error
+            }
+        }
+    }
+
+    /// Heartbeats; notices a silent coordinator and reconnects with growing pauses, or gives up.
+    private func keepAlive() throws {
+        let now = Date()
+        if !awaitingWelcome && machine.hasJoined && now.timeIntervalSince(lastSent) >= cluster.heartbeatInterval {
+            try send(Message(type: .heartbeat, jobID: machine.jobID))
+        }
+        let silence = now.timeIntervalSince(lastHeard)
+        if !machine.hasJoined && reconnecting == nil {
+            if silence > joinTimeout { throw CoordinatorError("no answer from the coordinator within \(Int(joinTimeout)) s") }
+            return
+        }
+        if reconnecting == nil && silence > cluster.heartbeatTimeout {
+            log("lost the coordinator (silent for \(Int(silence)) s); reconnecting")
+            generation += 1
+            reconnecting = (now, now, 1)
+        }
+        guard let state = reconnecting, now >= state.nextHello else { return }
+        guard now.timeIntervalSince(state.since) <= retryTimeout else {
+            throw CoordinatorError("the coordinator has been unreachable for \(Int(retryTimeout)) s; giving up")
+        }
+        socket = try connect()  // a fresh socket: nothing stale queued for the new coordinator
+        try sayHello()
+        reconnecting = (state.since, now.addingTimeInterval(state.pause), min(state.pause * 2, 15))
     }
 
     /// Builds the model and data plan; reports ready, or tells the coordinator why it cannot and stops.
@@ -142,28 +261,63 @@ public final class Worker {
                                  microBatches: config.training.microBatches)
             layout = ParameterLayout(model)
             source = LocalGradientSource(model: model, plan: plan, train: data.train)
+            cluster = config.cluster
             machine.joined(blockSizes: layout!.entries.map(\.count))
             log("joined job \(config.name) (\(String(jobID, radix: 16)))")
         } catch {
-            try? socket.send(Message(type: .error, jobID: jobID, metadata: metadataJSON(["message": "\(error)"])).encoded())
+            try? send(Message(type: .error, jobID: jobID, metadata: metadataJSON(["message": "\(error)"])))
             throw error
         }
-        try socket.send(Message(type: .heartbeat, jobID: jobID).encoded())  // ready for work
+        lastHeard = Date()  // loading took a while; the coordinator was not silent
+        try send(Message(type: .heartbeat, jobID: jobID))  // ready for work
+    }
+}
+
+/// Runs gradient computations one after another on a thread of its own and wakes the worker's loop (through a
+/// pipe it can poll next to its socket) when one finishes.
+final class ComputeThread: @unchecked Sendable {
+    struct Result {
+        var generation: Int
+        var step: UInt64
+        var outcome: Swift.Result<[GradientBlock], Error>
     }
 
-    private func compute(step: UInt64, range: Range<Int>, weights: [Float]) throws {
-        guard let source, let layout else { return }
-        let blocks: [GradientBlock]
-        do {
-            blocks = try source.blockSums(step: Int(step), range: range, parameters: weights)
-        } catch {
-            try? socket.send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])).encoded())
-            throw error
+    private let queue = DispatchQueue(label: "trainerd.compute")
+    private let lock = NSLock()
+    private var results: [Result] = []
+    private let pipeDescriptors: [Int32]
+
+    init() {
+        var descriptors: [Int32] = [0, 0]
+        precondition(pipe(&descriptors) == 0, "cannot create a pipe")
+        _ = fcntl(descriptors[0], F_SETFL, fcntl(descriptors[0], F_GETFL) | O_NONBLOCK)
+        pipeDescriptors = descriptors
+    }
+
+    deinit { pipeDescriptors.forEach { close($0) } }
+
+    /// Readable while finished work waits to be taken.
+    var wakeDescriptor: Int32 { pipeDescriptors[0] }
+
+    func submit(generation: Int, step: UInt64, range: Range<Int>, work: @escaping () throws -> [GradientBlock]) {
+        queue.async { [self] in
+            let outcome = Swift.Result { try work() }
+            lock.lock()
+            results.append(Result(generation: generation, step: step, outcome: outcome))
+            lock.unlock()
+            var byte: UInt8 = 1
+            _ = write(pipeDescriptors[1], &byte, 1)
         }
-        for block in blocks {
-            let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
-            try socket.send(Message(type: .gradients, jobID: machine.jobID, step: step, microBatches: block.microBatches,
-                                    tensors: tensors).encoded())
-        }
+    }
+
+    /// The finished work, oldest first.
+    func takeResults() -> [Result] {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while read(pipeDescriptors[0], &buffer, buffer.count) > 0 {}
+        lock.lock()
+        defer { lock.unlock() }
+        let taken = results
+        results = []
+        return taken
     }
 }

@@ -52,6 +52,34 @@ public struct JobConfig: Equatable, Sendable {
         public var keepCheckpoints = 3
         /// Kernel threads (0: one per core).
         public var threads = 0
+        /// Steps skipped for a non-finite gradient or loss before the job stops with an error.
+        public var maxSkippedSteps = 10
+    }
+
+    /// How the coordinator watches its workers (seconds). See README "Failure modes".
+    public struct ClusterSection: Equatable, Sendable {
+        /// The coordinator waits for this many workers before every step.
+        public var minWorkers = 1
+        /// Heartbeats go both ways this often.
+        public var heartbeatInterval = 1.0
+        /// A peer silent this long is lost: a worker's micro-batches go to the others; a worker reconnects.
+        public var heartbeatTimeout = 10.0
+        /// A worker that has not returned its micro-batches this long after they were assigned is lost.
+        public var stepDeadline = 300.0
+        /// A worker's micro-batches are re-issued to an idle worker after this long (0: never).
+        public var stragglerDelay = 5.0
+        /// How long the coordinator waits for `min_workers` before failing.
+        public var waitTimeout = 600.0
+
+        public init() {}
+    }
+
+    /// CURVE encryption and an allow-list of worker and monitor public keys (files written by `trainerd keygen`).
+    public struct SecuritySection: Equatable, Sendable {
+        /// The coordinator's secret key file.
+        public var secretKey: String
+        /// A directory of allowed public keys (`*.pub`).
+        public var allowedKeys: String
     }
 
     public var name = "job"
@@ -61,6 +89,8 @@ public struct JobConfig: Equatable, Sendable {
     public var optimizer = OptimizerSection()
     public var schedule: LearningRateSchedule = .constant
     public var training = TrainingSection()
+    public var cluster = ClusterSection()
+    public var security: SecuritySection?
 
     public init() {}
 }
@@ -117,7 +147,7 @@ extension JobConfig {
 
     init(tree: Fields) throws {
         self.init()
-        try tree.allowOnly(["name", "seed", "data", "model", "optimizer", "schedule", "training"])
+        try tree.allowOnly(["name", "seed", "data", "model", "optimizer", "schedule", "training", "cluster", "security"])
         name = try tree.string("name") ?? name
         if let seed = try tree.int("seed") {
             guard seed >= 0 else { throw tree.error("seed", "must be a non-negative integer, got \(seed)") }
@@ -155,7 +185,7 @@ extension JobConfig {
         }
         if let section = try tree.section("training") {
             try section.allowOnly(["epochs", "max_steps", "batch_size", "micro_batches", "clip_norm", "eval_every",
-                                   "checkpoint_every", "keep_checkpoints", "threads"])
+                                   "checkpoint_every", "keep_checkpoints", "threads", "max_skipped_steps"])
             training.epochs = try section.int("epochs") ?? training.epochs
             training.maxSteps = try section.int("max_steps") ?? training.maxSteps
             training.batchSize = try section.int("batch_size") ?? training.batchSize
@@ -165,6 +195,7 @@ extension JobConfig {
             training.checkpointEvery = try section.int("checkpoint_every") ?? training.checkpointEvery
             training.keepCheckpoints = try section.int("keep_checkpoints") ?? training.keepCheckpoints
             training.threads = try section.int("threads") ?? training.threads
+            training.maxSkippedSteps = try section.int("max_skipped_steps") ?? training.maxSkippedSteps
             let t = training
             guard t.epochs > 0 else { throw section.error("epochs", "must be positive, got \(t.epochs)") }
             guard t.maxSteps >= 0 else { throw section.error("max_steps", "must be 0 or positive, got \(t.maxSteps)") }
@@ -181,6 +212,22 @@ extension JobConfig {
                 throw section.error("keep_checkpoints", "must be positive, got \(t.keepCheckpoints)")
             }
             guard t.threads >= 0 else { throw section.error("threads", "must be 0 (all cores) or positive, got \(t.threads)") }
+            guard t.maxSkippedSteps >= 0 else {
+                throw section.error("max_skipped_steps", "must be 0 (stop at the first) or positive, got \(t.maxSkippedSteps)")
+            }
+        }
+        if let section = try tree.section("cluster") {
+            cluster = try Self.cluster(section)
+        }
+        if let section = try tree.section("security") {
+            try section.allowOnly(["secret_key", "allowed_keys"])
+            guard let secretKey = try section.string("secret_key") else {
+                throw section.error("secret_key", "is required: the coordinator's secret key file (trainerd keygen)")
+            }
+            guard let allowedKeys = try section.string("allowed_keys") else {
+                throw section.error("allowed_keys", "is required: a directory of allowed public keys (*.pub)")
+            }
+            security = SecuritySection(secretKey: secretKey, allowedKeys: allowedKeys)
         }
         if let section = try tree.section("schedule") {
             schedule = try Self.schedule(section)
@@ -221,6 +268,30 @@ extension JobConfig {
                 : .adamw(beta1: betas[0], beta2: betas[1], eps: eps, weightDecay: weightDecay ?? 0.01)
         default:
             throw section.error("kind", "must be sgd, adam or adamw, got '\(kind)'")
+        }
+        return result
+    }
+
+    static func cluster(_ section: Fields) throws -> ClusterSection {
+        try section.allowOnly(["min_workers", "heartbeat_interval", "heartbeat_timeout", "step_deadline",
+                               "straggler_delay", "wait_timeout"])
+        var result = ClusterSection()
+        result.minWorkers = try section.int("min_workers") ?? result.minWorkers
+        guard result.minWorkers > 0 else { throw section.error("min_workers", "must be positive, got \(result.minWorkers)") }
+        func seconds(_ key: String, _ value: inout Double, allowZero: Bool = false) throws {
+            guard let given = try section.float(key) else { return }
+            guard given > 0 || (allowZero && given == 0) else {
+                throw section.error(key, "must be \(allowZero ? "0 (off) or " : "")a positive number of seconds, got \(given)")
+            }
+            value = Double(given)
+        }
+        try seconds("heartbeat_interval", &result.heartbeatInterval)
+        try seconds("heartbeat_timeout", &result.heartbeatTimeout)
+        try seconds("step_deadline", &result.stepDeadline)
+        try seconds("straggler_delay", &result.stragglerDelay, allowZero: true)
+        try seconds("wait_timeout", &result.waitTimeout)
+        guard result.heartbeatTimeout >= 2 * result.heartbeatInterval else {
+            throw section.error("heartbeat_timeout", "must be at least twice heartbeat_interval (\(result.heartbeatInterval) s), got \(result.heartbeatTimeout)")
         }
         return result
     }

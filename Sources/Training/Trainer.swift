@@ -24,6 +24,12 @@ public func loadData(_ config: JobConfig) throws -> (train: ImageDataset, test: 
     return (train, test)
 }
 
+/// The job cannot go on (too many skipped steps).
+public struct TrainingError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// What a finished run reports (also the `done` event).
 public struct RunSummary {
     public var steps: Int
@@ -37,11 +43,29 @@ public struct RunSummary {
     public var finished: Bool
 }
 
+/// A step's sums over its samples, as a gradient source returns them.
+public struct StepSums {
+    /// Σ ∂ℓ/∂θ (flat, canonical order), combined over the micro-batches in the gradient tree.
+    public var gradientSum: [Float]
+    /// Σ ℓ, combined the same way.
+    public var lossSum: Float
+    /// Fields for the step event.
+    public var fields: [(String, JSONValue)]
+    /// The workers that sent NaN or infinite values, by parameter block (nil: the loss).
+    public var nonFiniteSources: [Int?: [String]]
+
+    public init(gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)] = [], nonFiniteSources: [Int?: [String]] = [:]) {
+        self.gradientSum = gradientSum
+        self.lossSum = lossSum
+        self.fields = fields
+        self.nonFiniteSources = nonFiniteSources
+    }
+}
+
 /// Where a step's gradient sums come from: this process's threads, or workers over the network.
 public protocol GradientSource: AnyObject {
-    /// Σ over the step's samples of ∂ℓ/∂θ (flat, canonical order) and Σ ℓ, each combined over the micro-batches
-    /// in the gradient tree, for global step `step` at weights `parameters`. `fields` go into the step event.
-    func sums(step: Int, parameters: [Float]) throws -> (gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)])
+    /// The sums of global step `step` at weights `parameters`.
+    func sums(step: Int, parameters: [Float]) throws -> StepSums
     /// Called once when the run ends (finished or stopped).
     func finish(summary: RunSummary)
 }
@@ -76,12 +100,12 @@ public final class LocalGradientSource: GradientSource {
         return try engine.blockSums(range) { train.batch(plan.microBatch($0, of: samples)) }
     }
 
-    public func sums(step: Int, parameters: [Float]) throws -> (gradientSum: [Float], lossSum: Float, fields: [(String, JSONValue)]) {
+    public func sums(step: Int, parameters: [Float]) throws -> StepSums {
         let blocks = try blockSums(step: step, range: 0..<plan.microBatches, parameters: parameters)
         // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
         let gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: plan.microBatches)
         let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]
-        return (gradient, loss, [])
+        return StepSums(gradientSum: gradient, lossSum: loss)
     }
 
     public func finish(summary: RunSummary) {}
@@ -153,18 +177,41 @@ public final class Trainer {
     }
 
     /// Gradient (already divided by the global batch) and mean loss of global step `step` at the current weights.
-    public func gradient(step: Int) throws -> (gradient: [Float], loss: Float, fields: [(String, JSONValue)]) {
-        var (gradient, loss, fields) = try source.sums(step: step, parameters: state.parameters)
+    public func gradient(step: Int) throws -> (gradient: [Float], loss: Float, sums: StepSums) {
+        var sums = try source.sums(step: step, parameters: state.parameters)
+        var gradient = sums.gradientSum
+        sums.gradientSum = []
         let batch = Float(plan.batchSize)
         for i in gradient.indices { gradient[i] /= batch }
-        return (gradient, loss / batch, fields)
+        return (gradient, sums.lossSum / batch, sums)
     }
 
-    /// One optimizer step; returns the loss before it, the clipping result and the source's step fields.
-    public func step() throws -> (loss: Float, clip: ClipResult, lr: Float, fields: [(String, JSONValue)]) {
-        var (gradient, loss, fields) = try gradient(step: state.step)
+    /// What one call of `step()` did.
+    public enum StepOutcome {
+        /// The optimizer stepped: the loss before it, the clipping result, the learning rate, step-event fields.
+        case updated(loss: Float, clip: ClipResult, lr: Float, fields: [(String, JSONValue)])
+        /// The gradient or loss was not finite: the weights are unchanged and the step's data is passed over.
+        /// `layers` names the parameter tensors (or "loss") with NaN or infinite values, `workers` who sent them.
+        case skipped(layers: [String], workers: [String])
+    }
+
+    /// Steps skipped for a non-finite gradient or loss in this run.
+    public private(set) var skippedSteps = 0
+
+    /// One optimizer step, or a skipped one (see `StepOutcome`).
+    public func step() throws -> StepOutcome {
+        var (gradient, loss, sums) = try gradient(step: state.step)
         let tensors = layout.entries.map(\.range)
         let norms = tensorNorms(gradient, tensors: tensors)
+        let badBlocks = norms.indices.filter { !norms[$0].isFinite }
+        if !badBlocks.isEmpty || !loss.isFinite {
+            state.step += 1
+            skippedSteps += 1
+            let blocks: [Int?] = badBlocks + (loss.isFinite ? [] : [nil])
+            return .skipped(layers: blocks.map { $0.map { layout.entries[$0].name } ?? "loss" },
+                            workers: Array(Set(blocks.flatMap { sums.nonFiniteSources[$0] ?? [] })).sorted())
+        }
+        var fields = sums.fields
         let clip = config.training.clipNorm > 0
             ? clipGradientNorm(&gradient, tensors: tensors, maxNorm: config.training.clipNorm, norms: norms)
             : ClipResult(totalNorm: globalGradientNorm(tensorNorms: norms), clipped: false)
@@ -177,7 +224,7 @@ public final class Trainer {
         state.parameters = parameters
         state.step += 1
         model.load(flatValues: state.parameters)
-        return (loss, clip, lr, fields)
+        return .updated(loss: loss, clip: clip, lr: lr, fields: fields)
     }
 
     public func run() throws -> RunSummary {
@@ -198,9 +245,13 @@ public final class Trainer {
         let startStep = state.step
         while state.step < total && !Trainer.stopRequested {
             let epoch = state.step / plan.stepsPerEpoch
-            let (loss, clip, lr, fields) = try step()
-            guard loss.isFinite, clip.totalNorm.isFinite else {
-                throw ConfigError("step \(state.step): the loss or gradient is not finite (loss \(loss), gradient norm \(clip.totalNorm)); lower optimizer.lr or set training.clip_norm")
+            let (loss, clip, lr, fields): (Float, ClipResult, Float, [(String, JSONValue)])
+            switch try step() {
+            case let .updated(stepLoss, stepClip, stepLR, stepFields):
+                (loss, clip, lr, fields) = (stepLoss, stepClip, stepLR, stepFields)
+            case let .skipped(layers, workers):
+                try reportSkip(layers: layers, workers: workers)
+                continue
             }
             lastLoss = loss
             windowSteps += 1
@@ -255,6 +306,21 @@ public final class Trainer {
         ])
         source.finish(summary: summary)
         return summary
+    }
+
+    /// Logs a skipped step; stops the job once more than `training.max_skipped_steps` were skipped.
+    func reportSkip(layers: [String], workers: [String]) throws {
+        let step = state.step - 1
+        events.emit("skipped", [
+            ("step", .int(step)), ("layers", .array(layers.map { .string($0) })),
+            ("workers", .array(workers.map { .string($0) })), ("skipped_steps", .int(skippedSteps)),
+            ("max_skipped_steps", .int(config.training.maxSkippedSteps)),
+        ])
+        guard skippedSteps > config.training.maxSkippedSteps else { return }
+        let from = workers.isEmpty ? "" : " from \(workers.joined(separator: ", "))"
+        throw TrainingError("step \(step): a non-finite gradient or loss in \(layers.joined(separator: ", "))\(from); "
+            + "\(skippedSteps) steps skipped, more than training.max_skipped_steps (\(config.training.maxSkippedSteps)). "
+            + "The job stops rather than train on garbage: lower optimizer.lr, set training.clip_norm, or check the data.")
     }
 
     /// Writes a checkpoint. A failure (disk full, read-only directory) is logged as an `error` event and training

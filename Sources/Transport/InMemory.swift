@@ -7,6 +7,25 @@ public protocol MessageSocket: AnyObject {
     func send(_ frames: [[UInt8]]) throws
     /// The next message, or nil when none arrives within `timeout` seconds.
     func receive(timeout: Double) throws -> [[UInt8]]?
+    /// Like `receive(timeout:)`, but returns nil as soon as file descriptor `fd` is readable (a wake-up pipe).
+    func receive(timeout: Double, wakingOn fd: Int32) throws -> [[UInt8]]?
+    /// Closes the socket after at most `seconds` spent delivering what was sent (a last bye).
+    func close(deliveringWithin seconds: Double)
+}
+
+extension MessageSocket {
+    public func close(deliveringWithin seconds: Double) {}
+
+    /// Waits in slices of a millisecond, checking `fd` between them (for sockets that cannot poll a descriptor).
+    public func receive(timeout: Double, wakingOn fd: Int32) throws -> [[UInt8]]? {
+        let deadline = Date().addingTimeInterval(timeout)
+        repeat {
+            var item = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&item, 1, 0) > 0 { return nil }
+            if let message = try receive(timeout: 0.001) { return message }
+        } while Date() < deadline
+        return nil
+    }
 }
 
 extension ZMQSocket: MessageSocket {}

@@ -87,6 +87,11 @@ public final class ZMQSocket {
         handle = nil
     }
 
+    public func close(deliveringWithin seconds: Double) {
+        try? setOption(ZMQ_LINGER, Int32(seconds * 1000))
+        close()
+    }
+
     private var socket: UnsafeMutableRawPointer {
         get throws {
             guard let handle else { throw TransportError("socket is closed", code: ENOTSOCK) }
@@ -142,6 +147,9 @@ public final class ZMQSocket {
         }
     }
 
+    /// Frames of one received message kept in memory; a message with more is returned cut to one frame over.
+    public var maximumFrames = Int.max
+
     /// Frames at least this large are handed to libzmq without a copy.
     public static let zeroCopyThreshold = 4096
 
@@ -175,14 +183,23 @@ public final class ZMQSocket {
     /// The next whole message, or nil when none arrives within `timeout` seconds (0 polls without waiting).
     /// A ROUTER's first frame is the sender's identity.
     public func receive(timeout: Double) throws -> [[UInt8]]? {
+        try receive(timeout: timeout, wakingOn: nil)
+    }
+
+    public func receive(timeout: Double, wakingOn fd: Int32) throws -> [[UInt8]]? {
+        try receive(timeout: timeout, wakingOn: Optional(fd))
+    }
+
+    private func receive(timeout: Double, wakingOn fd: Int32?) throws -> [[UInt8]]? {
         let socket = try self.socket
-        var item = zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
-        let ready = zmq_poll(&item, 1, Int(timeout * 1000))
+        var items = [zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)]
+        if let fd { items.append(zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0)) }
+        let ready = zmq_poll(&items, Int32(items.count), Int(timeout * 1000))
         guard ready >= 0 else {
             if zmq_errno() == EINTR { return nil }
             throw TransportError("polling")
         }
-        guard ready > 0 else { return nil }
+        guard items[0].revents & Int16(ZMQ_POLLIN) != 0 else { return nil }
         var frames: [[UInt8]] = []
         var more: Int32 = 1
         while more != 0 {
@@ -192,7 +209,10 @@ public final class ZMQSocket {
             guard zmq_msg_recv(&message, socket, 0) >= 0 else { throw TransportError("receiving") }
             let size = zmq_msg_size(&message)
             let data = zmq_msg_data(&message)
-            frames.append(size == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: size)))
+            // Frames past the limit are read and thrown away; the message, one frame too long, fails decoding.
+            if frames.count <= maximumFrames {
+                frames.append(size == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: size)))
+            }
             more = zmq_msg_more(&message)
         }
         return frames

@@ -103,12 +103,14 @@ struct Bench: ParsableCommand {
         let endpoint = try router.lastEndpoint
         let description = JobDescription(yaml: try String(contentsOfFile: config, encoding: .utf8), overrides: overrides)
         let workers = try (0..<2).map {
-            try LocalWorker(arguments: ["worker", "--connect", endpoint, "--name", "bench-\($0)", "--threads", "1"])
+            try LocalWorker(name: "bench-\($0)", arguments: ["worker", "--connect", endpoint, "--name", "bench-\($0)", "--threads", "1",
+                                                         "--parent-pid", String(getpid())])
         }
         var coordinator: Coordinator!
         let distributed = try Trainer(config: job, runDirectory: nil) { model, plan, _ in
             coordinator = Coordinator(socket: router, job: description, layout: ParameterLayout(model),
-                                      microBatches: plan.microBatches, minimumWorkers: 2, events: try! EventLog(path: nil))
+                                      microBatches: plan.microBatches, cluster: job.cluster, startWorkers: 2,
+                                      events: try! EventLog(path: nil))
             coordinator.abortReason = { workers.lazy.compactMap(\.failure).first }
             return coordinator
         }

@@ -4,30 +4,33 @@ import Foundation
 import NN
 import Training
 import Transport
+import Wire
 
 /// Runs the training loop with gradients from workers on `router`, exactly as `train` runs it.
-func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, minimumWorkers: Int, runDir: String,
-                resume: Bool, abortReason: @escaping () -> String? = { nil }) throws -> Int32 {
+func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, startWorkers: Int?, runDir: String,
+                resume: Bool, configure: (Coordinator) -> Void = { _ in }) throws -> Int32 {
     let yaml = try String(contentsOfFile: options.config, encoding: .utf8)
     let job = JobDescription(yaml: yaml, overrides: options.overrides)
     let config = try options.load()
     var coordinator: Coordinator?
     let trainer = try Trainer(config: config, runDirectory: runDir) { model, plan, _ in
         let created = Coordinator(socket: router, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
-                                  minimumWorkers: minimumWorkers, events: try! EventLog(path: nil))
+                                  cluster: config.cluster, startWorkers: startWorkers, events: try! EventLog(path: nil))
         coordinator = created
         return created
     }
     // The coordinator reports joins and dropped messages through the run's event log.
     coordinator?.events.observers.append { event, fields in trainer.events.emit(event, fields) }
-    coordinator?.abortReason = abortReason
+    router.maximumFrames = WireProtocol.maximumTensors + 2
+    try router.setMaximumMessageSize(Int64(max(coordinator!.maximumTensorBytes, WireProtocol.maximumMetadata, WireProtocol.headerSize + 8 * WireProtocol.maximumTensors)))
+    configure(coordinator!)
     if let logBind {
         let publisher = try LogPublisher(bind: logBind)
         trainer.events.observers.append(publisher.publish)
         coordinator?.whileWaiting = publisher.serveNewSubscribers
     }
     return try runTraining(trainer, runDir: runDir, resume: resume) {
-        FileHandle.standardError.write(Data("coordinator on \(try router.lastEndpoint), job \(String(coordinator!.jobID, radix: 16)), waiting for \(minimumWorkers) worker(s)\n".utf8))
+        FileHandle.standardError.write(Data("coordinator on \(try router.lastEndpoint), job \(String(coordinator!.jobID, radix: 16)), waiting for \(max(startWorkers ?? 0, config.cluster.minWorkers)) worker(s)\n".utf8))
     }
 }
 
@@ -38,7 +41,7 @@ struct CoordinatorCommand: ParsableCommand {
     @OptionGroup var options: JobOptions
     @Option(help: "Endpoint for workers, e.g. tcp://0.0.0.0:5555.") var bind: String
     @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://0.0.0.0:5556.") var logBind: String?
-    @Option(help: "Workers to wait for before the first step.") var workers = 1
+    @Option(help: "Workers to wait for before the first step (default: cluster.min_workers).") var workers: Int?
     @Option(help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir = "runs/coordinator"
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
 
@@ -47,7 +50,7 @@ struct CoordinatorCommand: ParsableCommand {
         do {
             let router = try ZMQSocket(ZMQContext(), .router)
             try router.bind(bind)
-            status = try coordinate(options: options, router: router, logBind: logBind, minimumWorkers: workers,
+            status = try coordinate(options: options, router: router, logBind: logBind, startWorkers: workers,
                                     runDir: runDir, resume: resume)
         } catch {
             fail(error)
@@ -64,16 +67,26 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "A stable name (the ZeroMQ identity); default host-pid.") var name: String?
     @Option(help: "Kernel threads (default: the job's training.threads).") var threads: Int?
     @Option(help: "Seconds to wait for the coordinator's welcome.") var joinTimeout = 30.0
+    @Option(help: "Seconds to keep reconnecting to a coordinator that was lost.") var retryTimeout = 600.0
+    @Option(help: .hidden) var parentPid: Int32?
 
     func run() throws {
         do {
             let identity = name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
-            let dealer = try ZMQSocket(ZMQContext(), .dealer)
-            try dealer.setIdentity(identity)
-            try dealer.connect(connect)
-            let worker = Worker(socket: dealer, name: identity, joinTimeout: joinTimeout, threads: threads, log: { line in
+            let context = ZMQContext()
+            let worker = try Worker(connect: {
+                let dealer = try ZMQSocket(context, .dealer)
+                try dealer.setIdentity(identity)
+                try dealer.connect(connect)
+                return dealer
+            }, name: identity, joinTimeout: joinTimeout, retryTimeout: retryTimeout, threads: threads, log: { line in
                 FileHandle.standardError.write(Data("worker \(identity): \(line)\n".utf8))
             })
+            installStopHandler()
+            worker.leaveRequested = { Trainer.stopRequested }
+            if let parentPid {
+                worker.stopReason = { getppid() == parentPid ? nil : "the launch process \(parentPid) is gone" }
+            }
             try worker.run()
         } catch let error as CoordinatorError where error.description.hasPrefix("no answer") {
             fail(CoordinatorError("\(connect): \(error)"))
@@ -106,13 +119,28 @@ struct Launch: ParsableCommand {
             try router.bind("tcp://127.0.0.1:*")
             let endpoint = try router.lastEndpoint
             let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
+            let parent = String(getpid())
             children = try (0..<workers).map {
-                try LocalWorker(arguments: ["worker", "--connect", endpoint, "--name", "worker-\($0)", "--threads", String(threads)])
+                try LocalWorker(name: "worker-\($0)", arguments: ["worker", "--connect", endpoint, "--name", "worker-\($0)",
+                                                                "--threads", String(threads), "--parent-pid", parent])
             }
-            status = try coordinate(options: options, router: router, logBind: logBind, minimumWorkers: workers,
-                                    runDir: runDir, resume: resume, abortReason: {
-                children.lazy.compactMap(\.failure).first
-            })
+            status = try coordinate(options: options, router: router, logBind: logBind, startWorkers: workers,
+                                    runDir: runDir, resume: resume) { coordinator in
+                // A worker process that exits is lost at once; its micro-batches go to the others.
+                var reported = Set<String>()
+                let previous = coordinator.whileWaiting
+                coordinator.whileWaiting = {
+                    previous()
+                    for child in children where !reported.contains(child.name) {
+                        guard let failure = child.failure else { continue }
+                        reported.insert(child.name)
+                        coordinator.declareLost(name: child.name, reason: failure)
+                    }
+                }
+                coordinator.abortReason = {
+                    children.allSatisfy { $0.failure != nil } ? "every worker process exited: \(children[0].failure!)" : nil
+                }
+            }
         } catch {
             children.forEach { $0.stop() }
             fail(error)
@@ -125,11 +153,13 @@ struct Launch: ParsableCommand {
 /// A worker child process of `launch`, in a process group of its own so that Ctrl-C reaches only `launch`,
 /// which finishes the step, checkpoints and then sends every worker bye.
 final class LocalWorker: @unchecked Sendable {
+    let name: String
     let pid: pid_t
     private let lock = NSLock()
     private var exitStatus: Int32?
 
-    init(arguments: [String]) throws {
+    init(name: String, arguments: [String]) throws {
+        self.name = name
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -156,7 +186,7 @@ final class LocalWorker: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let status = exitStatus else { return nil }
-        return "worker process \(pid) exited (status \(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))) before the job finished"
+        return "worker process \(name) (pid \(pid)) exited (status \(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))) before the job finished"
     }
 
     func stop() { kill(pid, SIGTERM) }

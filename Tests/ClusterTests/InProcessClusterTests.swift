@@ -36,16 +36,18 @@ final class InProcessClusterTests: XCTestCase {
         var coordinator: Coordinator!
         let trainer = try Trainer(config: config, runDirectory: nil, data: Self.data(config)) { model, plan, _ in
             coordinator = Coordinator(socket: router, job: job, layout: ParameterLayout(model),
-                                      microBatches: plan.microBatches, minimumWorkers: workers, events: try! EventLog(path: nil))
+                                      microBatches: plan.microBatches, cluster: config.cluster, startWorkers: workers,
+                                      events: try! EventLog(path: nil))
             return coordinator
         }
         final class Failures: @unchecked Sendable { var list: [String] = []; let lock = NSLock() }
         let failures = Failures()
         let threads = (0..<workers).map { index in
             Thread {
-                let worker = Worker(socket: router.connect(identity: "worker-\(index)"), name: "worker-\(index)",
-                                    loadDatasets: { Self.data($0) })
-                do { try worker.run() } catch {
+                do {
+                    try Worker(connect: { router.connect(identity: "worker-\(index)") }, name: "worker-\(index)",
+                               loadDatasets: { Self.data($0) }).run()
+                } catch {
                     failures.lock.lock(); failures.list.append("\(error)"); failures.lock.unlock()
                 }
             }
@@ -82,7 +84,7 @@ final class InProcessClusterTests: XCTestCase {
         }
         let trainer = try Trainer(config: config, runDirectory: nil, data: Self.data(config)) { model, plan, _ in
             Coordinator(socket: router, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
-                        minimumWorkers: 1, events: events)
+                        cluster: config.cluster, events: events)
         }
         let stranger = router.connect(identity: "stranger")
         var oldVersion = Message(type: .hello, jobID: 0).encoded()
@@ -95,7 +97,7 @@ final class InProcessClusterTests: XCTestCase {
         let outcome = Outcome()
         let missing = Thread {
             do {
-                try Worker(socket: router.connect(identity: "no-data"), name: "no-data", loadDatasets: { _ in
+                try Worker(connect: { router.connect(identity: "no-data") }, name: "no-data", loadDatasets: { _ in
                     throw DataError.missingFile("/nowhere/train-images-idx3-ubyte.gz")
                 }).run()
             } catch {
@@ -104,7 +106,7 @@ final class InProcessClusterTests: XCTestCase {
         }
         missing.start()
         let worker = Thread {
-            try? Worker(socket: router.connect(identity: "good"), name: "good", loadDatasets: { Self.data($0) }).run()
+            try? Worker(connect: { router.connect(identity: "good") }, name: "good", loadDatasets: { Self.data($0) }).run()
         }
         worker.start()
         XCTAssertEqual(try trainer.run().weightsSHA256, single)
@@ -118,7 +120,7 @@ final class InProcessClusterTests: XCTestCase {
         XCTAssertTrue(replies.contains("protocol version 0, expected 1"), "\(replies)")
         XCTAssertTrue(replies.contains { $0.hasPrefix("this coordinator runs job ") }, "\(replies)")
         XCTAssertTrue(warnings.contains { $0.contains("stranger") && $0.contains("header frame has 3 bytes") }, "\(warnings)")
-        XCTAssertTrue(warnings.contains("worker no-data failed: /nowhere/train-images-idx3-ubyte.gz: file not found"), "\(warnings)")
+        XCTAssertTrue(warnings.contains { $0.hasPrefix("worker no-data on ") && $0.hasSuffix(" did not join: failed: /nowhere/train-images-idx3-ubyte.gz: file not found") }, "\(warnings)")
         XCTAssertEqual(outcome.error, "/nowhere/train-images-idx3-ubyte.gz: file not found")
     }
 }

@@ -1,0 +1,156 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// Real processes on loopback, disturbed with kill -9, SIGTERM and late joins: every run must end with the
+/// weights of the undisturbed `train` run. Heartbeats are fast here (0.2 s, timeout 1.5 s) so that faults are
+/// noticed quickly; every wait is bounded.
+final class FaultToleranceTests: CLITestCase {
+    let steps = ["--set", "training.max_steps=120", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=0",
+                 "--set", "cluster.heartbeat_interval=0.2", "--set", "cluster.heartbeat_timeout=1.5"]
+
+    /// The weights of the undisturbed run with `overrides`.
+    func undisturbedHash(_ overrides: [String]) throws -> String {
+        let run = scratch + "/undisturbed"
+        try? FileManager.default.removeItem(atPath: run)
+        let result = try trainerd(["train", config, "--run-dir", run] + overrides)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        return try XCTUnwrap(try doneEvent(run)["weights_sha256"] as? String)
+    }
+
+    /// Starts trainerd with stderr going to `log` (printed when a check fails).
+    func startLogged(_ arguments: [String], log: String) throws -> Process {
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        try process.run()
+        return process
+    }
+
+    func events(_ run: String) -> [[String: Any]] {
+        let text = (try? String(contentsOfFile: run + "/events.jsonl", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    /// Waits (at most `timeout` s, or until `process` exits) for an event that satisfies `match`.
+    func waitForEvent(_ run: String, while process: Process, timeout: Double = 120, _ match: ([String: Any]) -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline && process.isRunning {
+            if events(run).contains(where: match) { return }
+            usleep(20_000)
+        }
+        XCTFail("no matching event in \(run) within \(timeout) s")
+    }
+
+    func step(atLeast step: Int) -> ([String: Any]) -> Bool {
+        { $0["event"] as? String == "step" && ($0["step"] as? Int ?? 0) >= step }
+    }
+
+    /// Waits for `process` to exit (at most `timeout` s, then kills it) and returns its status.
+    @discardableResult
+    func finish(_ process: Process, timeout: Double = 180) -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            XCTFail("\(process.arguments ?? []) still running after \(timeout) s")
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func logs(_ paths: [String]) -> String {
+        paths.map { "--- \($0)\n" + ((try? String(contentsOfFile: $0, encoding: .utf8)) ?? "") }.joined(separator: "\n")
+    }
+
+    /// A number below `bound` drawn from `seed` (splitmix64), so each seed disturbs its own, reproducible step.
+    func draw(_ seed: UInt64, below bound: Int) -> Int {
+        var z = seed &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return Int((z ^ (z >> 31)) % UInt64(bound))
+    }
+
+    func testAWorkerKilledAtARandomStepChangesNoWeight() throws {
+        try requireDataset()
+        let expected = try undisturbedHash(steps)
+        for seed: UInt64 in [1, 2, 3] {
+            let killStep = 10 + draw(seed, below: 90), victim = Int(seed % 3)
+            let run = scratch + "/kill\(seed)", endpoint = "tcp://127.0.0.1:\(try freePort())"
+            let logPaths = [run + "-coordinator.log"] + (0..<3).map { run + "-w\($0).log" }
+            let coordinator = try startLogged(["coordinator", config, "--bind", endpoint, "--workers", "3", "--run-dir", run] + steps,
+                                              log: logPaths[0])
+            let workers = try (0..<3).map {
+                try startLogged(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"], log: logPaths[$0 + 1])
+            }
+            try waitForEvent(run, while: coordinator, step(atLeast: killStep))
+            kill(workers[victim].processIdentifier, SIGKILL)
+            XCTAssertEqual(finish(coordinator), 0, logs(logPaths))
+            workers.forEach { finish($0, timeout: 30) }
+            XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected,
+                           "seed \(seed): w\(victim) killed at step \(killStep)\n\(logs(logPaths))")
+            let lost = events(run).filter { $0["event"] as? String == "worker_lost" }
+            XCTAssertEqual(lost.map { $0["worker"] as? String }, ["w\(victim)"], "seed \(seed)")
+            print("seed \(seed): w\(victim) killed at step \(killStep), lost at step \(lost.first?["step"] ?? "?"): \(lost.first?["reason"] ?? ""); same weights")
+        }
+    }
+
+    func testAWorkerJoiningAtStepKAndOneLeavingAtStepMChangeNoWeight() throws {
+        try requireDataset()
+        let expected = try undisturbedHash(steps)
+        let run = scratch + "/elastic", endpoint = "tcp://127.0.0.1:\(try freePort())"
+        let logPaths = [run + "-coordinator.log", run + "-first.log", run + "-late.log"]
+        let coordinator = try startLogged(["coordinator", config, "--bind", endpoint, "--workers", "1", "--run-dir", run] + steps,
+                                          log: logPaths[0])
+        let first = try startLogged(["worker", "--connect", endpoint, "--name", "first", "--threads", "1"], log: logPaths[1])
+        try waitForEvent(run, while: coordinator, step(atLeast: 30))
+        let late = try startLogged(["worker", "--connect", endpoint, "--name", "late", "--threads", "1"], log: logPaths[2])
+        try waitForEvent(run, while: coordinator) { $0["event"] as? String == "worker_joined" && $0["worker"] as? String == "late" }
+        try waitForEvent(run, while: coordinator, step(atLeast: 70))
+        first.terminate()  // SIGTERM: the worker says bye and leaves
+        XCTAssertEqual(finish(first, timeout: 30), 0, logs(logPaths))
+        XCTAssertEqual(finish(coordinator), 0, logs(logPaths))
+        XCTAssertEqual(finish(late, timeout: 30), 0, logs(logPaths))
+        XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected, logs(logPaths))
+        let all = events(run)
+        let joined = try XCTUnwrap(all.first { $0["event"] as? String == "worker_joined" && $0["worker"] as? String == "late" })
+        let left = try XCTUnwrap(all.first { $0["event"] as? String == "worker_left" && $0["worker"] as? String == "first" })
+        let stepsWithTwo = all.filter { $0["event"] as? String == "step" && $0["workers"] as? Int == 2 }.count
+        XCTAssertGreaterThan(stepsWithTwo, 0, "the late worker took part")
+        print("late joined (\(joined["workers"] ?? "?") workers), first left at step \(left["step"] ?? "?"); "
+              + "\(stepsWithTwo) steps with 2 workers; same weights")
+    }
+
+    func testACoordinatorKilledAndResumedTrainsOnWithTheSameWorkers() throws {
+        try requireDataset()
+        let checkpointed = steps + ["--set", "training.checkpoint_every=20"]
+        let expected = try undisturbedHash(checkpointed)
+        for seed: UInt64 in [1, 2] {
+            let killStep = 25 + draw(seed, below: 70)
+            let run = scratch + "/restart\(seed)", endpoint = "tcp://127.0.0.1:\(try freePort())"
+            let logPaths = [run + "-coordinator.log", run + "-coordinator2.log", run + "-w0.log", run + "-w1.log"]
+            let arguments = ["coordinator", config, "--bind", endpoint, "--workers", "2", "--run-dir", run] + checkpointed
+            let coordinator = try startLogged(arguments, log: logPaths[0])
+            let workers = try (0..<2).map {
+                try startLogged(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1", "--retry-timeout", "60"],
+                                log: logPaths[$0 + 2])
+            }
+            try waitForEvent(run, while: coordinator, step(atLeast: killStep))
+            kill(coordinator.processIdentifier, SIGKILL)
+            coordinator.waitUntilExit()
+            let resumedFrom = events(run).last { $0["event"] as? String == "checkpoint" }?["step"] as? Int ?? 0
+            // The second restart comes after the workers' heartbeat timeout, so they reconnect with fresh sockets.
+            if seed == 2 { sleep(3) }
+            let restarted = try startLogged(arguments + ["--resume"], log: logPaths[1])
+            XCTAssertEqual(finish(restarted), 0, logs(logPaths))
+            XCTAssertEqual(workers.map { finish($0, timeout: 30) }, [0, 0], logs(logPaths))
+            XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected,
+                           "seed \(seed): coordinator killed at step \(killStep)\n\(logs(logPaths))")
+            XCTAssertTrue(logs(Array(logPaths[2...])).contains("rejoined the coordinator"), logs(logPaths))
+            print("seed \(seed): coordinator killed at step \(killStep), resumed from step \(resumedFrom); workers rejoined; same weights")
+        }
+    }
+}
