@@ -80,6 +80,11 @@ public struct JobConfig: Equatable, Sendable {
         public var secretKey: String
         /// A directory of allowed public keys (`*.pub`).
         public var allowedKeys: String
+
+        public init(secretKey: String, allowedKeys: String) {
+            self.secretKey = secretKey
+            self.allowedKeys = allowedKeys
+        }
     }
 
     public var name = "job"

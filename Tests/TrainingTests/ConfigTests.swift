@@ -28,6 +28,23 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.schedule, .step(stepSize: 100, gamma: 0.1))
     }
 
+    func testClusterAndSecuritySections() throws {
+        let config = try JobConfig.parse(yaml: """
+            cluster: {min_workers: 3, heartbeat_interval: 0.5, heartbeat_timeout: 4, step_deadline: 60, straggler_delay: 0, wait_timeout: 30}
+            security: {secret_key: keys/coordinator.key, allowed_keys: keys/allowed}
+            training: {max_skipped_steps: 2}
+            """)
+        XCTAssertEqual(config.cluster.minWorkers, 3)
+        XCTAssertEqual(config.cluster.heartbeatInterval, 0.5)
+        XCTAssertEqual(config.cluster.heartbeatTimeout, 4)
+        XCTAssertEqual(config.cluster.stepDeadline, 60)
+        XCTAssertEqual(config.cluster.stragglerDelay, 0)
+        XCTAssertEqual(config.cluster.waitTimeout, 30)
+        XCTAssertEqual(config.security, JobConfig.SecuritySection(secretKey: "keys/coordinator.key", allowedKeys: "keys/allowed"))
+        XCTAssertEqual(config.training.maxSkippedSteps, 2)
+        XCTAssertNil(try JobConfig.parse(yaml: "").security)
+    }
+
     func assertRejected(_ yaml: String, overrides: [String] = [], _ message: String, line: UInt = #line) {
         XCTAssertThrowsError(try JobConfig.parse(yaml: yaml, source: "job.yaml", overrides: overrides), line: line) {
             XCTAssertEqual("\($0)", message, line: line)
@@ -36,7 +53,7 @@ final class ConfigTests: XCTestCase {
 
     func testBadConfigsNameTheFieldAndWhatWasExpected() {
         assertRejected("trainig: {epochs: 1}",
-                       "job.yaml: unknown field 'trainig' (expected one of: data, model, name, optimizer, schedule, seed, training)")
+                       "job.yaml: unknown field 'trainig' (expected one of: cluster, data, model, name, optimizer, schedule, security, seed, training)")
         assertRejected("optimizer: {lr: -0.1}", "job.yaml: optimizer.lr must be positive, got -0.1")
         assertRejected("optimizer: {lr: fast}", "job.yaml: optimizer.lr must be a number, got a string fast")
         assertRejected("training: {batch_size: 100, micro_batches: 8}",
@@ -49,6 +66,16 @@ final class ConfigTests: XCTestCase {
         assertRejected("seed: 1.5", "job.yaml: seed must be an integer, got a number 1.5")
         assertRejected("", overrides: ["training.epochs"], "--set training.epochs: expected key.path=value")
         assertRejected("- a\n- b", "job.yaml: the top level must be a mapping of sections")
+        assertRejected("cluster: {min_workers: 0}", "job.yaml: cluster.min_workers must be positive, got 0")
+        assertRejected("cluster: {heartbeat_interval: 2, heartbeat_timeout: 3}",
+                       "job.yaml: cluster.heartbeat_timeout must be at least twice heartbeat_interval (2.0 s), got 3.0")
+        assertRejected("cluster: {step_deadline: 0}", "job.yaml: cluster.step_deadline must be a positive number of seconds, got 0.0")
+        assertRejected("cluster: {straggler_delay: -1}",
+                       "job.yaml: cluster.straggler_delay must be 0 (off) or a positive number of seconds, got -1.0")
+        assertRejected("security: {secret_key: c.key}",
+                       "job.yaml: security.allowed_keys is required: a directory of allowed public keys (*.pub)")
+        assertRejected("training: {max_skipped_steps: -1}",
+                       "job.yaml: training.max_skipped_steps must be 0 (stop at the first) or positive, got -1")
         XCTAssertThrowsError(try JobConfig.load(path: "/nonexistent/job.yaml")) {
             XCTAssertEqual("\($0)", "/nonexistent/job.yaml: cannot read the config file (missing or not UTF-8)")
         }

@@ -166,3 +166,74 @@ final class TrainerTests: XCTestCase {
         _ = data
     }
 }
+
+/// Non-finite gradients: the step is skipped (weights unchanged, data passed over), logged with the layer and the
+/// worker, counted, and the job stops once more than `training.max_skipped_steps` steps were skipped.
+final class NonFiniteStepTests: XCTestCase {
+    /// A local source that poisons one parameter block at chosen steps, as a faulty worker would.
+    final class PoisonedSource: GradientSource {
+        let inner: LocalGradientSource
+        let steps: Set<Int>
+        init(_ inner: LocalGradientSource, steps: Set<Int>) { self.inner = inner; self.steps = steps }
+
+        func sums(step: Int, parameters: [Float]) throws -> StepSums {
+            var sums = try inner.sums(step: step, parameters: parameters)
+            guard steps.contains(step) else { return sums }
+            sums.gradientSum[16 * 12 + 12 + 3] = .nan  // block 2, "2.weight"
+            sums.nonFiniteSources = [2: ["worker-7"]]
+            return sums
+        }
+
+        func finish(summary: RunSummary) {}
+    }
+
+    func testASkippedStepLeavesTheWeightsAndNamesTheLayerAndWorker() throws {
+        let config = try smallConfig(steps: 6)
+        let data = syntheticData()
+        let trainer = try Trainer(config: config, runDirectory: nil, data: data) { model, plan, train in
+            PoisonedSource(LocalGradientSource(model: model, plan: plan, train: train), steps: [2])
+        }
+        var skipped: [String] = []
+        trainer.events.observers.append { event, fields in
+            if event == "skipped" { skipped.append(JSONValue.object(fields).serialized) }
+        }
+        for _ in 0..<2 { _ = try trainer.step() }
+        let before = trainer.state.parameters
+        guard case let .skipped(layers, workers) = try trainer.step() else { return XCTFail("step 2 was not skipped") }
+        XCTAssertEqual(layers, ["2.weight"])
+        XCTAssertEqual(workers, ["worker-7"])
+        assertBitIdentical(trainer.state.parameters, before, "weights after a skipped step")
+        XCTAssertEqual(trainer.state.step, 3, "the skipped step's data is passed over")
+        guard case .updated = try trainer.step() else { return XCTFail("step 3 was skipped") }
+
+        let full = try Trainer(config: config, runDirectory: nil, data: data) { model, plan, train in
+            PoisonedSource(LocalGradientSource(model: model, plan: plan, train: train), steps: [2])
+        }
+        full.events.observers.append { event, fields in
+            if event == "skipped" { skipped.append(JSONValue.object(fields).serialized) }
+        }
+        XCTAssertEqual(try full.run().steps, 6)
+        XCTAssertEqual(skipped, [#"{"step":2,"layers":["2.weight"],"workers":["worker-7"],"skipped_steps":1,"max_skipped_steps":10}"#])
+    }
+
+    func testTooManySkippedStepsStopTheJobWithAClearError() throws {
+        var config = try smallConfig(steps: 20)
+        config.training.maxSkippedSteps = 2
+        // A learning rate this large overflows the weights after one step: every later gradient is NaN.
+        config.optimizer.config = .sgd(momentum: 0)
+        config.optimizer.lr = 1e30
+        config.training.clipNorm = 0
+        let trainer = try Trainer(config: config, runDirectory: nil, data: syntheticData())
+        var skippedSteps: [Int] = []
+        trainer.events.observers.append { event, fields in
+            if event == "skipped", case let .int(count)? = fields.first(where: { $0.0 == "skipped_steps" })?.1 { skippedSteps.append(count) }
+        }
+        XCTAssertThrowsError(try trainer.run()) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("a non-finite gradient or loss in "), text)
+            XCTAssertTrue(text.contains("3 steps skipped, more than training.max_skipped_steps (2)"), text)
+            XCTAssertTrue(text.contains("lower optimizer.lr"), text)
+        }
+        XCTAssertEqual(skippedSteps, [1, 2, 3])
+    }
+}
