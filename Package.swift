@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "RandomTests", dependencies: ["Random"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Wire"]),
-        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Transport", "Training", "NN", "Data", "Wire", "TestSupport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Transport", "CZMQ", "Training", "NN", "Data", "Wire", "Random", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
         .testTarget(name: "AutogradTests", dependencies: ["Autograd", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),

@@ -75,8 +75,15 @@ public final class Coordinator: GradientSource {
 
     public var jobID: UInt64 { machine.jobID }
     public var cluster: JobConfig.ClusterSection { machine.cluster }
-    /// The largest tensor frame a worker may send (bounds ZMQ_MAXMSGSIZE).
-    public var maximumTensorBytes: Int { machine.maximumTensorBytes }
+    /// Bounds what `router` accepts from any peer: a frame larger than the model's largest tensor (or the
+    /// metadata limit) drops the connection in libzmq (ZMQ_MAXMSGSIZE); a message with more frames than the
+    /// protocol allows is read but not kept.
+    public func harden(_ router: ZMQSocket) throws {
+        router.maximumFrames = 2 + WireProtocol.maximumTensors
+        let largestFrame = max(machine.maximumTensorBytes, WireProtocol.maximumMetadata,
+                               WireProtocol.headerSize + 8 * WireProtocol.maximumTensors)
+        try router.setMaximumMessageSize(Int64(largestFrame))
+    }
 
     public init(socket: MessageSocket, job: JobDescription, layout: ParameterLayout, microBatches: Int,
                 cluster: JobConfig.ClusterSection, startWorkers: Int? = nil, events: EventLog) {

@@ -4,7 +4,6 @@ import Foundation
 import NN
 import Training
 import Transport
-import Wire
 
 /// Runs the training loop with gradients from workers on `router`, exactly as `train` runs it.
 func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, startWorkers: Int?, runDir: String,
@@ -21,8 +20,7 @@ func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, startW
     }
     // The coordinator reports joins and dropped messages through the run's event log.
     coordinator?.events.observers.append { event, fields in trainer.events.emit(event, fields) }
-    router.maximumFrames = WireProtocol.maximumTensors + 2
-    try router.setMaximumMessageSize(Int64(max(coordinator!.maximumTensorBytes, WireProtocol.maximumMetadata, WireProtocol.headerSize + 8 * WireProtocol.maximumTensors)))
+    try coordinator!.harden(router)
     configure(coordinator!)
     if let logBind {
         let publisher = try LogPublisher(bind: logBind)
