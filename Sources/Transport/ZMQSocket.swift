@@ -50,7 +50,8 @@ public struct CurveKeyPair: Equatable, Sendable {
 public final class ZMQSocket {
     public enum Kind {
         /// `xpublisher` is a PUB socket that also receives subscriptions (first byte 1: subscribe).
-        case router, dealer, publisher, xpublisher, subscriber
+        /// `reply` answers ZAP requests; `pair` reads a socket monitor's events.
+        case router, dealer, publisher, xpublisher, subscriber, reply, pair
 
         var zmqType: Int32 {
             switch self {
@@ -59,6 +60,8 @@ public final class ZMQSocket {
             case .publisher: return ZMQ_PUB
             case .xpublisher: return ZMQ_XPUB
             case .subscriber: return ZMQ_SUB
+            case .reply: return ZMQ_REP
+            case .pair: return ZMQ_PAIR
             }
         }
     }
@@ -91,6 +94,19 @@ public final class ZMQSocket {
         try? setOption(ZMQ_LINGER, Int32(seconds * 1000))
         close()
     }
+
+    /// Waits up to `timeout` seconds until one of `sockets` has a message; returns which have.
+    public static func poll(_ sockets: [ZMQSocket], timeout: Double) throws -> [Bool] {
+        var items = try sockets.map { zmq_pollitem_t(socket: try $0.socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+        guard zmq_poll(&items, Int32(items.count), Int(timeout * 1000)) >= 0 else {
+            if zmq_errno() == EINTR { return sockets.map { _ in false } }
+            throw TransportError("polling")
+        }
+        return items.map { $0.revents & Int16(ZMQ_POLLIN) != 0 }
+    }
+
+    /// The libzmq socket, for calls this class does not wrap (a monitor).
+    var rawHandle: UnsafeMutableRawPointer { get throws { try socket } }
 
     private var socket: UnsafeMutableRawPointer {
         get throws {

@@ -5,12 +5,23 @@ import NN
 import Training
 import Transport
 
-/// Runs the training loop with gradients from workers on `router`, exactly as `train` runs it.
-func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, startWorkers: Int?, runDir: String,
-                resume: Bool, configure: (Coordinator) -> Void = { _ in }) throws -> Int32 {
+/// Binds the coordinator's sockets (with CURVE when the config has `security`) and runs the training loop with
+/// gradients from workers, exactly as `train` runs it. `configure` runs once the sockets are bound, with the
+/// workers' endpoint (`launch` starts its workers there).
+func coordinate(options: JobOptions, bind: String, logBind: String?, startWorkers: Int?, runDir: String, resume: Bool,
+                configure: (Coordinator, _ endpoint: String, CoordinatorSecurity?) throws -> Void = { _, _, _ in }) throws -> Int32 {
     let yaml = try String(contentsOfFile: options.config, encoding: .utf8)
     let job = JobDescription(yaml: yaml, overrides: options.overrides)
     let config = try options.load()
+    let context = ZMQContext()
+    let router = try ZMQSocket(context, .router)
+    let publisher = try logBind.map { _ in try ZMQSocket(context, .xpublisher) }
+    let security = try config.security.map {
+        try CoordinatorSecurity(secretKeyFile: $0.secretKey, allowedKeys: $0.allowedKeys, context: context,
+                                sockets: [router] + (publisher.map { [$0] } ?? []))
+    }
+    try router.bind(bind)
+    let endpoint = try router.lastEndpoint
     var coordinator: Coordinator?
     let trainer = try Trainer(config: config, runDirectory: runDir) { model, plan, _ in
         let created = Coordinator(socket: router, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
@@ -18,17 +29,33 @@ func coordinate(options: JobOptions, router: ZMQSocket, logBind: String?, startW
         coordinator = created
         return created
     }
-    // The coordinator reports joins and dropped messages through the run's event log.
-    coordinator?.events.observers.append { event, fields in trainer.events.emit(event, fields) }
+    // The coordinator reports joins, losses and dropped messages through the run's event log.
+    coordinator!.events.observers.append { event, fields in trainer.events.emit(event, fields) }
     try coordinator!.harden(router)
-    configure(coordinator!)
-    if let logBind {
-        let publisher = try LogPublisher(bind: logBind)
-        trainer.events.observers.append(publisher.publish)
-        coordinator?.whileWaiting = publisher.serveNewSubscribers
+    if let publisher, let logBind {
+        try publisher.bind(logBind)
+        let log = LogPublisher(socket: publisher)
+        trainer.events.observers.append(log.publish)
+        coordinator!.whileWaiting = log.serveNewSubscribers
     }
+    if let security { coordinator!.whileWaiting = reportingRefusals(of: security.gatekeeper, to: trainer.events, then: coordinator!.whileWaiting) }
+    try configure(coordinator!, endpoint, security)
     return try runTraining(trainer, runDir: runDir, resume: resume) {
-        FileHandle.standardError.write(Data("coordinator on \(try router.lastEndpoint), job \(String(coordinator!.jobID, radix: 16)), waiting for \(max(startWorkers ?? 0, config.cluster.minWorkers)) worker(s)\n".utf8))
+        FileHandle.standardError.write(Data("coordinator on \(endpoint)\(security == nil ? "" : " (CURVE)"), job \(String(coordinator!.jobID, radix: 16)), waiting for \(max(startWorkers ?? 0, config.cluster.minWorkers)) worker(s)\n".utf8))
+    }
+}
+
+/// Logs each peer the gatekeeper turns away as a `peer_refused` event, once a minute per address and reason.
+func reportingRefusals(of gatekeeper: Gatekeeper, to events: EventLog, then next: @escaping () -> Void) -> () -> Void {
+    var lastReported: [String: Date] = [:]
+    return {
+        for refusal in gatekeeper.takeRefusals() {
+            let key = refusal.address + " " + refusal.reason
+            if let last = lastReported[key], Date().timeIntervalSince(last) < 60 { continue }
+            lastReported[key] = Date()
+            events.emit("peer_refused", [("address", .string(refusal.address)), ("reason", .string(refusal.reason))])
+        }
+        next()
     }
 }
 
@@ -46,9 +73,7 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let status: Int32
         do {
-            let router = try ZMQSocket(ZMQContext(), .router)
-            try router.bind(bind)
-            status = try coordinate(options: options, router: router, logBind: logBind, startWorkers: workers,
+            status = try coordinate(options: options, bind: bind, logBind: logBind, startWorkers: workers,
                                     runDir: runDir, resume: resume)
         } catch {
             fail(error)
@@ -67,23 +92,27 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds to wait for the coordinator's welcome.") var joinTimeout = 30.0
     @Option(help: "Seconds to keep reconnecting to a coordinator that was lost.") var retryTimeout = 600.0
     @Option(help: .hidden) var parentPid: Int32?
+    @OptionGroup var keys: ClientKeyOptions
 
     func run() throws {
         do {
             let identity = name ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             let context = ZMQContext()
+            let curve = try keys.load()
+            var monitor: HandshakeMonitor?
             let worker = try Worker(connect: {
-                let dealer = try ZMQSocket(context, .dealer)
-                try dealer.setIdentity(identity)
-                try dealer.connect(connect)
+                let (dealer, watching) = try keys.connect(.dealer, connect, context: context, identity: identity, keys: curve)
+                monitor = watching
                 return dealer
             }, name: identity, joinTimeout: joinTimeout, retryTimeout: retryTimeout, threads: threads, log: { line in
                 FileHandle.standardError.write(Data("worker \(identity): \(line)\n".utf8))
             })
             installStopHandler()
             worker.leaveRequested = { Trainer.stopRequested }
-            if let parentPid {
-                worker.stopReason = { getppid() == parentPid ? nil : "the launch process \(parentPid) is gone" }
+            worker.stopReason = {
+                if let refused = monitor?.nextFailure() { return "\(connect): the coordinator \(refused.reason); add this worker's public key to its allowed_keys" }
+                if let parentPid, getppid() != parentPid { return "the launch process \(parentPid) is gone" }
+                return nil
             }
             try worker.run()
         } catch let error as CoordinatorError where error.description.hasPrefix("no answer") {
@@ -113,17 +142,21 @@ struct Launch: ParsableCommand {
         let status: Int32
         do {
             _ = try options.load()  // report config errors before starting anything
-            let router = try ZMQSocket(ZMQContext(), .router)
-            try router.bind("tcp://127.0.0.1:*")
-            let endpoint = try router.lastEndpoint
             let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
-            let parent = String(getpid())
-            children = try (0..<workers).map {
-                try LocalWorker(name: "worker-\($0)", arguments: ["worker", "--connect", endpoint, "--name", "worker-\($0)",
-                                                                "--threads", String(threads), "--parent-pid", parent])
-            }
-            status = try coordinate(options: options, router: router, logBind: logBind, startWorkers: workers,
-                                    runDir: runDir, resume: resume) { coordinator in
+            status = try coordinate(options: options, bind: "tcp://127.0.0.1:*", logBind: logBind, startWorkers: workers,
+                                    runDir: runDir, resume: resume) { coordinator, endpoint, security in
+                children = try (0..<workers).map { index in
+                    let name = "worker-\(index)"
+                    var environment: [String: String] = [:]
+                    if let security {
+                        // Each local worker gets a key of its own, allowed for this run only.
+                        let keys = try CurveKeyPair.generate()
+                        security.gatekeeper.allow(keys.publicKey, name: name)
+                        environment = ["TRAINERD_CURVE_SECRET_KEY": keys.secretKey, "TRAINERD_CURVE_SERVER_KEY": security.keys.publicKey]
+                    }
+                    return try LocalWorker(name: name, arguments: ["worker", "--connect", endpoint, "--name", name, "--threads", String(threads),
+                                                                   "--parent-pid", String(getpid())], environment: environment)
+                }
                 // A worker process that exits is lost at once; its micro-batches go to the others.
                 var reported = Set<String>()
                 let previous = coordinator.whileWaiting
@@ -156,7 +189,7 @@ final class LocalWorker: @unchecked Sendable {
     private let lock = NSLock()
     private var exitStatus: Int32?
 
-    init(name: String, arguments: [String]) throws {
+    init(name: String, arguments: [String], environment: [String: String] = [:]) throws {
         self.name = name
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -167,7 +200,11 @@ final class LocalWorker: @unchecked Sendable {
         let argv = ([CommandLine.arguments[0]] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var child: pid_t = 0
-        let result = posix_spawn(&child, executable, nil, &attributes, argv, environ)
+        var variables = ProcessInfo.processInfo.environment
+        variables.merge(environment) { $1 }
+        let envp = variables.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { envp.forEach { free($0) } }
+        let result = posix_spawn(&child, executable, nil, &attributes, argv, envp)
         guard result == 0 else { throw CoordinatorError("cannot start a worker process: \(String(cString: strerror(result)))") }
         pid = child
         Thread.detachNewThread { [self] in

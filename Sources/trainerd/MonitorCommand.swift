@@ -11,9 +11,9 @@ final class LogPublisher {
     private let socket: ZMQSocket
     private var latest: [String: [(String, JSONValue)]] = [:]
 
-    init(bind endpoint: String) throws {
-        socket = try ZMQSocket(ZMQContext(), .xpublisher)
-        try socket.bind(endpoint)
+    /// Publishes on `socket` (an XPUB socket, bound).
+    init(socket: ZMQSocket) {
+        self.socket = socket
     }
 
     func publish(_ event: String, _ fields: [(String, JSONValue)]) {
@@ -50,15 +50,18 @@ struct Monitor: ParsableCommand {
     @Option(help: "A layer whose gradient norm is above this is marked as exploding.") var exploding = 1e2
     @Option(help: "Give up after this many seconds without an event (0: never).") var idleTimeout = 0.0
     @Option(help: "Seconds between step reports (0: every step).") var every = 1.0
+    @OptionGroup var keys: ClientKeyOptions
 
     func run() throws {
         do {
-            let socket = try ZMQSocket(ZMQContext(), .subscriber)
+            let (socket, monitor) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: try keys.load())
             try socket.subscribe()
-            try socket.connect(endpoint)
             var lastEvent = Date()
             var lastStepShown = Date.distantPast
             while true {
+                if let refused = monitor?.nextFailure() {
+                    throw CoordinatorError("\(endpoint): the coordinator \(refused.reason); add this monitor's public key to its allowed_keys")
+                }
                 guard let frames = try socket.receive(timeout: 1), let line = frames.first else {
                     if idleTimeout > 0 && Date().timeIntervalSince(lastEvent) > idleTimeout {
                         throw CoordinatorError("\(endpoint): no events for \(Int(idleTimeout)) s")
