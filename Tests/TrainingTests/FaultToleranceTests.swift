@@ -153,4 +153,42 @@ final class FaultToleranceTests: CLITestCase {
             print("seed \(seed): coordinator killed at step \(killStep), resumed from step \(resumedFrom); workers rejoined; same weights")
         }
     }
+
+    /// Resident memory of a process in MB, from /proc.
+    func residentMB(_ pid: pid_t) -> Double? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kilobytes / 1024
+    }
+
+    /// 16 worker processes and a coordinator on this machine with a small model, for a bounded number of steps:
+    /// no hang, and the coordinator's memory stays flat (the last quarter's median within 8 MB of the second's).
+    func testSoakWith16WorkersKeepsTheCoordinatorsMemoryFlat() throws {
+        try requireDataset()
+        let run = scratch + "/soak"
+        let soak = ["--set", "model.sizes=[784, 32, 10]", "--set", "training.micro_batches=16", "--set", "training.max_steps=1500",
+                    "--set", "training.eval_every=0", "--set", "training.checkpoint_every=500"]
+        let launch = try startLogged(["launch", config, "--workers", "16", "--run-dir", run] + soak, log: run + "-launch.log")
+        var samples: [(step: Int, mb: Double)] = []
+        let deadline = Date().addingTimeInterval(300)
+        while launch.isRunning && Date() < deadline {
+            let step = events(run).last { $0["event"] as? String == "step" }?["step"] as? Int ?? 0
+            if step > 0, let mb = residentMB(launch.processIdentifier) { samples.append((step, mb)) }
+            usleep(250_000)
+        }
+        XCTAssertEqual(finish(launch, timeout: 10), 0, logs([run + "-launch.log"]))
+        let done = try doneEvent(run)
+        XCTAssertEqual(done["step"] as? Int, 1500)
+        let workerCounts = Set(events(run).compactMap { $0["event"] as? String == "step" ? $0["workers"] as? Int : nil })
+        XCTAssertEqual(workerCounts, [16], "every step ran with all 16 workers")
+        let quarter = samples.count / 4
+        XCTAssertGreaterThan(quarter, 2, "too few memory samples")
+        func median(_ values: ArraySlice<(step: Int, mb: Double)>) -> Double { values.map(\.mb).sorted()[values.count / 2] }
+        let second = median(samples[quarter..<(2 * quarter)]), last = median(samples[(3 * quarter)...])
+        XCTAssertLessThan(last - second, 8, "coordinator memory grew from \(second) MB to \(last) MB")
+        print(String(format: "soak: 16 workers, 1500 steps in %.1f s, %.0f samples/s; coordinator RSS median %.1f MB (2nd quarter) -> %.1f MB (last quarter), max %.1f MB, %d samples",
+                     done["elapsed_s"] as? Double ?? 0, done["samples_per_s"] as? Double ?? 0, second, last,
+                     samples.map(\.mb).max() ?? 0, samples.count))
+    }
 }
