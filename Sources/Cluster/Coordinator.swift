@@ -110,7 +110,7 @@ public final class Coordinator: GradientSource {
         var waitingSince: Double?
         var reported: (reason: String, at: Double)?
         while let current = reason(machine) {
-            if Trainer.stopRequested && machine.workerCount == 0 { throw CoordinatorError("stopped while waiting for workers") }
+            if Trainer.stopRequested && !current.isEmpty { throw CoordinatorError("stopped while waiting for workers") }
             if current.isEmpty {
                 waitingSince = nil
             } else {
