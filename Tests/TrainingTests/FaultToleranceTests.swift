@@ -124,6 +124,37 @@ final class FaultToleranceTests: CLITestCase {
               + "\(stepsWithTwo) steps with 2 workers; same weights")
     }
 
+    /// A worker frozen with SIGSTOP for 3 s is a straggler, not a lost worker (heartbeat_timeout is 30 s here):
+    /// its micro-batches are re-issued to the idle worker after 0.5 s, its late results are ignored after SIGCONT,
+    /// and it stays in the job.
+    func testAFrozenWorkersMicroBatchesAreReissuedAndItStaysInTheJob() throws {
+        try requireDataset()
+        let expected = try undisturbedHash(steps)
+        let slow = steps + ["--set", "cluster.heartbeat_timeout=30", "--set", "cluster.straggler_delay=0.5"]
+        let run = scratch + "/straggler", endpoint = "tcp://127.0.0.1:\(try freePort())"
+        let logPaths = [run + "-coordinator.log", run + "-w0.log", run + "-w1.log"]
+        let coordinator = try startLogged(["coordinator", config, "--bind", endpoint, "--workers", "2", "--run-dir", run] + slow,
+                                          log: logPaths[0])
+        let workers = try (0..<2).map {
+            try startLogged(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"], log: logPaths[$0 + 1])
+        }
+        try waitForEvent(run, while: coordinator, step(atLeast: 40))
+        kill(workers[1].processIdentifier, SIGSTOP)
+        sleep(3)
+        kill(workers[1].processIdentifier, SIGCONT)
+        XCTAssertEqual(finish(coordinator), 0, logs(logPaths))
+        XCTAssertEqual(workers.map { finish($0, timeout: 30) }, [0, 0], logs(logPaths))
+        XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected, logs(logPaths))
+        let all = events(run)
+        let stragglers = all.filter { $0["event"] as? String == "straggler" }
+        XCTAssertFalse(stragglers.isEmpty, "no straggler event")
+        XCTAssertTrue(stragglers.allSatisfy { $0["worker"] as? String == "w1" && $0["reissued_to"] as? [String] == ["w0"] }, "\(stragglers)")
+        XCTAssertFalse(all.contains { $0["event"] as? String == "worker_lost" })
+        let lastStep = try XCTUnwrap(all.last { $0["event"] as? String == "step" })
+        XCTAssertEqual(lastStep["workers"] as? Int, 2, "w1 is still in the job")
+        print("w1 frozen for 3 s after step 40: \(stragglers.count) re-issues to w0, no worker lost; same weights")
+    }
+
     func testACoordinatorKilledAndResumedTrainsOnWithTheSameWorkers() throws {
         try requireDataset()
         let checkpointed = steps + ["--set", "training.checkpoint_every=20"]
