@@ -132,9 +132,11 @@ struct Launch: ParsableCommand {
     @Option(help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir = "runs/launch"
     @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://127.0.0.1:5556.") var logBind: String?
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
+    @Option(help: "Worker processes started in place of ones that exit during the run.") var maxRestarts = 3
 
     func validate() throws {
         guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more") }
     }
 
     func run() throws {
@@ -145,8 +147,7 @@ struct Launch: ParsableCommand {
             let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             status = try coordinate(options: options, bind: "tcp://127.0.0.1:*", logBind: logBind, startWorkers: workers,
                                     runDir: runDir, resume: resume) { coordinator, endpoint, security in
-                children = try (0..<workers).map { index in
-                    let name = "worker-\(index)"
+                func startWorker(_ name: String) throws -> LocalWorker {
                     var environment: [String: String] = [:]
                     if let security {
                         // Each local worker gets a key of its own, allowed for this run only.
@@ -157,8 +158,11 @@ struct Launch: ParsableCommand {
                     return try LocalWorker(name: name, arguments: ["worker", "--connect", endpoint, "--name", name, "--threads", String(threads),
                                                                    "--parent-pid", String(getpid())], environment: environment)
                 }
-                // A worker process that exits is lost at once; its micro-batches go to the others.
+                children = try (0..<workers).map { try startWorker("worker-\($0)") }
+                // A worker process that exits is lost at once (its micro-batches go to the others), and a new one
+                // takes its place, joining at the next step, while restarts remain.
                 var reported = Set<String>()
+                var restarts = 0
                 let previous = coordinator.whileWaiting
                 coordinator.whileWaiting = {
                     previous()
@@ -166,10 +170,18 @@ struct Launch: ParsableCommand {
                         guard let failure = child.failure else { continue }
                         reported.insert(child.name)
                         coordinator.declareLost(name: child.name, reason: failure)
+                        guard restarts < maxRestarts else { continue }
+                        restarts += 1
+                        let name = "\(child.name.split(separator: ".")[0]).\(restarts)"
+                        if let replacement = try? startWorker(name) {
+                            children.append(replacement)
+                            coordinator.events.emit("worker_restarted", [("worker", .string(name)), ("replaces", .string(child.name)),
+                                                                         ("restarts", .int(restarts)), ("max_restarts", .int(maxRestarts))])
+                        }
                     }
                 }
                 coordinator.abortReason = {
-                    children.allSatisfy { $0.failure != nil } ? "every worker process exited: \(children[0].failure!)" : nil
+                    children.allSatisfy { $0.failure != nil } ? "every worker process exited: \(children.last!.failure!)" : nil
                 }
             }
         } catch {

@@ -155,6 +155,30 @@ final class FaultToleranceTests: CLITestCase {
         print("w1 frozen for 3 s after step 40: \(stragglers.count) re-issues to w0, no worker lost; same weights")
     }
 
+    /// `launch` replaces a worker process killed with kill -9: the new one joins at the next step.
+    func testLaunchReplacesAKilledWorkerProcess() throws {
+        try requireDataset()
+        let expected = try undisturbedHash(steps)
+        let runDirectory = scratch + "/launch-restart", log = runDirectory + "-launch.log"
+        let launch = try startLogged(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps, log: log)
+        try waitForEvent(runDirectory, while: launch, step(atLeast: 30))
+        let children = try run("/usr/bin/pgrep", ["-P", String(launch.processIdentifier)], timeout: 10).stdout
+            .split(separator: "\n").compactMap { pid_t($0) }
+        XCTAssertEqual(children.count, 2)
+        let victim = try XCTUnwrap(children.first)
+        let arguments = try String(contentsOfFile: "/proc/\(victim)/cmdline", encoding: .utf8).split(separator: "\0").map(String.init)
+        let victimName = try XCTUnwrap(arguments.firstIndex(of: "--name").map { arguments[$0 + 1] })
+        kill(victim, SIGKILL)
+        XCTAssertEqual(finish(launch), 0, logs([log]))
+        XCTAssertEqual(try doneEvent(runDirectory)["weights_sha256"] as? String, expected, logs([log]))
+        let all = events(runDirectory)
+        XCTAssertTrue(all.contains { $0["event"] as? String == "worker_lost" && $0["worker"] as? String == victimName })
+        let restarted = try XCTUnwrap(all.first { $0["event"] as? String == "worker_restarted" })
+        XCTAssertEqual(restarted["replaces"] as? String, victimName)
+        XCTAssertTrue(all.contains { $0["event"] as? String == "worker_joined" && $0["worker"] as? String == "\(victimName).1" })
+        print("launch: \(victimName) killed after step 30, replaced by \(victimName).1; same weights")
+    }
+
     func testACoordinatorKilledAndResumedTrainsOnWithTheSameWorkers() throws {
         try requireDataset()
         let checkpointed = steps + ["--set", "training.checkpoint_every=20"]
