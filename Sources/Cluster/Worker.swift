@@ -186,7 +186,7 @@ public final class Worker {
             case .ready:
                 try send(Message(type: .heartbeat, jobID: machine.jobID))
             case let .compute(step, range, weights):
-                computer.submit(generation: generation, step: step, range: range) { [source] in
+                computer.submit(generation: generation, step: step) { [source] in
                     try source!.blockSums(step: Int(step), range: range, parameters: weights)
                 }
             case let .send(message):
@@ -299,7 +299,7 @@ final class ComputeThread: @unchecked Sendable {
     /// Readable while finished work waits to be taken.
     var wakeDescriptor: Int32 { pipeDescriptors[0] }
 
-    func submit(generation: Int, step: UInt64, range: Range<Int>, work: @escaping () throws -> [GradientBlock]) {
+    func submit(generation: Int, step: UInt64, work: @escaping () throws -> [GradientBlock]) {
         queue.async { [self] in
             let outcome = Swift.Result { try work() }
             lock.lock()
