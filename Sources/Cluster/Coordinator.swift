@@ -99,9 +99,11 @@ public final class Coordinator: GradientSource {
         let required = hasStarted ? cluster.minWorkers : startWorkers
         try waitWhile { $0.waitingReason(required: required) }
         hasStarted = true
-        try perform(machine.startStep(step, parameters: parameters, now: now))
-        try waitWhile { $0.isStepComplete ? nil : ($0.waitingReason(required: required) ?? "") }
-        return machine.finishStep(now: now)!
+        try Trace.span("send_weights", "communication") { try perform(machine.startStep(step, parameters: parameters, now: now)) }
+        try Trace.span("wait", "communication") {
+            try waitWhile { $0.isStepComplete ? nil : ($0.waitingReason(required: required) ?? "") }
+        }
+        return Trace.span("reduce", "communication") { machine.finishStep(now: now)! }
     }
 
     /// Receives, ticks and reports the machine's waiting reason (when it changes, and every 30 s) while `reason`

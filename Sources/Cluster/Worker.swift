@@ -212,10 +212,12 @@ public final class Worker {
             switch result.outcome {
             case let .success(blocks):
                 guard let layout else { continue }
-                for block in blocks {
-                    let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
-                    try send(Message(type: .gradients, jobID: machine.jobID, step: result.step,
-                                     microBatches: block.microBatches, tensors: tensors))
+                try Trace.span("send", "communication") {
+                    for block in blocks {
+                        let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
+                        try send(Message(type: .gradients, jobID: machine.jobID, step: result.step,
+                                         microBatches: block.microBatches, tensors: tensors))
+                    }
                 }
             case let .failure(error):
                 try? send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])))

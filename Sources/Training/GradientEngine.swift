@@ -70,9 +70,11 @@ public final class GradientEngine {
         }
         return try withSampleSegments(block.count) {
             replica.zeroGrad()
-            let loss = try replica(Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x))
-                .crossEntropy(labels: labels, reduction: .sum)
-            loss.backward()
+            let loss = try Trace.span("forward", "compute") {
+                try replica(Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x))
+                    .crossEntropy(labels: labels, reduction: .sum)
+            }
+            Trace.span("backward", "compute") { loss.backward() }
             return GradientBlock(microBatches: block, gradientSum: replica.flatGradients(), lossSum: loss.item)
         }
     }

@@ -200,7 +200,7 @@ public final class Trainer {
 
     /// One optimizer step, or a skipped one (see `StepOutcome`).
     public func step() throws -> StepOutcome {
-        var (gradient, loss, sums) = try gradient(step: state.step)
+        var (gradient, loss, sums) = try Trace.span("gradients", "step") { try self.gradient(step: state.step) }
         let tensors = layout.entries.map(\.range)
         let norms = tensorNorms(gradient, tensors: tensors)
         let badBlocks = norms.indices.filter { !norms[$0].isFinite }
@@ -220,7 +220,7 @@ public final class Trainer {
         let lr = schedule.learningRate(base: config.optimizer.lr, step: state.step)
         var parameters = state.parameters
         state.parameters = []  // keeps `parameters` uniquely referenced: updated in place
-        state.optimizer.step(parameters: &parameters, gradients: gradient, lr: lr)
+        Trace.span("optimizer", "step") { state.optimizer.step(parameters: &parameters, gradients: gradient, lr: lr) }
         state.parameters = parameters
         state.step += 1
         model.load(flatValues: state.parameters)
@@ -246,7 +246,7 @@ public final class Trainer {
         while state.step < total && !Trainer.stopRequested {
             let epoch = state.step / plan.stepsPerEpoch
             let (loss, clip, lr, fields): (Float, ClipResult, Float, [(String, JSONValue)])
-            switch try step() {
+            switch try Trace.span("step", "step", { try step() }) {
             case let .updated(stepLoss, stepClip, stepLR, stepFields):
                 (loss, clip, lr, fields) = (stepLoss, stepClip, stepLR, stepFields)
             case let .skipped(layers, workers):
@@ -267,7 +267,7 @@ public final class Trainer {
                 ("samples_per_s", .number(samplesPerSecond.rounded())), ("total_steps", .int(total)),
             ] + fields)
             if config.training.evalEvery > 0 && state.step % config.training.evalEvery == 0 && state.step < total {
-                lastEval = try evaluate(model, on: test)
+                lastEval = try Trace.span("eval", "step") { try evaluate(model, on: test) }
                 events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(lastEval!.loss)),
                                      ("test_accuracy", .number(lastEval!.accuracy))])
             }
@@ -287,7 +287,7 @@ public final class Trainer {
             source.finish(summary: summary)
             return summary
         }
-        let (testLoss, accuracy) = try evaluate(model, on: test)
+        let (testLoss, accuracy) = try Trace.span("eval", "step") { try evaluate(model, on: test) }
         events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(testLoss)),
                              ("test_accuracy", .number(accuracy))])
         let hash = weightsSHA256(state.parameters)
@@ -327,6 +327,10 @@ public final class Trainer {
     /// goes on: the write is atomic, so the previous checkpoints are intact.
     func writeCheckpoint() {
         guard let store = checkpoints else { return }
+        Trace.span("checkpoint", "step") { saveCheckpoint(store) }
+    }
+
+    private func saveCheckpoint(_ store: CheckpointStore) {
         do {
             let file = try store.save(state, seed: config.seed, jobName: config.name, keep: config.training.keepCheckpoints)
             events.emit("checkpoint", [("step", .int(state.step)), ("path", .string(file))])

@@ -69,12 +69,14 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Workers to wait for before the first step (default: cluster.min_workers).") var workers: Int?
     @Option(help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir = "runs/coordinator"
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
+    @Option(help: traceHelp) var trace: String?
 
     func run() throws {
         let status: Int32
         do {
-            status = try coordinate(options: options, bind: bind, logBind: logBind, startWorkers: workers,
-                                    runDir: runDir, resume: resume)
+            status = try tracing(to: trace, as: "coordinator") {
+                try coordinate(options: options, bind: bind, logBind: logBind, startWorkers: workers, runDir: runDir, resume: resume)
+            }
         } catch {
             fail(error)
         }
@@ -93,6 +95,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds to keep reconnecting to a coordinator that was lost.") var retryTimeout = 600.0
     @Option(help: .hidden) var parentPid: Int32?
     @OptionGroup var keys: ClientKeyOptions
+    @Option(help: traceHelp) var trace: String?
 
     func run() throws {
         do {
@@ -114,7 +117,7 @@ struct WorkerCommand: ParsableCommand {
                 if let parentPid, getppid() != parentPid { return "the launch process \(parentPid) is gone" }
                 return nil
             }
-            try worker.run()
+            try tracing(to: trace, as: identity) { try worker.run() }
         } catch let error as CoordinatorError where error.description.hasPrefix("no answer") {
             fail(CoordinatorError("\(connect): \(error)"))
         } catch {
@@ -133,6 +136,8 @@ struct Launch: ParsableCommand {
     @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://127.0.0.1:5556.") var logBind: String?
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
     @Option(help: "Worker processes started in place of ones that exit during the run.") var maxRestarts = 3
+    @Option(help: ArgumentHelp("Write a Chrome trace of the coordinator and every worker (chrome://tracing, Perfetto) to this file."))
+    var trace: String?
 
     func validate() throws {
         guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
@@ -145,7 +150,11 @@ struct Launch: ParsableCommand {
         do {
             _ = try options.load()  // report config errors before starting anything
             let threads = max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
-            status = try coordinate(options: options, bind: "tcp://127.0.0.1:*", logBind: logBind, startWorkers: workers,
+            // Workers write their traces next to the file; they are merged into it once the workers have exited.
+            status = try tracing(to: trace, as: "coordinator", merging: {
+                children.forEach { $0.waitForExit(timeout: 30) }
+                return children.map { "\(trace!).\($0.name)" }
+            }) { try coordinate(options: options, bind: "tcp://127.0.0.1:*", logBind: logBind, startWorkers: workers,
                                     runDir: runDir, resume: resume) { coordinator, endpoint, security in
                 func startWorker(_ name: String) throws -> LocalWorker {
                     var environment: [String: String] = [:]
@@ -156,7 +165,8 @@ struct Launch: ParsableCommand {
                         environment = ["TRAINERD_CURVE_SECRET_KEY": keys.secretKey, "TRAINERD_CURVE_SERVER_KEY": security.keys.publicKey]
                     }
                     return try LocalWorker(name: name, arguments: ["worker", "--connect", endpoint, "--name", name, "--threads", String(threads),
-                                                                   "--parent-pid", String(getpid())], environment: environment)
+                                                                   "--parent-pid", String(getpid())]
+                                                                + (trace.map { ["--trace", "\($0).\(name)"] } ?? []), environment: environment)
                 }
                 children = try (0..<workers).map { try startWorker("worker-\($0)") }
                 // A worker process that exits is lost at once (its micro-batches go to the others), and a new one
@@ -183,7 +193,7 @@ struct Launch: ParsableCommand {
                 coordinator.abortReason = {
                     children.allSatisfy { $0.failure != nil } ? "every worker process exited: \(children.last!.failure!)" : nil
                 }
-            }
+            } }
         } catch {
             children.forEach { $0.stop() }
             fail(error)

@@ -8,17 +8,34 @@ struct Train: ParsableCommand {
     @OptionGroup var options: JobOptions
     @Option(name: .long, help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir: String = "runs/train"
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
+    @Option(help: traceHelp) var trace: String?
 
     func run() throws {
         let status: Int32
         do {
-            let trainer = try Trainer(config: try options.load(), runDirectory: runDir)
-            status = try runTraining(trainer, runDir: runDir, resume: resume)
+            status = try tracing(to: trace, as: "train") {
+                let trainer = try Trainer(config: try options.load(), runDirectory: runDir)
+                return try runTraining(trainer, runDir: runDir, resume: resume)
+            }
         } catch {
             fail(error)
         }
         if status != 0 { throw ExitCode(status) }
     }
+}
+
+let traceHelp = ArgumentHelp("Write a Chrome trace (chrome://tracing, Perfetto) of the run's spans to this file.")
+
+/// Runs `body` recording a Chrome trace into `path` (when given) for process `name`; the files of `merging`
+/// (written by the job's other processes) are merged in.
+func tracing<T>(to path: String?, as name: String, merging: () -> [String] = { [] }, _ body: () throws -> T) throws -> T {
+    guard let path else { return try body() }
+    let trace = Trace(process: name)
+    Trace.active = trace
+    let result = try body()
+    Trace.active = nil
+    try trace.write(to: path, merging: merging())
+    return result
 }
 
 /// Resumes or refuses to overwrite checkpoints, runs `trainer` with a progress line and Ctrl-C handling, and
