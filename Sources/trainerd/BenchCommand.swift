@@ -81,8 +81,17 @@ struct Bench: ParsableCommand {
                 lines += ["", "Training throughput (hidden width \(width)) skipped: \(error)"]
             }
         }
+        let bandwidth = median((0..<repeats).map { _ in (try? measureLoopbackBandwidth()) ?? 0 })
+        let parameters = ParameterLayout(makeModel(try JobConfig.load(path: config).model, seed: 0)).totalCount
+        let bytesPerWorker = 4 * parameters
+        lines += ["", String(format: "ZeroMQ over TCP loopback, 1 MB frames: %.0f MB/s one way", bandwidth / 1e6),
+                  String(format: "  cost model, %d parameters: each worker gets %.2f MB of weights and returns %.2f MB of gradients a step;",
+                         parameters, Double(bytesPerWorker) / 1e6, Double(bytesPerWorker) / 1e6),
+                  String(format: "  the coordinator's link makes a step with W workers last at least W × %.2f ms each way",
+                         Double(bytesPerWorker) / bandwidth * 1e3)]
         if json {
             print(JSONValue.object([
+                ("loopback_bytes_per_s", .number(bandwidth)), ("parameters", .int(parameters)),
                 ("threads", .int(Parallel.threadCount)), ("isa", .string(VectorISA.active.name)),
                 ("openblas", blas.map { .string($0.library) } ?? .null),
                 ("gemm", .array(gemmRows)), ("training", .array(trainingRows)),
@@ -138,6 +147,33 @@ struct Bench: ParsableCommand {
             String(format: "  ratio distributed / one process  %.2f", ratio),
         ], .object([("width", .int(width)), ("single_samples_per_s", .number(median(local))),
                     ("two_workers_samples_per_s", .number(median(remote))), ("ratio", .number(ratio))]))
+    }
+
+    /// Bytes per second a DEALER pushes to a ROUTER over TCP loopback in 1 MB frames (256 MB after a warm-up).
+    func measureLoopbackBandwidth() throws -> Double {
+        let context = ZMQContext()
+        let router = try ZMQSocket(context, .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let endpoint = try router.lastEndpoint
+        let frame = [UInt8](repeating: 7, count: 1 << 20), frames = 256, warmUp = 8
+        let sender = Thread {
+            guard let dealer = try? ZMQSocket(context, .dealer) else { return }
+            try? dealer.connect(endpoint)
+            for _ in 0..<(frames + warmUp) { try? dealer.send([frame]) }
+            _ = try? dealer.receive(timeout: 30)  // keeps the socket open until the receiver has everything
+        }
+        sender.start()
+        var identity: [UInt8] = []
+        for _ in 0..<warmUp { identity = try router.receive(timeout: 30)?.first ?? identity }
+        let start = Date()
+        var received = 0
+        for _ in 0..<frames {
+            guard let message = try router.receive(timeout: 30), message.count == 2 else { break }
+            received += message[1].count
+        }
+        let seconds = Date().timeIntervalSince(start)
+        try router.send([identity, []])
+        return Double(received) / seconds
     }
 
     /// GFLOP/s of `multiply` on n×n matrices over enough calls for about 0.25 s, after one warm-up call.
