@@ -49,7 +49,9 @@ final class SecurityTests: CLITestCase {
             .filter { $0["event"] as? String == "peer_refused" }
         let strangerKey = try String(contentsOfFile: keys + "/stranger.pub", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(refusals.contains { $0["address"] as? String == "127.0.0.1" && ($0["reason"] as? String)?.contains(strangerKey) == true }, "\(refusals)")
-        XCTAssertTrue(refusals.contains { $0["address"] as? String == "127.0.0.1" && ($0["reason"] as? String)?.hasPrefix("no CURVE handshake") == true }, "\(refusals)")
+        // A plaintext peer's connection can close before the gatekeeper reads its address; it is then "unknown".
+        XCTAssertTrue(refusals.contains { ["127.0.0.1", "unknown"].contains($0["address"] as? String)
+            && ($0["reason"] as? String)?.hasPrefix("no CURVE handshake") == true }, "\(refusals)")
         for refusal in refusals { print("peer_refused \(refusal["address"] ?? "") \(refusal["reason"] ?? "")") }
 
         let launched = try trainerd(["launch", config, "--workers", "2", "--run-dir", scratch + "/launch"] + secured)
