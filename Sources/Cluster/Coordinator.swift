@@ -75,6 +75,14 @@ public final class Coordinator: GradientSource {
 
     public var jobID: UInt64 { machine.jobID }
     public var cluster: JobConfig.ClusterSection { machine.cluster }
+    public init(socket: MessageSocket, job: JobDescription, layout: ParameterLayout, microBatches: Int,
+                cluster: JobConfig.ClusterSection, startWorkers: Int? = nil, events: EventLog) {
+        self.socket = socket
+        machine = CoordinatorMachine(job: job, layout: layout, microBatches: microBatches, cluster: cluster)
+        self.startWorkers = max(startWorkers ?? 0, cluster.minWorkers)
+        self.events = events
+    }
+
     /// Bounds what `router` accepts from any peer: a frame larger than the model's largest tensor (or the
     /// metadata limit) drops the connection in libzmq (ZMQ_MAXMSGSIZE); a message with more frames than the
     /// protocol allows is read but not kept.
@@ -83,14 +91,6 @@ public final class Coordinator: GradientSource {
         let largestFrame = max(machine.maximumTensorBytes, WireProtocol.maximumMetadata,
                                WireProtocol.headerSize + 8 * WireProtocol.maximumTensors)
         try router.setMaximumMessageSize(Int64(largestFrame))
-    }
-
-    public init(socket: MessageSocket, job: JobDescription, layout: ParameterLayout, microBatches: Int,
-                cluster: JobConfig.ClusterSection, startWorkers: Int? = nil, events: EventLog) {
-        self.socket = socket
-        machine = CoordinatorMachine(job: job, layout: layout, microBatches: microBatches, cluster: cluster)
-        self.startWorkers = max(startWorkers ?? 0, cluster.minWorkers)
-        self.events = events
     }
 
     private var now: Double { Date().timeIntervalSince1970 }
@@ -190,8 +190,7 @@ public final class Coordinator: GradientSource {
 
     /// Emits an event; warnings about dropped messages are limited to `warningsPerPeer` per peer, then counted.
     private func log(_ event: String, _ fields: [(String, JSONValue)]) {
-        if event == "warning", case let .string(text)? = fields.first?.1, text.hasPrefix("dropped a message from ") {
-            let peer = String(text.dropFirst("dropped a message from ".count).prefix { $0 != ":" })
+        if case let .string(peer)? = fields.first(where: { $0.0 == "dropped_from" })?.1 {
             droppedMessages[peer, default: 0] += 1
             let count = droppedMessages[peer]!
             if count == warningsPerPeer + 1 {

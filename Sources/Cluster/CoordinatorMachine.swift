@@ -405,7 +405,7 @@ public struct CoordinatorMachine {
     // MARK: messages to peers
 
     private func drop(from name: String, _ reason: String) -> Action {
-        .log("warning", [("message", .string("dropped a message from \(name): \(reason)"))])
+        .log("warning", [("message", .string("dropped a message from \(name): \(reason)")), ("dropped_from", .string(name))])
     }
 
     private func refuse(_ identity: [UInt8], _ reason: String) -> Action {

@@ -196,10 +196,10 @@ public final class HandshakeMonitor {
                 return ("the server", "refused this key (ZAP status \(value))")
             case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 failed = value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-                    ? "plaintext (or another security mechanism) where CURVE is required"
+                    ? "no CURVE handshake (a plaintext peer, or another security mechanism)"
                     : "a malformed handshake (ZMTP protocol error \(String(value, radix: 16)))"
             case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                // What a plaintext peer causes (libzmq 4.3 reports the closed pipe, not the mechanism).
+                // A plaintext peer often shows only as a closed pipe in libzmq 4.3, not as a mechanism mismatch.
                 failed = "no CURVE handshake (a plaintext peer, or a wrong server key): \(String(cString: strerror(value)))"
             case ZMQ_EVENT_DISCONNECTED:
                 let address = addresses.removeValue(forKey: value) ?? "unknown"

@@ -34,7 +34,9 @@ final class FuzzTests: XCTestCase {
             let first = int(6), count = 1 + int(3)
             let tensors = blockSizes.map { size in (0..<size).map { _ in Float(int(1000)) / 100 - 5 } } + [[1]]
             switch type {
-            case .hello: return Message(type: .hello, jobID: [0, jobID, 99][int(3)], metadata: Array(#"{"host":"fuzz"}"#.utf8))
+            // A hello for this job would make the stranger a worker whose (random) gradients are trusted, as in any
+            // job without `security`; strangers here say hello only to other jobs.
+            case .hello: return Message(type: .hello, jobID: [99, jobID ^ 1][int(2)], metadata: Array(#"{"host":"fuzz"}"#.utf8))
             case .gradients, .weights:
                 return Message(type: type, jobID: jobID, step: step, microBatches: first..<(first + count), tensors: tensors)
             case .assignment: return Message(type: type, jobID: jobID, step: step, microBatches: first..<(first + count))

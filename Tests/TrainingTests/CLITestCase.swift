@@ -98,14 +98,26 @@ class CLITestCase: XCTestCase {
         return port
     }
 
-    func start(_ arguments: [String]) throws -> Process {
+    /// Starts trainerd; its stderr goes to the file `log` when given (to read when a check fails), else nowhere.
+    func start(_ arguments: [String], log: String? = nil) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        if let log {
+            FileManager.default.createFile(atPath: log, contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        } else {
+            process.standardError = FileHandle.nullDevice
+        }
         try process.run()
         return process
+    }
+
+    /// The events logged so far in `run`'s events.jsonl.
+    func events(_ run: String) -> [[String: Any]] {
+        let text = (try? String(contentsOfFile: run + "/events.jsonl", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
     }
 
     /// Starts trainerd, sends it SIGINT once its first checkpoint is logged (or after 120 s), and returns its exit status.

@@ -18,23 +18,6 @@ final class FaultToleranceTests: CLITestCase {
         return try XCTUnwrap(try doneEvent(run)["weights_sha256"] as? String)
     }
 
-    /// Starts trainerd with stderr going to `log` (printed when a check fails).
-    func startLogged(_ arguments: [String], log: String) throws -> Process {
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        try process.run()
-        return process
-    }
-
-    func events(_ run: String) -> [[String: Any]] {
-        let text = (try? String(contentsOfFile: run + "/events.jsonl", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-    }
-
     /// Waits (at most `timeout` s, or until `process` exits) for an event that satisfies `match`.
     func waitForEvent(_ run: String, while process: Process, timeout: Double = 120, _ match: ([String: Any]) -> Bool) throws {
         let deadline = Date().addingTimeInterval(timeout)
@@ -81,10 +64,10 @@ final class FaultToleranceTests: CLITestCase {
             let killStep = 10 + draw(seed, below: 90), victim = Int(seed % 3)
             let run = scratch + "/kill\(seed)", endpoint = "tcp://127.0.0.1:\(try freePort())"
             let logPaths = [run + "-coordinator.log"] + (0..<3).map { run + "-w\($0).log" }
-            let coordinator = try startLogged(["coordinator", config, "--bind", endpoint, "--workers", "3", "--run-dir", run] + steps,
+            let coordinator = try start(["coordinator", config, "--bind", endpoint, "--workers", "3", "--run-dir", run] + steps,
                                               log: logPaths[0])
             let workers = try (0..<3).map {
-                try startLogged(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"], log: logPaths[$0 + 1])
+                try start(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"], log: logPaths[$0 + 1])
             }
             try waitForEvent(run, while: coordinator, step(atLeast: killStep))
             kill(workers[victim].processIdentifier, SIGKILL)
@@ -103,11 +86,11 @@ final class FaultToleranceTests: CLITestCase {
         let expected = try undisturbedHash(steps)
         let run = scratch + "/elastic", endpoint = "tcp://127.0.0.1:\(try freePort())"
         let logPaths = [run + "-coordinator.log", run + "-first.log", run + "-late.log"]
-        let coordinator = try startLogged(["coordinator", config, "--bind", endpoint, "--workers", "1", "--run-dir", run] + steps,
+        let coordinator = try start(["coordinator", config, "--bind", endpoint, "--workers", "1", "--run-dir", run] + steps,
                                           log: logPaths[0])
-        let first = try startLogged(["worker", "--connect", endpoint, "--name", "first", "--threads", "1"], log: logPaths[1])
+        let first = try start(["worker", "--connect", endpoint, "--name", "first", "--threads", "1"], log: logPaths[1])
         try waitForEvent(run, while: coordinator, step(atLeast: 30))
-        let late = try startLogged(["worker", "--connect", endpoint, "--name", "late", "--threads", "1"], log: logPaths[2])
+        let late = try start(["worker", "--connect", endpoint, "--name", "late", "--threads", "1"], log: logPaths[2])
         try waitForEvent(run, while: coordinator) { $0["event"] as? String == "worker_joined" && $0["worker"] as? String == "late" }
         try waitForEvent(run, while: coordinator, step(atLeast: 70))
         first.terminate()  // SIGTERM: the worker says bye and leaves
@@ -133,10 +116,10 @@ final class FaultToleranceTests: CLITestCase {
         let slow = steps + ["--set", "cluster.heartbeat_timeout=30", "--set", "cluster.straggler_delay=0.5"]
         let run = scratch + "/straggler", endpoint = "tcp://127.0.0.1:\(try freePort())"
         let logPaths = [run + "-coordinator.log", run + "-w0.log", run + "-w1.log"]
-        let coordinator = try startLogged(["coordinator", config, "--bind", endpoint, "--workers", "2", "--run-dir", run] + slow,
+        let coordinator = try start(["coordinator", config, "--bind", endpoint, "--workers", "2", "--run-dir", run] + slow,
                                           log: logPaths[0])
         let workers = try (0..<2).map {
-            try startLogged(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"], log: logPaths[$0 + 1])
+            try start(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"], log: logPaths[$0 + 1])
         }
         try waitForEvent(run, while: coordinator, step(atLeast: 40))
         kill(workers[1].processIdentifier, SIGSTOP)
@@ -160,7 +143,7 @@ final class FaultToleranceTests: CLITestCase {
         try requireDataset()
         let expected = try undisturbedHash(steps)
         let runDirectory = scratch + "/launch-restart", log = runDirectory + "-launch.log"
-        let launch = try startLogged(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps, log: log)
+        let launch = try start(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps, log: log)
         try waitForEvent(runDirectory, while: launch, step(atLeast: 30))
         let children = try run("/usr/bin/pgrep", ["-P", String(launch.processIdentifier)], timeout: 10).stdout
             .split(separator: "\n").compactMap { pid_t($0) }
@@ -188,9 +171,9 @@ final class FaultToleranceTests: CLITestCase {
             let run = scratch + "/restart\(seed)", endpoint = "tcp://127.0.0.1:\(try freePort())"
             let logPaths = [run + "-coordinator.log", run + "-coordinator2.log", run + "-w0.log", run + "-w1.log"]
             let arguments = ["coordinator", config, "--bind", endpoint, "--workers", "2", "--run-dir", run] + checkpointed
-            let coordinator = try startLogged(arguments, log: logPaths[0])
+            let coordinator = try start(arguments, log: logPaths[0])
             let workers = try (0..<2).map {
-                try startLogged(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1", "--retry-timeout", "60"],
+                try start(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1", "--retry-timeout", "60"],
                                 log: logPaths[$0 + 2])
             }
             try waitForEvent(run, while: coordinator, step(atLeast: killStep))
@@ -199,7 +182,7 @@ final class FaultToleranceTests: CLITestCase {
             let resumedFrom = events(run).last { $0["event"] as? String == "checkpoint" }?["step"] as? Int ?? 0
             // The second restart comes after the workers' heartbeat timeout, so they reconnect with fresh sockets.
             if seed == 2 { sleep(3) }
-            let restarted = try startLogged(arguments + ["--resume"], log: logPaths[1])
+            let restarted = try start(arguments + ["--resume"], log: logPaths[1])
             XCTAssertEqual(finish(restarted), 0, logs(logPaths))
             XCTAssertEqual(workers.map { finish($0, timeout: 30) }, [0, 0], logs(logPaths))
             XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected,
@@ -224,7 +207,7 @@ final class FaultToleranceTests: CLITestCase {
         let run = scratch + "/soak"
         let soak = ["--set", "model.sizes=[784, 32, 10]", "--set", "training.micro_batches=16", "--set", "training.max_steps=1500",
                     "--set", "training.eval_every=0", "--set", "training.checkpoint_every=500"]
-        let launch = try startLogged(["launch", config, "--workers", "16", "--run-dir", run] + soak, log: run + "-launch.log")
+        let launch = try start(["launch", config, "--workers", "16", "--run-dir", run] + soak, log: run + "-launch.log")
         var samples: [(step: Int, mb: Double)] = []
         let deadline = Date().addingTimeInterval(300)
         while launch.isRunning && Date() < deadline {

@@ -44,9 +44,7 @@ final class SecurityTests: CLITestCase {
         XCTAssertEqual(watcher.terminationStatus, 0, "the allowed monitor follows the run to its end")
         XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected)
 
-        let text = try String(contentsOfFile: run + "/events.jsonl", encoding: .utf8)
-        let refusals = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            .filter { $0["event"] as? String == "peer_refused" }
+        let refusals = events(run).filter { $0["event"] as? String == "peer_refused" }
         let strangerKey = try String(contentsOfFile: keys + "/stranger.pub", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(refusals.contains { $0["address"] as? String == "127.0.0.1" && ($0["reason"] as? String)?.contains(strangerKey) == true }, "\(refusals)")
         // A plaintext peer's connection can close before the gatekeeper reads its address; it is then "unknown".
