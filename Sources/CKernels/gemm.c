@@ -164,16 +164,16 @@ static inline float element_of_B(int transB, const float *B, long ldb, long k, l
     return transB ? B[col * ldb + k] : B[k * ldb + col];
 }
 
+/// dst[k·ldd + r] = src[r·lds + k] for r < rows, k < cols: a strided transpose, the slow part of packing an
+/// operand whose k runs along its rows. Copies only; 8×8 tiles go through AVX registers when the CPU has them.
+static void transpose_copy(const float *src, long lds, int rows, int cols, float *dst, long ldd);
+
 /// Packs op(A)[rows, kc] into micro-panels of mr rows, k-major; rows past `rows` are zero.
 static void pack_A(int transA, const float *A, long lda, int rows, int kc, int mr, float *dst) {
     for (int p = 0; p < rows; p += mr) {
         int valid = rows - p < mr ? rows - p : mr;
         if (!transA) {
-            // Row by row: sequential reads, writes strided by mr within the small packed panel.
-            for (int i = 0; i < valid; i++) {
-                const float *src = A + (long)(p + i) * lda;
-                for (int k = 0; k < kc; k++) dst[k * mr + i] = src[k];
-            }
+            transpose_copy(A + (long)p * lda, lda, valid, kc, dst, mr);
             for (int i = valid; i < mr; i++)
                 for (int k = 0; k < kc; k++) dst[k * mr + i] = 0.0f;
             dst += (long)kc * mr;
@@ -200,10 +200,7 @@ static void pack_B(int transB, const float *B, long ldb, int kc, int cols, int n
                 dst += nr;
             }
         } else {
-            for (int j = 0; j < valid; j++) {
-                const float *src = B + (long)(p + j) * ldb;
-                for (int k = 0; k < kc; k++) dst[k * nr + j] = src[k];
-            }
+            transpose_copy(B + (long)p * ldb, ldb, valid, kc, dst, nr);
             for (int j = valid; j < nr; j++)
                 for (int k = 0; k < kc; k++) dst[k * nr + j] = 0.0f;
             dst += (long)kc * nr;
@@ -211,9 +208,72 @@ static void pack_B(int transB, const float *B, long ldb, int kc, int cols, int n
     }
 }
 
+static void transpose_copy_scalar(const float *src, long lds, int rows, int cols, float *dst, long ldd) {
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < cols; k++) dst[k * ldd + r] = src[r * lds + k];
+}
+
+#ifdef HAVE_X86_KERNELS
+/// One 8×8 tile: dst[k·ldd + r] = src[r·lds + k], r, k < 8 (the unpack/shuffle/permute transpose).
+__attribute__((target("avx2")))
+static inline void transpose_8x8(const float *src, long lds, float *dst, long ldd) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/// One 4×4 tile, as `transpose_8x8`.
+__attribute__((target("avx2")))
+static inline void transpose_4x4(const float *src, long lds, float *dst, long ldd) {
+    __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + lds);
+    __m128 r2 = _mm_loadu_ps(src + 2 * lds), r3 = _mm_loadu_ps(src + 3 * lds);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(dst, r0);
+    _mm_storeu_ps(dst + ldd, r1);
+    _mm_storeu_ps(dst + 2 * ldd, r2);
+    _mm_storeu_ps(dst + 3 * ldd, r3);
+}
+#endif
+
+static void transpose_copy(const float *src, long lds, int rows, int cols, float *dst, long ldd) {
+#ifdef HAVE_X86_KERNELS
+    if (tk_isa_active() >= TK_ISA_AVX2) {
+        int rows8 = rows / 8 * 8, rows4 = rows / 4 * 4, cols8 = cols / 8 * 8, cols4 = cols / 4 * 4;
+        for (int r = 0; r < rows8; r += 8)
+            for (int k = 0; k < cols8; k += 8) transpose_8x8(src + r * lds + k, lds, dst + k * ldd + r, ldd);
+        for (int r = rows8; r < rows4; r += 4)
+            for (int k = 0; k < cols4; k += 4) transpose_4x4(src + r * lds + k, lds, dst + k * ldd + r, ldd);
+        // The ragged right and bottom edges, element by element.
+        if (cols8 < cols) transpose_copy_scalar(src + cols8, lds, rows8, cols - cols8, dst + cols8 * ldd, ldd);
+        if (rows8 < rows4 && cols4 < cols)
+            transpose_copy_scalar(src + rows8 * lds + cols4, lds, rows4 - rows8, cols - cols4, dst + cols4 * ldd + rows8, ldd);
+        if (rows4 < rows) transpose_copy_scalar(src + rows4 * lds, lds, rows - rows4, cols, dst + rows4, ldd);
+        return;
+    }
+#endif
+    transpose_copy_scalar(src, lds, rows, cols, dst, ldd);
+}
+
 // MARK: blocked driver
 
-enum { BLOCK_MC = 96, BLOCK_KC = 128, BLOCK_NC = 512 };
+enum { BLOCK_MC = 96, BLOCK_KC = 256, BLOCK_NC = 512 };
 
 typedef struct {
     float *data;
@@ -245,7 +305,9 @@ void tk_sgemm(int transA, int transB, int M, int N, int K,
     int mr = ks.mr, nr = ks.nr;
     int mc_max = BLOCK_MC / mr * mr;
     int nc_max = N < BLOCK_NC ? N : BLOCK_NC;
-    int kc_max = K < BLOCK_KC ? K : BLOCK_KC;
+    // Equal K blocks (784 = 4 × 196, not 3 × 256 + 16): a short last block would reload C for little work.
+    int k_blocks = (K + BLOCK_KC - 1) / BLOCK_KC;
+    int kc_max = (K + k_blocks - 1) / k_blocks;
     int mc_alloc = M < mc_max ? M : mc_max;
     float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)kc_max);
     float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)kc_max);

@@ -33,120 +33,287 @@ struct OpenBLAS {
     }
 }
 
+/// One line of the bench table: a trainerd figure, the reference it is compared with, and the issue's target.
+struct BenchRow {
+    var what: String
+    var unit: String
+    var value: Double
+    var reference: (name: String, value: Double)?
+    /// trainerd / reference, or for times trainerd's time over the reference's (lower is better).
+    var ratio: Double?
+    var target: BenchTarget?
+
+    var met: Bool? {
+        guard let target else { return nil }
+        switch target {
+        case let .ratioAtLeast(bound): return ratio.map { $0 >= bound }
+        case let .ratioAtMost(bound): return ratio.map { $0 <= bound }
+        case let .valueAtMost(bound): return value <= bound
+        }
+    }
+
+    var json: JSONValue {
+        .object([("what", .string(what)), ("unit", .string(unit)), ("value", .number(value)),
+                 ("reference", reference.map { .string($0.name) } ?? .null),
+                 ("reference_value", reference.map { .number($0.value) } ?? .null),
+                 ("ratio", ratio.map(JSONValue.number) ?? .null),
+                 ("target", target.map { .string($0.description) } ?? .null),
+                 ("met", met.map(JSONValue.bool) ?? .null)])
+    }
+}
+
+enum BenchTarget: CustomStringConvertible {
+    case ratioAtLeast(Double), ratioAtMost(Double), valueAtMost(Double)
+
+    var description: String {
+        switch self {
+        case let .ratioAtLeast(bound): return String(format: "ratio ≥ %.2f", bound)
+        case let .ratioAtMost(bound): return String(format: "ratio ≤ %.2f", bound)
+        case let .valueAtMost(bound): return String(format: "≤ %.0f", bound)
+        }
+    }
+}
+
+/// The PyTorch side of the bench, measured by running a user-supplied script (PyTorch stays out of the project):
+/// `PYTHON SCRIPT --hidden W W --threads T --world N --max-steps S` must print `samples/s=X step_ms=Y`.
+struct PyTorchReference {
+    let python: String
+    let script: String
+    let threads: Int
+    let steps: Int
+
+    init?(python: String?, script: String?, threads: Int, steps: Int) throws {
+        guard python != nil || script != nil else { return nil }
+        guard let python, let script else { throw ValidationError("--pytorch and --pytorch-script go together") }
+        guard FileManager.default.isExecutableFile(atPath: python) else { throw ValidationError("--pytorch: \(python) is not an executable") }
+        guard FileManager.default.fileExists(atPath: script) else { throw ValidationError("--pytorch-script: \(script) does not exist") }
+        (self.python, self.script, self.threads, self.steps) = (python, script, threads, steps)
+    }
+
+    /// Median samples/s over `repeats` runs with `world` processes (1 thread each when world > 1).
+    func samplesPerSecond(width: Int, world: Int, repeats: Int) throws -> Double {
+        let runs = try (0..<repeats).map { _ in
+            try field("samples/s", of: run(["--hidden", "\(width)", "\(width)", "--world", "\(world)", "--max-steps", "\(steps + 20)"]))
+        }
+        return runs.sorted()[runs.count / 2]
+    }
+
+    /// Seconds of training in the default job's 10 epochs (timed steps × step time; start-up excluded).
+    func secondsForDefaultJob() throws -> Double {
+        let output = try run(["--epochs", "10"])
+        return try field("step_ms", of: output) / 1000 * (try field("steps", of: output))
+    }
+
+    private func run(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [script, "--threads", "\(threads)"] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("\(python) \(script) \(arguments.joined(separator: " ")) exited with status \(process.terminationStatus)")
+        }
+        return output
+    }
+
+    private func field(_ name: String, of output: String) throws -> Double {
+        for word in output.split(whereSeparator: \.isWhitespace) where word.hasPrefix("\(name)=") {
+            if let value = Double(word.dropFirst(name.count + 1)) { return value }
+        }
+        throw ValidationError("the PyTorch script printed no \(name)=…: \(output)")
+    }
+}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "GEMM GFLOP/s (against OpenBLAS when installed) and training throughput of a config.")
+        abstract: "One table of kernel, training, convergence, memory and network figures against their references.",
+        discussion: """
+            Every figure is the median of --repeats runs, each side measured alternately in the same run. GEMM is             compared with OpenBLAS when libopenblas-dev is installed. With --pytorch and --pytorch-script (a Python             with torch, and a script printing `samples/s=… step_ms=…` such as the PyTorch peer of the docs), the             PyTorch rows are measured in the same run too.
+            """)
 
-    @Option(help: "Config whose training throughput is measured (hidden widths 256 and 1024).") var config = "configs/fmnist-mlp.yaml"
+    enum Section: String, ExpressibleByArgument, CaseIterable {
+        case gemm, single, distributed, converge, network
+    }
+
+    @Option(help: "Config whose training is measured (hidden widths 256 and 1024; the default job for convergence).") var config = "configs/fmnist-mlp.yaml"
     @Option(help: "Timed training steps per run.") var steps = 200
     @Option(help: "Runs of each measurement (the median is reported).") var repeats = 5
     @Option(help: "Kernel threads (0: one per core).") var threads = 0
+    @Option(help: "Sections to run, comma-separated: \(Section.allCases.map(\.rawValue).joined(separator: ",")).") var only: String?
+    @Option(help: "Python interpreter with torch, for the PyTorch reference rows.") var pytorch: String?
+    @Option(help: "PyTorch training script for the reference rows (see the discussion).") var pytorchScript: String?
     @Flag(help: "Print one JSON object instead of the table.") var json = false
 
     func run() throws {
         Parallel.threadCount = threads > 0 ? threads : ProcessInfo.processInfo.activeProcessorCount
+        let sections = try only.map { list in
+            try list.split(separator: ",").map { name -> Section in
+                guard let section = Section(rawValue: String(name)) else {
+                    throw ValidationError("--only: unknown section \(name); expected \(Section.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return section
+            }
+        } ?? Section.allCases
+        let reference = try PyTorchReference(python: pytorch, script: pytorchScript, threads: Parallel.threadCount, steps: steps)
+        var rows: [BenchRow] = []
+        var notes: [String] = []
         let blas = OpenBLAS()
-        var gemmRows: [JSONValue] = []
-        var lines: [String] = [
-            "trainerd bench: \(Parallel.threadCount) threads, ISA \(VectorISA.active.name), median of \(repeats) runs",
-            "",
-            "GEMM (square, A·B)     trainerd GFLOP/s   OpenBLAS GFLOP/s   ratio (median of per-run ratios)",
-        ]
-        for n in [128, 256, 512, 1024] {
+        if sections.contains(.gemm) {
+            rows += gemmRows(blas)
+            if blas == nil { notes.append("OpenBLAS not found: apt-get install libopenblas-dev for the GEMM reference") }
+        }
+        for width in [256, 1024] where sections.contains(.single) || sections.contains(.distributed) {
+            let measured = try measureTraining(width: width, single: sections.contains(.single),
+                                               distributed: sections.contains(.distributed))
+            let shape = "784-\(width)-\(width)-10"
+            if let single = measured.single {
+                let torch = try reference.map { try $0.samplesPerSecond(width: width, world: 1, repeats: repeats) }
+                rows.append(BenchRow(what: "one process \(shape), \(Parallel.threadCount) threads", unit: "samples/s",
+                                     value: single, reference: torch.map { ("PyTorch", $0) },
+                                     ratio: torch.map { single / $0 }, target: .ratioAtLeast(1.5)))
+            }
+            if let distributed = measured.distributed {
+                rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: distributed,
+                                     reference: measured.single.map { ("one process", $0) },
+                                     ratio: measured.ratio, target: measured.single.map { _ in .ratioAtLeast(0.75) }))
+                if let ddp = try reference.map({ try $0.samplesPerSecond(width: width, world: 2, repeats: repeats) }) {
+                    rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: distributed,
+                                         reference: ("PyTorch DDP", ddp), ratio: distributed / ddp, target: .ratioAtLeast(2)))
+                }
+                if let rss = measured.workerPeakRSS, width == 256 {
+                    rows.append(BenchRow(what: "worker peak RSS \(shape)", unit: "MB", value: rss, target: .valueAtMost(150)))
+                }
+            }
+        }
+        if sections.contains(.converge) {
+            let seconds = try measureTimeToAccuracy(0.88)
+            let torch = try reference.map { try $0.secondsForDefaultJob() }
+            rows.append(BenchRow(what: "time to 88 % test accuracy (\(config))", unit: "s", value: seconds,
+                                 reference: torch.map { ("PyTorch, 10 epochs", $0) }, ratio: torch.map { seconds / $0 },
+                                 target: .ratioAtMost(0.5)))
+        }
+        if sections.contains(.network) {
+            let bandwidth = median((0..<repeats).map { _ in (try? measureLoopbackBandwidth()) ?? 0 })
+            rows.append(BenchRow(what: "ZeroMQ TCP loopback, 1 MB frames", unit: "MB/s", value: bandwidth / 1e6))
+            let parameters = ParameterLayout(makeModel(try JobConfig.load(path: config).model, seed: 0)).totalCount
+            let bytesPerWorker = 4 * parameters
+            notes.append(String(format: "cost model, %d parameters: each worker gets %.2f MB of weights and returns %.2f MB of gradients a step;",
+                                parameters, Double(bytesPerWorker) / 1e6, Double(bytesPerWorker) / 1e6))
+            notes.append(String(format: "the coordinator's link makes a step with W workers last at least W × %.2f ms each way",
+                                Double(bytesPerWorker) / bandwidth * 1e3))
+        }
+        if json {
+            print(JSONValue.object([
+                ("threads", .int(Parallel.threadCount)), ("isa", .string(VectorISA.active.name)),
+                ("repeats", .int(repeats)), ("openblas", blas.map { .string($0.library) } ?? .null),
+                ("rows", .array(rows.map(\.json))), ("notes", .array(notes.map { .string($0) })),
+            ]).serialized)
+        } else {
+            print("trainerd bench: \(Parallel.threadCount) threads, ISA \(VectorISA.active.name), median of \(repeats) runs\n")
+            print(table(rows))
+            notes.forEach { print("  \($0)") }
+        }
+    }
+
+    func table(_ rows: [BenchRow]) -> String {
+        func number(_ value: Double) -> String { String(format: value >= 100 ? "%.0f" : "%.2f", value) }
+        let header = ["what", "trainerd", "reference", "ratio", "target", "met"]
+        let cells: [[String]] = [header] + rows.map { (row: BenchRow) -> [String] in
+            let reference: String = row.reference.map { "\($0.name) \(number($0.value))" } ?? "—"
+            let ratio: String = row.ratio.map { String(format: "%.2f", $0) } ?? "—"
+            let met: String = row.met.map { $0 ? "yes" : "NO" } ?? "—"
+            return [row.what, "\(number(row.value)) \(row.unit)", reference, ratio, row.target?.description ?? "—", met]
+        }
+        let widths = (0..<6).map { column in cells.map { $0[column].count }.max()! }
+        return cells.map { line in
+            zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    func gemmRows(_ blas: OpenBLAS?) -> [BenchRow] {
+        [128, 256, 512, 1024].map { n in
             // Alternate the two in every repeat so that drift on a noisy machine hits both alike.
             var mine: [Double] = [], theirs: [Double] = []
             for _ in 0..<repeats {
                 mine.append(measureGEMM(n) { a, b, c in GEMM.multiply(GEMMShape(m: n, n: n, k: n), a, b, c) })
                 if let blas { theirs.append(measureGEMM(n) { blas.multiply(n, $0, $1, $2) }) }
             }
-            let ours = median(mine)
-            let reference = theirs.isEmpty ? nil : median(theirs)
-            let ratio = theirs.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 })
-            lines.append(String(format: "  n = %-4d             %16.1f   %16@   %5@", n, ours,
-                                reference.map { String(format: "%.1f", $0) } ?? "—",
-                                ratio.map { String(format: "%.2f", $0) } ?? "—"))
-            gemmRows.append(.object([("n", .int(n)), ("trainerd_gflops", .number(ours)),
-                                     ("openblas_gflops", reference.map(JSONValue.number) ?? .null),
-                                     ("ratio", ratio.map(JSONValue.number) ?? .null)]))
-        }
-        if blas == nil { lines.append("  (OpenBLAS not found: apt-get install libopenblas-dev for the reference column)") }
-
-        var trainingRows: [JSONValue] = []
-        for width in [256, 1024] {
-            do {
-                let row = try measureTraining(width: width)
-                trainingRows.append(row.json)
-                lines += [""] + row.lines
-            } catch {
-                lines += ["", "Training throughput (hidden width \(width)) skipped: \(error)"]
-            }
-        }
-        let bandwidth = median((0..<repeats).map { _ in (try? measureLoopbackBandwidth()) ?? 0 })
-        let parameters = ParameterLayout(makeModel(try JobConfig.load(path: config).model, seed: 0)).totalCount
-        let bytesPerWorker = 4 * parameters
-        lines += ["", String(format: "ZeroMQ over TCP loopback, 1 MB frames: %.0f MB/s one way", bandwidth / 1e6),
-                  String(format: "  cost model, %d parameters: each worker gets %.2f MB of weights and returns %.2f MB of gradients a step;",
-                         parameters, Double(bytesPerWorker) / 1e6, Double(bytesPerWorker) / 1e6),
-                  String(format: "  the coordinator's link makes a step with W workers last at least W × %.2f ms each way",
-                         Double(bytesPerWorker) / bandwidth * 1e3)]
-        if json {
-            print(JSONValue.object([
-                ("loopback_bytes_per_s", .number(bandwidth)), ("parameters", .int(parameters)),
-                ("threads", .int(Parallel.threadCount)), ("isa", .string(VectorISA.active.name)),
-                ("openblas", blas.map { .string($0.library) } ?? .null),
-                ("gemm", .array(gemmRows)), ("training", .array(trainingRows)),
-            ]).serialized)
-        } else {
-            print(lines.joined(separator: "\n"))
+            return BenchRow(what: "GEMM \(n)×\(n)×\(n)", unit: "GFLOP/s", value: median(mine),
+                            reference: theirs.isEmpty ? nil : ("OpenBLAS", median(theirs)),
+                            ratio: theirs.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 }),
+                            target: n >= 256 ? .ratioAtLeast(0.9) : nil)
         }
     }
 
     /// Samples/s of the config with hidden layers `width` wide, in one process and with 2 local worker processes
-    /// (1 thread each) and a coordinator, measured alternately in every repeat.
-    func measureTraining(width: Int) throws -> (lines: [String], json: JSONValue) {
+    /// (1 thread each) and a coordinator, measured alternately in every repeat; the workers' peak RSS in MB.
+    func measureTraining(width: Int, single: Bool, distributed: Bool)
+        throws -> (single: Double?, distributed: Double?, ratio: Double?, workerPeakRSS: Double?) {
         let overrides = ["model.sizes=[784, \(width), \(width), 10]", "training.threads=\(Parallel.threadCount)"]
         let job = try JobConfig.load(path: config, overrides: overrides)
-        let single = try Trainer(config: job, runDirectory: nil)
-        let router = try ZMQSocket(ZMQContext(), .router)
-        try router.bind("tcp://127.0.0.1:*")
-        let endpoint = try router.lastEndpoint
-        let description = JobDescription(yaml: try String(contentsOfFile: config, encoding: .utf8), overrides: overrides)
-        let workers = try (0..<2).map {
-            try LocalWorker(name: "bench-\($0)", arguments: ["worker", "--connect", endpoint, "--name", "bench-\($0)", "--threads", "1",
-                                                         "--parent-pid", String(getpid())])
-        }
-        var coordinator: Coordinator!
-        let distributed = try Trainer(config: job, runDirectory: nil) { model, plan, _ in
-            coordinator = Coordinator(socket: router, job: description, layout: ParameterLayout(model),
-                                      microBatches: plan.microBatches, cluster: job.cluster, startWorkers: 2,
-                                      events: try! EventLog(path: nil))
-            coordinator.abortReason = { workers.lazy.compactMap(\.failure).first }
-            return coordinator
-        }
-        defer {
-            coordinator.sayGoodbye()
-            workers.forEach { $0.waitForExit(timeout: 10) }
-        }
         func rate(_ trainer: Trainer) throws -> Double {
             for _ in 0..<10 { _ = try trainer.step() }  // warm-up
             let start = Date()
             for _ in 0..<steps { _ = try trainer.step() }
             return Double(steps * job.training.batchSize) / Date().timeIntervalSince(start)
         }
-        var local: [Double] = [], remote: [Double] = []
-        for _ in 0..<repeats {
-            local.append(try rate(single))
-            remote.append(try rate(distributed))
+        let local = single ? try Trainer(config: job, runDirectory: nil) : nil
+        var cluster: (trainer: Trainer, coordinator: () -> Coordinator, workers: [LocalWorker])?
+        if distributed {
+            let router = try ZMQSocket(ZMQContext(), .router)
+            try router.bind("tcp://127.0.0.1:*")
+            let endpoint = try router.lastEndpoint
+            let description = JobDescription(yaml: try String(contentsOfFile: config, encoding: .utf8), overrides: overrides)
+            let workers = try (0..<2).map {
+                try LocalWorker(name: "bench-\($0)", arguments: ["worker", "--connect", endpoint, "--name", "bench-\($0)",
+                                                                 "--threads", "1", "--parent-pid", String(getpid())])
+            }
+            var coordinator: Coordinator!
+            let trainer = try Trainer(config: job, runDirectory: nil) { model, plan, _ in
+                coordinator = Coordinator(socket: router, job: description, layout: ParameterLayout(model),
+                                          microBatches: plan.microBatches, cluster: job.cluster, startWorkers: 2,
+                                          events: try! EventLog(path: nil))
+                coordinator.abortReason = { workers.lazy.compactMap(\.failure).first }
+                return coordinator
+            }
+            cluster = (trainer, { coordinator }, workers)
         }
-        let ratio = median(zip(remote, local).map { $0 / $1 })
-        let runs = { (values: [Double]) in values.map { String(format: "%.0f", $0) }.joined(separator: ", ") }
-        return ([
-            "Training \(job.name), MLP 784-\(width)-\(width)-10 (batch \(job.training.batchSize), \(job.training.microBatches) micro-batches)",
-            String(format: "  one process, %d threads    %8.0f samples/s   (runs: %@)", Parallel.threadCount, median(local), runs(local)),
-            String(format: "  2 local workers + coordinator %6.0f samples/s   (runs: %@)", median(remote), runs(remote)),
-            String(format: "  ratio distributed / one process  %.2f", ratio),
-        ], .object([("width", .int(width)), ("single_samples_per_s", .number(median(local))),
-                    ("two_workers_samples_per_s", .number(median(remote))), ("ratio", .number(ratio))]))
+        defer {
+            if let cluster {
+                cluster.coordinator().sayGoodbye()
+                cluster.workers.forEach { $0.waitForExit(timeout: 10) }
+            }
+        }
+        var singleRates: [Double] = [], distributedRates: [Double] = []
+        for _ in 0..<repeats {
+            if let local { singleRates.append(try rate(local)) }
+            if let cluster { distributedRates.append(try rate(cluster.trainer)) }
+        }
+        let peak = cluster.map { $0.workers.compactMap(\.peakResidentMegabytes).max() } ?? nil
+        let ratio = single && distributed ? median(zip(distributedRates, singleRates).map { $0 / $1 }) : nil
+        return (single ? median(singleRates) : nil, distributed ? median(distributedRates) : nil, ratio, peak)
+    }
+
+    /// Seconds from loading the config's job to its first evaluation at or above `accuracy` (the whole job
+    /// runs in this process, as `trainerd train` does).
+    func measureTimeToAccuracy(_ accuracy: Double) throws -> Double {
+        let start = Date()
+        var reached: Double?
+        let trainer = try Trainer(config: try JobConfig.load(path: config), runDirectory: nil)
+        trainer.events.observers.append { event, fields in
+            guard event == "eval", reached == nil,
+                  let value = fields.first(where: { $0.0 == "test_accuracy" })?.1, case let .number(score) = value,
+                  score >= accuracy else { return }
+            reached = Date().timeIntervalSince(start)
+        }
+        let summary = try trainer.run()
+        guard let reached else {
+            throw ValidationError("\(config) ended at \(String(format: "%.2f", summary.testAccuracy * 100)) % test accuracy, below \(accuracy * 100) %")
+        }
+        return reached
     }
 
     /// Bytes per second a DEALER pushes to a ROUTER over TCP loopback in 1 MB frames (256 MB after a warm-up).

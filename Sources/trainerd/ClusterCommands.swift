@@ -248,6 +248,14 @@ final class LocalWorker: @unchecked Sendable {
 
     func stop() { kill(pid, SIGTERM) }
 
+    /// The process's peak resident set (VmHWM) in MB while it runs; nil once it has exited.
+    var peakResidentMegabytes: Double? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kilobytes / 1024
+    }
+
     func waitForExit(timeout: Double) {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
