@@ -66,24 +66,46 @@ extension Tensor {
 
     /// Backpropagates an upstream gradient of this tensor's shape (`sum(self * upstream)` as the loss).
     public func backward(seed upstream: [Float]) {
+        backward(seed: upstream, reporting: [], { _, _ in })
+    }
+
+    /// Backpropagates from this scalar and calls `ready(i, gradient)` as soon as the gradient of `leaves[i]` is
+    /// final (right after the backward of its last consumer), so that it can leave while backward goes on.
+    /// The gradient passed is what this backward adds to the leaf.
+    public func backward(reporting leaves: [Tensor], _ ready: (Int, [Float]) -> Void) {
+        precondition(count == 1, "backward() needs a scalar loss, got shape \(shape)")
+        backward(seed: [1], reporting: leaves, ready)
+    }
+
+    private func backward(seed upstream: [Float], reporting leaves: [Tensor], _ ready: (Int, [Float]) -> Void) {
         precondition(upstream.count == count, "upstream gradient has \(upstream.count) values, tensor \(count)")
         guard let root = node else { return }
         var order: [Node] = []
         var visited = Set<ObjectIdentifier>()
-        // Iterative depth-first post-order, so deep graphs cannot overflow the stack.
+        // Iterative depth-first post-order, so deep graphs cannot overflow the stack. Leaves are pushed before the
+        // other inputs, so they come right after their consumer in reverse order (a leaf's gradient is ready as
+        // early as it can be); the order among the other nodes, and so every sum's order, is unchanged.
         var stack: [(Node, Bool)] = [(root, false)]
         while let (current, expanded) = stack.popLast() {
             if expanded { order.append(current); continue }
             guard visited.insert(ObjectIdentifier(current)).inserted else { continue }
             stack.append((current, true))
-            for case let input? in current.inputs where !visited.contains(ObjectIdentifier(input)) {
-                stack.append((input, false))
+            for isLeafPass in [true, false] {
+                for case let input? in current.inputs
+                where input.isLeaf == isLeafPass && !visited.contains(ObjectIdentifier(input)) {
+                    stack.append((input, false))
+                }
             }
+        }
+        var reported: [ObjectIdentifier: Int] = [:]
+        for (index, leaf) in leaves.enumerated() {
+            if let node = leaf.node { reported[ObjectIdentifier(node)] = index }
         }
         var pending: [ObjectIdentifier: [Float]] = [ObjectIdentifier(root): upstream]
         for current in order.reversed() {
             guard let upstream = pending.removeValue(forKey: ObjectIdentifier(current)) else { continue }
             if current.isLeaf || current.retainsGrad { accumulate(upstream, into: &current.grad) }
+            if let index = reported[ObjectIdentifier(current)] { ready(index, upstream) }
             guard let backward = current.backward else { continue }
             let inputGrads = backward(upstream, current.inputs.map { $0 != nil })
             for (input, grad) in zip(current.inputs, inputGrads) {

@@ -61,6 +61,8 @@ public struct CoordinatorMachine {
         var haveWeights: Set<[UInt8]> = []
         var finished: [[UInt8]: Double] = [:]
         var bytes: [[UInt8]: Int] = [:]
+        /// Pieces of gradients per worker and range, until the range's every block and its loss are in.
+        var staged: [[UInt8]: [Range<Int>: [[Float]?]]] = [:]
         /// Names of the workers that sent non-finite values, by parameter block (nil: the loss).
         var nonFinite: [Int?: Set<String>] = [:]
         var lost: [String] = []
@@ -249,8 +251,9 @@ public struct CoordinatorMachine {
         return actions
     }
 
-    /// Adds a gradients message to the step in flight: every tensor is checked on a copy of the reducer first,
-    /// so a bad message changes nothing. A result for micro-batches another worker has already returned (a
+    /// Takes a gradients message's pieces for the step in flight. A worker's pieces for one range are staged
+    /// until every parameter block and the loss are in; then they are checked together on a copy of the reducer,
+    /// so a bad piece changes nothing. A result for micro-batches another worker has already returned (a
     /// re-issued straggler's) is not used.
     private mutating func accept(gradients message: Message, from identity: [UInt8], name: String, now: Double) -> [Action] {
         guard var round else { return [drop(from: name, "gradients while no step is running")] }
@@ -262,18 +265,37 @@ public struct CoordinatorMachine {
         guard !range.isEmpty, range.allSatisfy({ index in owned.contains { $0.contains(index) } }) else {
             return [drop(from: name, "gradients for micro-batches \(range) it was not assigned")]
         }
-        guard message.tensors.count == layout.entries.count + 1, message.tensors.last!.count == 1 else {
-            return [drop(from: name, "\(message.tensors.count) tensors, expected \(layout.entries.count) parameter blocks and the loss")]
+        let blockCount = layout.entries.count + 1
+        let first = Int(message.block)
+        guard !message.tensors.isEmpty, first + message.tensors.count <= blockCount else {
+            return [drop(from: name, "\(message.tensors.count) tensors from block \(first), expected blocks within 0..<\(blockCount) (\(layout.entries.count) parameter blocks, then the loss)")]
         }
-        let alreadyReceived = round.reducer.received.contains { $0.overlaps(range) }
-        if !alreadyReceived {
+        var slots = round.staged[identity, default: [:]][range] ?? Array(repeating: nil, count: blockCount)
+        for (offset, values) in message.tensors.enumerated() {
+            let block = first + offset
+            let expected = block < layout.entries.count ? layout.entries[block].count : 1
+            guard values.count == expected else {
+                return [drop(from: name, "block \(block) has \(values.count) values, expected \(expected)")]
+            }
+            guard slots[block] == nil else {
+                return [drop(from: name, "duplicate block \(block) for micro-batches \(range) of step \(round.step)")]
+            }
+            slots[block] = values
+        }
+        round.bytes[identity, default: 0] += message.tensors.reduce(0) { $0 + 4 * $1.count }
+        guard slots.allSatisfy({ $0 != nil }) else {
+            round.staged[identity, default: [:]][range] = slots
+            self.round = round
+            return []
+        }
+        round.staged[identity]?[range] = nil
+        if !round.reducer.received.contains(where: { $0.overlaps(range) }) {
             var reducer = round.reducer
             do {
-                for (block, values) in message.tensors.dropLast().enumerated() {
-                    try reducer.add(block: block, range: range, values: values)
-                }
-                try reducer.addLoss(range: range, sum: message.tensors.last![0])
+                for block in 0..<layout.entries.count { try reducer.add(block: block, range: range, values: slots[block]!) }
+                try reducer.addLoss(range: range, sum: slots[layout.entries.count]![0])
             } catch {
+                self.round = round
                 return [drop(from: name, "\(error)")]
             }
             for entry in reducer.nonFinite.dropFirst(round.reducer.nonFinite.count) {
@@ -281,7 +303,6 @@ public struct CoordinatorMachine {
             }
             round.reducer = reducer
         }
-        round.bytes[identity, default: 0] += message.tensors.reduce(0) { $0 + 4 * $1.count }
         var tasks = round.tasks[identity, default: []]
         for index in tasks.indices { tasks[index].ranges = tasks[index].ranges.flatMap { subtract(range, from: $0) } }
         tasks.removeAll { $0.ranges.isEmpty }
@@ -314,6 +335,7 @@ public struct CoordinatorMachine {
         guard var round else { return actions }
         round.tasks[identity] = nil
         round.finished[identity] = nil
+        round.staged[identity] = nil
         round.lost.append(name)
         actions += distribute(orphaned(round), to: peers.map(\.identity), in: &round, now: now)
         self.round = round

@@ -70,7 +70,16 @@ public struct StepReducer {
     /// The flat gradient sum (blocks concatenated in order) and the loss sum, once complete.
     public func reduced() -> (gradientSum: [Float], lossSum: Float)? {
         guard isComplete else { return nil }
-        let gradient = pieces.flatMap { GradientTree.sum(blocks: $0, leaves: microBatches) }
+        let total = blockSizes.reduce(0, +)
+        let gradient = [Float](unsafeUninitializedCapacity: total) { buffer, initialized in
+            var offset = 0
+            for (block, size) in blockSizes.enumerated() {
+                GradientTree.sum(blocks: pieces[block], leaves: microBatches,
+                                 into: UnsafeMutableBufferPointer(rebasing: buffer[offset..<(offset + size)]))
+                offset += size
+            }
+            initialized = total
+        }
         return (gradient, GradientTree.sum(blocks: lossPieces, leaves: microBatches)[0])
     }
 }

@@ -14,8 +14,9 @@ public struct WorkerMachine {
         case join(JobDescription, jobID: UInt64)
         /// Already joined this job (the coordinator restarted or lost track of us): report ready again.
         case ready
-        /// Compute the gradient sums of micro-batches `range` of `step` at `weights` and send them.
-        case compute(step: UInt64, range: Range<Int>, weights: [Float])
+        /// Compute the gradient sums of micro-batches `range` of `step` at `weights` (one array per parameter
+        /// tensor) and send them.
+        case compute(step: UInt64, range: Range<Int>, weights: [[Float]])
         case send(Message)
         case log(String)
         /// Say hello again: the coordinator does not know this worker (any work in progress is void).
@@ -27,7 +28,7 @@ public struct WorkerMachine {
     var jobID: UInt64 = 0
     /// Numbers of values of each parameter tensor, known once joined.
     var blockSizes: [Int]?
-    var weights: (step: UInt64, values: [Float])?
+    var weights: (step: UInt64, tensors: [[Float]])?
 
     public init() {}
 
@@ -55,14 +56,14 @@ public struct WorkerMachine {
             guard let blockSizes, message.tensors.map(\.count) == blockSizes else {
                 return [.log("dropped weights whose shapes do not match the model")]
             }
-            weights = (message.step, message.tensors.flatMap { $0 })
+            weights = (message.step, message.tensors)
             return []
         case .assignment:
             guard hasJoined else { throw CoordinatorError("an assignment arrived before the welcome") }
             guard let weights, weights.step == message.step else {
                 throw CoordinatorError("an assignment for step \(message.step) arrived without its weights")
             }
-            return [.compute(step: message.step, range: message.microBatches, weights: weights.values)]
+            return [.compute(step: message.step, range: message.microBatches, weights: weights.tensors)]
         case .bye:
             return [.send(Message(type: .bye, jobID: jobID)), .stop]
         case .error:
@@ -146,7 +147,7 @@ public final class Worker {
             let timeout = min(0.25, cluster.heartbeatInterval / 2)
             let frames = try socket.receive(timeout: timeout, wakingOn: computer.wakeDescriptor)
             try sendFinishedWork()
-            if let frames, try handle(frames) { return }
+            if let frames, try Trace.span("handle", "communication", { try handle(frames) }) { return }
             try keepAlive()
         }
     }
@@ -186,8 +187,8 @@ public final class Worker {
             case .ready:
                 try send(Message(type: .heartbeat, jobID: machine.jobID))
             case let .compute(step, range, weights):
-                computer.submit(generation: generation, step: step) { [source] in
-                    try source!.blockSums(step: Int(step), range: range, parameters: weights)
+                computer.submit(generation: generation, step: step) { [source] emit in
+                    try source!.streamBlockSums(step: Int(step), range: range, parameters: weights, emit: emit)
                 }
             case let .send(message):
                 try send(message)
@@ -206,18 +207,16 @@ public final class Worker {
         return false
     }
 
-    /// Sends the gradients of finished work of the current generation.
+    /// Sends the pieces of gradients computed so far under the current generation, each as its own message:
+    /// block i < P is parameter tensor i, block P the loss sum (see `WireProtocol`).
     private func sendFinishedWork() throws {
         for result in computer.takeResults() where result.generation == generation {
             switch result.outcome {
-            case let .success(blocks):
+            case let .success(piece):
                 guard let layout else { continue }
                 try Trace.span("send", "communication") {
-                    for block in blocks {
-                        let tensors = parameterBlocks(block.gradientSum, layout) + [[block.lossSum]]
-                        try send(Message(type: .gradients, jobID: machine.jobID, step: result.step,
-                                         microBatches: block.microBatches, tensors: tensors))
-                    }
+                    try send(Message(type: .gradients, jobID: machine.jobID, step: result.step, microBatches: piece.microBatches,
+                                     block: UInt32(piece.parameter ?? layout.entries.count), tensors: [piece.values]))
                 }
             case let .failure(error):
                 try? send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])))
@@ -276,12 +275,12 @@ public final class Worker {
 }
 
 /// Runs gradient computations one after another on a thread of its own and wakes the worker's loop (through a
-/// pipe it can poll next to its socket) when one finishes.
+/// pipe it can poll next to its socket) with every piece they hand on, and when one fails.
 final class ComputeThread: @unchecked Sendable {
     struct Result {
         var generation: Int
         var step: UInt64
-        var outcome: Swift.Result<[GradientBlock], Error>
+        var outcome: Swift.Result<GradientEngine.Piece, Error>
     }
 
     private let queue = DispatchQueue(label: "trainerd.compute")
@@ -301,15 +300,23 @@ final class ComputeThread: @unchecked Sendable {
     /// Readable while finished work waits to be taken.
     var wakeDescriptor: Int32 { pipeDescriptors[0] }
 
-    func submit(generation: Int, step: UInt64, work: @escaping () throws -> [GradientBlock]) {
+    /// Runs `work` after the work already submitted; what it emits (from any thread) reaches `takeResults`.
+    func submit(generation: Int, step: UInt64, work: @escaping (_ emit: (GradientEngine.Piece) -> Void) throws -> Void) {
         queue.async { [self] in
-            let outcome = Swift.Result { try work() }
-            lock.lock()
-            results.append(Result(generation: generation, step: step, outcome: outcome))
-            lock.unlock()
-            var byte: UInt8 = 1
-            _ = write(pipeDescriptors[1], &byte, 1)
+            do {
+                try work { post(Result(generation: generation, step: step, outcome: .success($0))) }
+            } catch {
+                post(Result(generation: generation, step: step, outcome: .failure(error)))
+            }
         }
+    }
+
+    private func post(_ result: Result) {
+        lock.lock()
+        results.append(result)
+        lock.unlock()
+        var byte: UInt8 = 1
+        _ = write(pipeDescriptors[1], &byte, 1)
     }
 
     /// The finished work, oldest first.

@@ -29,21 +29,60 @@ public enum GradientTree {
     /// Completes the tree over 0..<leaves from partial sums of aligned blocks that tile it (as workers send
     /// them): the same bits as `sum` over the individual leaves.
     public static func sum(blocks: [(range: Range<Int>, sum: [Float])], leaves: Int) -> [Float] {
+        let count = blocks.first?.sum.count ?? 0
+        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            sum(blocks: blocks, leaves: leaves, into: buffer)
+            initialized = count
+        }
+    }
+
+    /// The same, written to `destination` (as many values as each block): the root's addition writes there
+    /// directly, so a sum of two halves passes over memory once.
+    public static func sum(blocks: [(range: Range<Int>, sum: [Float])], leaves: Int,
+                           into destination: UnsafeMutableBufferPointer<Float>) {
         var width = 1
         while width < leaves { width *= 2 }
-        func node(_ start: Int, _ size: Int) -> [Float] {
-            if let block = blocks.first(where: { $0.range == start..<min(start + size, leaves) }) {
-                return block.sum
+        func block(_ start: Int, _ size: Int) -> [Float]? {
+            blocks.first(where: { $0.range == start..<min(start + size, leaves) })?.sum
+        }
+        /// Node (start, size) into `out`: the block that covers it, or left + right (right omitted when empty).
+        func node(_ start: Int, _ size: Int, into out: UnsafeMutableBufferPointer<Float>) {
+            if let values = block(start, size) {
+                precondition(values.count == out.count, "blocks differ in length")
+                values.withUnsafeBufferPointer { out.baseAddress!.update(from: $0.baseAddress!, count: out.count) }
+                return
             }
             precondition(size > 1, "blocks do not tile 0..<\(leaves) with aligned ranges")
-            var left = node(start, size / 2)
-            if start + size / 2 < leaves {
-                let right = node(start + size / 2, size / 2)
-                tk_add_inplace(Int64(right.count), right, &left)
-            }
-            return left
+            let half = size / 2
+            guard start + half < leaves else { return node(start, half, into: out) }
+            let left = block(start, half) ?? computed(start, half), right = block(start + half, half) ?? computed(start + half, half)
+            tk_add(Int64(out.count), left, right, out.baseAddress!)
         }
-        return node(0, width)
+        func computed(_ start: Int, _ size: Int) -> [Float] {
+            [Float](unsafeUninitializedCapacity: destination.count) { buffer, initialized in
+                node(start, size, into: buffer)
+                initialized = destination.count
+            }
+        }
+        guard !destination.isEmpty else { return }
+        node(0, width, into: destination)
+    }
+
+    /// The tree sums of blocks that each hold one array per tensor, concatenated: tensor t's values are
+    /// `sum(blocks: blocks.map { ($0.range, $0.tensors[t]) }, leaves:)`. Tensors are spread over threads.
+    public static func sum(tensors blocks: [(range: Range<Int>, tensors: [[Float]])], leaves: Int) -> [Float] {
+        guard let sizes = blocks.first?.tensors.map(\.count) else { return [] }
+        var offsets = [0]
+        for size in sizes { offsets.append(offsets.last! + size) }
+        let total = offsets.last!
+        return [Float](unsafeUninitializedCapacity: total) { buffer, initialized in
+            let destination = buffer
+            Parallel.forEach(sizes.count) { tensor in
+                sum(blocks: blocks.map { ($0.range, $0.tensors[tensor]) }, leaves: leaves,
+                    into: UnsafeMutableBufferPointer(rebasing: destination[offsets[tensor]..<offsets[tensor + 1]]))
+            }
+            initialized = total
+        }
     }
 
     /// The maximal aligned blocks covering `range` of micro-batch indices, in order: what a worker holding

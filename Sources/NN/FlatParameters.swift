@@ -65,9 +65,20 @@ extension Module {
         var offset = 0
         for parameter in parameters {
             let n = parameter.value.count
-            parameter.value.withMutableStorage { $0.replaceSubrange(0..<n, with: flat[offset..<(offset + n)]) }
+            if n > 0 { flat.withUnsafeBufferPointer { source in
+                parameter.value.withMutableStorage { values in
+                    values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: source.baseAddress! + offset, count: n) }
+                }
+            } }
             offset += n
         }
+    }
+
+    /// Sets every parameter's values to `tensors` (one array per parameter, canonical order) without copying them.
+    public func load(tensors: [[Float]]) {
+        let parameters = parameters
+        precondition(tensors.map(\.count) == parameters.map(\.value.count), "tensor sizes do not match the model's parameters")
+        for (parameter, values) in zip(parameters, tensors) { parameter.value.withMutableStorage { $0 = values } }
     }
 
     /// Shares `source`'s current parameter values (no copy until either side writes).

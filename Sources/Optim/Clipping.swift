@@ -15,9 +15,16 @@ public struct ClipResult: Sendable, Equatable {
 
 /// ‖g_t‖₂ of each tensor in `tensors` (ranges of the flat buffer), summed in Double in a fixed order.
 public func tensorNorms(_ gradients: [Float], tensors: [Range<Int>]) -> [Float] {
+    var norms = [Float](repeating: 0, count: tensors.count)
     gradients.withUnsafeBufferPointer { g in
-        tensors.map { Float(tk_sum_of_squares(Int64($0.count), g.baseAddress! + $0.lowerBound).squareRoot()) }
+        norms.withUnsafeMutableBufferPointer { out in
+            Parallel.forEach(tensors.count) { index in
+                let range = tensors[index]
+                out[index] = Float(tk_sum_of_squares(Int64(range.count), g.baseAddress! + range.lowerBound).squareRoot())
+            }
+        }
     }
+    return norms
 }
 
 /// ‖(‖g_1‖, …, ‖g_T‖)‖₂, as PyTorch's clip_grad_norm_ computes it, from the per-tensor norms.

@@ -12,8 +12,11 @@ public func makeModel(_ model: JobConfig.ModelSection, seed: UInt64) -> Sequenti
 public struct GradientBlock: Sendable {
     /// Micro-batch indices covered (an aligned dyadic block).
     public var microBatches: Range<Int>
-    /// Σ over the block's samples of ∂ℓ/∂θ, flat in canonical parameter order.
-    public var gradientSum: [Float]
+    /// Σ over the block's samples of ∂ℓ/∂θ, one array per parameter tensor in canonical order (zeros for a
+    /// frozen one).
+    public var gradients: [[Float]]
+    /// The same, flat.
+    public var gradientSum: [Float] { gradients.flatMap { $0 } }
     /// Σ over the block's samples of ℓ (cross-entropy).
     public var lossSum: Float
 }
@@ -35,11 +38,35 @@ public final class GradientEngine {
         replicas = (0..<max(1, threads)).map { _ in model.replica() }
     }
 
-    /// Gradient and loss sums over `microBatches` as aligned blocks (the maximal ones, halved until each thread
-    /// has one); `inputs(j)` gives micro-batch j's samples.
+    /// Gradient and loss sums over `microBatches` as aligned blocks; `inputs(j)` gives micro-batch j's samples.
     public func blockSums(
         _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32])
     ) throws -> [GradientBlock] {
+        try run(microBatches) { block, replica in try self.pass(block, on: replica, inputs: inputs) }
+    }
+
+    /// One piece of a block's result, handed on as soon as it exists: the loss sum after forward
+    /// (`parameter == nil`), then each parameter tensor's gradient sum as backward finishes it.
+    public struct Piece {
+        public var microBatches: Range<Int>
+        /// Index in canonical parameter order; nil for the loss sum.
+        public var parameter: Int?
+        public var values: [Float]
+    }
+
+    /// The same sums as `blockSums`, handed to `emit` piece by piece while the passes run (from the threads
+    /// running them, so `emit` must be thread-safe). Frozen parameters' zeros come after backward.
+    public func streamBlockSums(
+        _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32]), emit: (Piece) -> Void
+    ) throws {
+        try withoutActuallyEscaping(emit) { emit in
+            _ = try run(microBatches) { block, replica in try self.pass(block, on: replica, inputs: inputs, emit: emit) }
+        }
+    }
+
+    /// `body(block, replica)` for the aligned blocks of `microBatches` (the maximal ones, halved until each
+    /// thread has one), in parallel, one replica per thread; the results in block order.
+    private func run<T>(_ microBatches: Range<Int>, _ body: (Range<Int>, Module) throws -> T) throws -> [T] {
         var blocks = GradientTree.alignedBlocks(microBatches)
         while blocks.count < replicas.count, let widest = blocks.indices.max(by: { blocks[$0].count < blocks[$1].count }),
               blocks[widest].count > 1 {
@@ -48,25 +75,30 @@ public final class GradientEngine {
         }
         let lanes = min(replicas.count, blocks.count)
         for replica in replicas[..<lanes] { replica.shareValues(from: model) }
-        var results = [Result<GradientBlock, Error>?](repeating: nil, count: blocks.count)
+        var results = [Result<T, Error>?](repeating: nil, count: blocks.count)
         results.withUnsafeMutableBufferPointer { slots in
             Parallel.forEach(lanes) { lane in
                 for index in stride(from: lane, to: blocks.count, by: lanes) {
-                    slots[index] = Result { try pass(blocks[index], on: replicas[lane], inputs: inputs) }
+                    slots[index] = Result { try body(blocks[index], replicas[lane]) }
                 }
             }
         }
         return try results.map { try $0!.get() }
     }
 
+    /// Forward and backward of one block on `replica`; with `emit`, pieces leave as they are ready.
+    @discardableResult
     private func pass(
-        _ block: Range<Int>, on replica: Module, inputs: (Int) -> (inputs: [Float], labels: [Int32])
+        _ block: Range<Int>, on replica: Module, inputs: (Int) -> (inputs: [Float], labels: [Int32]),
+        emit: ((Piece) -> Void)? = nil
     ) throws -> GradientBlock {
         var x: [Float] = [], labels: [Int32] = []
-        for index in block {
-            let batch = inputs(index)
-            x += batch.inputs
-            labels += batch.labels
+        Trace.span("batch", "compute") {
+            for index in block {
+                let batch = inputs(index)
+                x += batch.inputs
+                labels += batch.labels
+            }
         }
         return try withSampleSegments(block.count) {
             replica.zeroGrad()
@@ -74,8 +106,24 @@ public final class GradientEngine {
                 try replica(Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x))
                     .crossEntropy(labels: labels, reduction: .sum)
             }
-            Trace.span("backward", "compute") { loss.backward() }
-            return GradientBlock(microBatches: block, gradientSum: replica.flatGradients(), lossSum: loss.item)
+            guard let emit else {
+                Trace.span("backward", "compute") { loss.backward() }
+                let gradients = replica.parameters.map { $0.grad?.storage ?? [Float](repeating: 0, count: $0.value.count) }
+                return GradientBlock(microBatches: block, gradients: gradients, lossSum: loss.item)
+            }
+            emit(Piece(microBatches: block, parameter: nil, values: [loss.item]))
+            let parameters = replica.parameters
+            var sent = [Bool](repeating: false, count: parameters.count)
+            Trace.span("backward", "compute") {
+                loss.backward(reporting: parameters.map(\.value)) { index, gradient in
+                    sent[index] = true
+                    emit(Piece(microBatches: block, parameter: index, values: gradient))
+                }
+            }
+            for (index, parameter) in parameters.enumerated() where !sent[index] {
+                emit(Piece(microBatches: block, parameter: index, values: [Float](repeating: 0, count: parameter.value.count)))
+            }
+            return GradientBlock(microBatches: block, gradients: [], lossSum: loss.item)
         }
     }
 }

@@ -64,7 +64,7 @@ public struct StepSums {
 
 /// Where a step's gradient sums come from: this process's threads, or workers over the network.
 public protocol GradientSource: AnyObject {
-    /// The sums of global step `step` at weights `parameters`.
+    /// The sums of global step `step` at weights `parameters` (which the trainer's model holds too).
     func sums(step: Int, parameters: [Float]) throws -> StepSums
     /// Called once when the run ends (finished or stopped).
     func finish(summary: RunSummary)
@@ -84,26 +84,31 @@ public final class LocalGradientSource: GradientSource {
         self.train = train
     }
 
-    /// The gradient and loss sums over micro-batches `range` of `step` at weights `parameters`, as aligned blocks.
-    public func blockSums(step: Int, range: Range<Int>, parameters: [Float]) throws -> [GradientBlock] {
-        engine.model.load(flatValues: parameters)
-        return try blockSums(step: step, range: range)
+    /// The gradient and loss sums over micro-batches `range` of `step` at weights `parameters` (one array per
+    /// parameter tensor, taken without a copy), handed to `emit` piece by piece as the passes produce them.
+    public func streamBlockSums(step: Int, range: Range<Int>, parameters: [[Float]],
+                                emit: (GradientEngine.Piece) -> Void) throws {
+        Trace.span("load", "compute") { engine.model.load(tensors: parameters) }
+        let samples = samples(step: step)
+        try engine.streamBlockSums(range, inputs: { train.batch(plan.microBatch($0, of: samples)) }, emit: emit)
     }
 
-    func blockSums(step: Int, range: Range<Int>) throws -> [GradientBlock] {
+    /// The sample indices of `step`.
+    private func samples(step: Int) -> ArraySlice<Int> {
         let epoch = step / plan.stepsPerEpoch
         if epoch != cachedEpoch {
             permutation = plan.permutation(epoch: epoch)
             cachedEpoch = epoch
         }
-        let samples = plan.samples(step: step, permutation: permutation)
-        return try engine.blockSums(range) { train.batch(plan.microBatch($0, of: samples)) }
+        return plan.samples(step: step, permutation: permutation)
     }
 
+    /// The step's sums at the model's weights, which the trainer keeps equal to `parameters`.
     public func sums(step: Int, parameters: [Float]) throws -> StepSums {
-        let blocks = try blockSums(step: step, range: 0..<plan.microBatches, parameters: parameters)
+        let samples = samples(step: step)
+        let blocks = try engine.blockSums(0..<plan.microBatches) { train.batch(plan.microBatch($0, of: samples)) }
         // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
-        let gradient = GradientTree.sum(blocks: blocks.map { ($0.microBatches, $0.gradientSum) }, leaves: plan.microBatches)
+        let gradient = GradientTree.sum(tensors: blocks.map { ($0.microBatches, $0.gradients) }, leaves: plan.microBatches)
         let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]
         return StepSums(gradientSum: gradient, lossSum: loss)
     }
@@ -182,7 +187,12 @@ public final class Trainer {
         var gradient = sums.gradientSum
         sums.gradientSum = []
         let batch = Float(plan.batchSize)
-        for i in gradient.indices { gradient[i] /= batch }
+        let chunk = 1 << 16
+        gradient.withUnsafeMutableBufferPointer { values in
+            Parallel.forEach((values.count + chunk - 1) / chunk) { index in
+                for i in (index * chunk)..<min(values.count, (index + 1) * chunk) { values[i] /= batch }
+            }
+        }
         return (gradient, sums.lossSum / batch, sums)
     }
 

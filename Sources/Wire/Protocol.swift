@@ -13,13 +13,15 @@
 ///         24     8  sender id
 ///         32     4  first micro-batch of the range the message is about
 ///         36     4  number of micro-batches in it
-///         40     4  parameter block index (gradients and weights travel per block)
+///         40     4  first block: tensor i of a gradients message is block `first + i`, where blocks
+///                   0..<P are the P parameter tensors and block P is the loss sum (one value)
 ///         44     4  metadata frame length in bytes (0: no metadata frame)
 ///         48     4  number of tensor frames, n
 ///         52   8·n  byte length of each tensor frame
 public enum WireProtocol {
     public static let magic: [UInt8] = Array("TRND".utf8)
-    public static let version: UInt16 = 1
+    /// 2: gradients travel a block at a time, as backward produces them.
+    public static let version: UInt16 = 2
     /// Bytes of the fixed header, before the tensor lengths.
     public static let headerSize = 52
     /// Tensor frames a message may carry.
@@ -36,7 +38,8 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case welcome = 2
     /// coordinator → worker: compute gradients for micro-batches [first, first + count) of `step`.
     case assignment = 3
-    /// worker → coordinator: gradient sums of one aligned block of micro-batches (one tensor per parameter block).
+    /// worker → coordinator: gradient sums over one aligned block of micro-batches, for consecutive blocks from
+    /// the header's block index (parameter tensors, then the loss sum); a worker sends each as soon as it exists.
     case gradients = 4
     /// coordinator → worker: the weights after `step` (one tensor per parameter block).
     case weights = 5

@@ -131,3 +131,45 @@ final class AutogradSemanticsTests: XCTestCase {
         }
     }
 }
+
+/// `backward(reporting:)` hands each leaf's gradient on as soon as it is final, so a worker can send it while
+/// backward goes on.
+final class GradientReportTests: XCTestCase {
+    func testEachLeafIsReportedOnceRightAfterItsLayersBackwardWithThePlainBackwardsBits() {
+        let widths = [5, 4, 3, 2]
+        func leaves() -> [Tensor] {
+            var result: [Tensor] = []
+            for layer in 0..<3 {
+                let (inputs, outputs) = (widths[layer], widths[layer + 1])
+                let weight = Tensor(shape: [outputs, inputs], storage: testValues(outputs * inputs, seed: UInt64(layer)))
+                let bias = Tensor(shape: [outputs], storage: testValues(outputs, seed: UInt64(10 + layer)))
+                result += [weight.requiringGrad(), bias.requiringGrad()]
+            }
+            return result
+        }
+        func loss(_ p: [Tensor]) -> Tensor {
+            var h = Tensor(shape: [6, 5], storage: testValues(30, seed: 99))
+            for layer in 0..<3 {
+                h = h.linear(weight: p[2 * layer], bias: p[2 * layer + 1])
+                if layer < 2 { h = h.tanh() }
+            }
+            // The first layer's weight is used again at the end (tied), so its gradient is final only then.
+            return (h * h).sum() + (p[0] * p[0]).sum()
+        }
+        let plain = leaves()
+        loss(plain).backward()
+
+        let streamed = leaves()
+        var reports: [(index: Int, values: [Float], firstLayerDone: Bool)] = []
+        loss(streamed).backward(reporting: streamed) { index, gradient in
+            reports.append((index, gradient, streamed[1].grad != nil))
+        }
+        XCTAssertEqual(reports.map(\.index).sorted(), Array(0..<6))
+        XCTAssertEqual(Array(reports.map(\.index).prefix(2)).sorted(), [4, 5], "the last layer's gradients come first")
+        XCTAssertFalse(reports[0].firstLayerDone, "reported before backward reached the first layer")
+        for report in reports {
+            assertBitIdentical(report.values, plain[report.index].grad!.storage, "leaf \(report.index)")
+            assertBitIdentical(streamed[report.index].grad!.storage, plain[report.index].grad!.storage, "leaf \(report.index)")
+        }
+    }
+}

@@ -57,7 +57,9 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1, jobID: 7), now: 100.1)),
                        ["dropped a message from w1: job id 7, expected \(String(job.jobID, radix: 16))"])
         XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1, tensors: [[1]]), now: 100.1)),
-                       ["dropped a message from w1: 1 tensors, expected 2 parameter blocks and the loss"])
+                       ["dropped a message from w1: block 0 has 1 values, expected 6"])
+        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1, tensors: [[1, 2, 3, 4, 5, 6], [7, 8], [0.5], [1]]), now: 100.1)),
+                       ["dropped a message from w1: 4 tensors from block 0, expected blocks within 0..<3 (2 parameter blocks, then the loss)"])
         XCTAssertEqual(machine.receive(from: w1, gradients(5, 0..<1), now: 100.25), [])
         XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1), now: 100.3)),
                        ["dropped a message from w1: gradients for micro-batches 0..<1 it was not assigned"])
@@ -167,6 +169,48 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertEqual(machine.workerNames, ["a", "b"])
     }
 
+    /// What a worker streaming its results sends for `range`: one message per parameter block and one for the
+    /// loss (block 2), per maximal aligned block, in the given block order.
+    func pieces(_ step: UInt64, _ range: Range<Int>, order: [Int] = [2, 1, 0]) -> [[[UInt8]]] {
+        GradientTree.alignedBlocks(range).flatMap { block in
+            let sum = GradientTree.sum(Array(leaves[block]))
+            let tensors = [Array(sum[0..<6]), Array(sum[6..<8]), [sum[8]]]
+            return order.map { index in
+                Message(type: .gradients, jobID: job.jobID, step: step, microBatches: block, block: UInt32(index),
+                        tensors: [tensors[index]]).encoded()
+            }
+        }
+    }
+
+    func testStreamedBlocksInAnyOrderGiveTheSameBitsAsWholeMessages() throws {
+        for order in [[2, 1, 0], [0, 1, 2], [1, 2, 0]] {
+            var machine = machine(workers: ["a", "b"])
+            _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
+            let streamed = pieces(0, 0..<2, order: order)
+            for message in streamed.dropLast() {
+                XCTAssertEqual(machine.receive(from: id("a"), message, now: 1), [])
+            }
+            let duplicate = events(machine.receive(from: id("a"), streamed[0], now: 1), "warning")
+            XCTAssertTrue(duplicate.count == 1 && duplicate[0].contains("duplicate block \(order[0]) for micro-batches 0..<2 of step 0"), "\(duplicate)")
+            XCTAssertEqual(machine.receive(from: id("a"), streamed.last!, now: 1), [])
+            _ = deliver(&machine, "b", 0, 2..<4, now: 2)
+            _ = try finish(&machine, now: 2)
+        }
+    }
+
+    func testALostWorkersHalfSentPiecesAreDiscardedAndItsWorkRedone() throws {
+        var machine = machine(workers: ["a", "b"])
+        _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
+        let partial = pieces(0, 2..<4)
+        _ = machine.receive(from: id("b"), partial[0], now: 1)  // the loss, then b dies before its gradients
+        let lost = machine.declareLost(name: "b", reason: "process exited", now: 2)
+        XCTAssertEqual(sends(lost).filter { $0.1 == .assignment }.map { "\($0.0) \($0.2)" }, ["a 2..<4"])
+        for message in pieces(0, 0..<2) + pieces(0, 2..<3) + pieces(0, 3..<4) {
+            XCTAssertEqual(machine.receive(from: id("a"), message, now: 3), [])
+        }
+        _ = try finish(&machine, now: 3)
+    }
+
     func testAWorkerSayingByeOrFailingMidStepHandsItsWorkOn() throws {
         for leaving in [Message(type: .bye, jobID: job.jobID), Message(type: .error, jobID: job.jobID, metadata: Array(#"{"message":"out of memory"}"#.utf8))] {
             var machine = machine(workers: ["a", "b"])
@@ -191,9 +235,10 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertEqual(events(reissue, "straggler"), [#"{"worker":"b","step":0,"micro_batches":"2–3","reissued_to":["a"]}"#])
         XCTAssertEqual(sends(reissue).filter { $0.1 == .assignment }.map { "\($0.0) \($0.2)" }, ["a 2..<4"])
         XCTAssertEqual(events(machine.tick(now: 9), "straggler"), [], "re-issued once")
-        // b's late result for the same micro-batches is not used and not an error.
+        // b's late result for the same micro-batches, whole or in pieces, is not used and not an error.
+        _ = machine.receive(from: id("b"), pieces(0, 2..<4)[0], now: 5.5)
         _ = deliver(&machine, "a", 0, 2..<4, now: 6)
-        XCTAssertEqual(deliver(&machine, "b", 0, 2..<4, now: 6.5), [])
+        XCTAssertEqual(pieces(0, 2..<4).dropFirst().flatMap { machine.receive(from: id("b"), $0, now: 6.5) }, [])
         let result = try finish(&machine, now: 7)
         XCTAssertTrue(JSONValue.object(result.fields).serialized.contains(#""reissued_micro_batches":2"#))
         XCTAssertEqual(machine.workerNames, ["a", "b"])
@@ -288,7 +333,7 @@ final class WorkerMachineTests: XCTestCase {
                        [.log("dropped weights whose shapes do not match the model")])
         XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1, 2], [3]])), [])
         XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2)),
-                       [.compute(step: 0, range: 0..<2, weights: [1, 2, 3])])
+                       [.compute(step: 0, range: 0..<2, weights: [[1, 2], [3]])])
         XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 7, step: 0, microBatches: 0..<2)),
                        [.log("dropped a message of type assignment for job 7")])
         XCTAssertEqual(try real.receive(Message(type: .bye, jobID: 42)), [.send(Message(type: .bye, jobID: 42)), .stop])

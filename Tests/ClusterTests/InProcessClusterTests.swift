@@ -117,7 +117,7 @@ final class InProcessClusterTests: XCTestCase {
                 replies.append(object["message"] ?? "")
             }
         }
-        XCTAssertTrue(replies.contains("protocol version 0, expected 1"), "\(replies)")
+        XCTAssertTrue(replies.contains("protocol version 0, expected 2"), "\(replies)")
         XCTAssertTrue(replies.contains { $0.hasPrefix("this coordinator runs job ") }, "\(replies)")
         XCTAssertTrue(warnings.contains { $0.contains("stranger") && $0.contains("header frame has 3 bytes") }, "\(warnings)")
         XCTAssertTrue(warnings.contains { $0.hasPrefix("worker no-data on ") && $0.hasSuffix(" did not join: failed: /nowhere/train-images-idx3-ubyte.gz: file not found") }, "\(warnings)")

@@ -18,7 +18,7 @@ final class MessageTests: XCTestCase {
 
     /// A header written byte by byte from the documented layout decodes to the expected fields.
     func testHeaderLayoutIsTheDocumentedOne() throws {
-        var header: [UInt8] = Array("TRND".utf8) + [1, 0] + [5, 0]
+        var header: [UInt8] = Array("TRND".utf8) + [2, 0] + [5, 0]
         header += [8, 7, 6, 5, 4, 3, 2, 1]  // job id
         header += [42, 0, 0, 0, 0, 0, 0, 0]  // step
         header += [9, 0, 0, 0, 0, 0, 0, 0]  // sender
@@ -49,7 +49,7 @@ final class MessageTests: XCTestCase {
         assertRejected(wrongMagic, "not a trainerd message (wrong magic)")
         var wrongVersion = frames
         wrongVersion[0][4] = 9
-        assertRejected(wrongVersion, "protocol version 9, expected 1")
+        assertRejected(wrongVersion, "protocol version 9, expected 2")
         var unknownType = frames
         unknownType[0][6] = 200
         assertRejected(unknownType, "unknown message type 200")
