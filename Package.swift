@@ -24,7 +24,7 @@ let package = Package(
         .target(name: "Random"),
         .target(name: "Kernels", dependencies: ["CKernels"]),
         .target(name: "Autograd", dependencies: ["Kernels"]),
-        .target(name: "NN", dependencies: ["Autograd", "Random"]),
+        .target(name: "NN", dependencies: ["Autograd", "Kernels", "Random"]),
         .target(name: "Optim", dependencies: ["Kernels"]),
         .target(name: "Data", dependencies: ["CZlib", "Random"]),
         .target(name: "Checkpoint", dependencies: ["COpenSSL"]),

@@ -45,6 +45,10 @@ void tk_add(int64_t n, const float *a, const float *b, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+void tk_divide_inplace(int64_t n, float divisor, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] /= divisor;
+}
+
 void tk_scale_inplace(int64_t n, float s, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] *= s;
 }

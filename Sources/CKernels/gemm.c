@@ -367,9 +367,25 @@ void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
 
 // MARK: segmented Aᵀ·B with the gradient tree
 
-/// Adds tile `right` into `left` (both MR×NR, contiguous).
-static void add_tile(float *left, const float *right, int count) {
+static void add_tile_scalar(float *left, const float *right, int count) {
     for (int i = 0; i < count; i++) left[i] += right[i];
+}
+
+#ifdef HAVE_X86_KERNELS
+__attribute__((target("avx2")))
+static void add_tile_avx2(float *left, const float *right, int count) {
+    int i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(left + i, _mm256_add_ps(_mm256_loadu_ps(left + i), _mm256_loadu_ps(right + i)));
+    for (; i < count; i++) left[i] += right[i];
+}
+#endif
+
+/// Adds tile `right` into `left` (both MR×NR, contiguous): left[i] = left[i] + right[i], whatever the ISA.
+static void add_tile(float *left, const float *right, int count) {
+#ifdef HAVE_X86_KERNELS
+    if (tk_isa_active() >= TK_ISA_AVX2) return add_tile_avx2(left, right, count);
+#endif
+    add_tile_scalar(left, right, count);
 }
 
 void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
@@ -435,7 +451,7 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
                     }
                     float *Ctile = C + (long)(ic + ir) * ldc + jc + jr;
                     for (int i = 0; i < rows_here; i++)
-                        memcpy(Ctile + (long)i * ldc, stack[0] + i * nr, sizeof(float) * (size_t)cols);
+                        for (int j = 0; j < cols; j++) Ctile[(long)i * ldc + j] = stack[0][i * nr + j];
                 }
             }
         }

@@ -3,6 +3,11 @@ import NN
 import Training
 import Wire
 
+extension JobConfig.ClusterSection.WireDType {
+    /// How tensors of this job travel.
+    var tensorType: TensorType { self == .bf16 ? .bfloat16 : .float32 }
+}
+
 /// The coordinator's protocol logic as a state machine: events in, actions out, time passed in. It owns no socket
 /// and reads no clock, so tests drive it message by message and tick by tick; `Coordinator` is the loop around it.
 ///
@@ -106,7 +111,8 @@ public struct CoordinatorMachine {
     public mutating func startStep(_ step: Int, parameters: [Float], now: Double) -> [Action] {
         var actions = admitReadyWorkers()
         var next = Round(step: step,
-                         weights: Message(type: .weights, jobID: jobID, step: UInt64(step), tensors: parameterBlocks(parameters, layout)),
+                         weights: Message(type: .weights, jobID: jobID, step: UInt64(step), tensors: parameterBlocks(parameters, layout),
+                                          tensorType: cluster.wireDType.tensorType),
                          reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)),
                          started: now)
         let ranges = Self.assignments(microBatches: microBatches, workers: peers.count)
@@ -282,7 +288,7 @@ public struct CoordinatorMachine {
             }
             slots[block] = values
         }
-        round.bytes[identity, default: 0] += message.tensors.reduce(0) { $0 + 4 * $1.count }
+        round.bytes[identity, default: 0] += message.tensors.reduce(0) { $0 + message.tensorType.bytesPerValue * $1.count }
         guard slots.allSatisfy({ $0 != nil }) else {
             round.staged[identity, default: [:]][range] = slots
             self.round = round

@@ -215,8 +215,10 @@ public final class Worker {
             case let .success(piece):
                 guard let layout else { continue }
                 try Trace.span("send", "communication") {
+                    // The loss sum (one value, for the log) always travels as float32.
                     try send(Message(type: .gradients, jobID: machine.jobID, step: result.step, microBatches: piece.microBatches,
-                                     block: UInt32(piece.parameter ?? layout.entries.count), tensors: [piece.values]))
+                                     block: UInt32(piece.parameter ?? layout.entries.count), tensors: [piece.values],
+                                     tensorType: piece.parameter == nil ? .float32 : cluster.wireDType.tensorType))
                 }
             case let .failure(error):
                 try? send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])))

@@ -1,4 +1,5 @@
 import Autograd
+import Kernels
 
 /// Where each parameter lives in one flat float32 buffer, in the model's canonical order. Optimizers,
 /// checkpoints, the gradient reduction and `weights_sha256` all work on this layout.
@@ -60,17 +61,20 @@ extension Module {
     }
 
     /// Sets every parameter's values from `flat` (canonical order), keeping each leaf and its frozen state.
+    /// Parameters are copied on several threads.
     public func load(flatValues flat: [Float]) {
         precondition(flat.count == parameterCount, "flat buffer has \(flat.count) values, model \(parameterCount)")
-        var offset = 0
-        for parameter in parameters {
-            let n = parameter.value.count
-            if n > 0 { flat.withUnsafeBufferPointer { source in
-                parameter.value.withMutableStorage { values in
-                    values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: source.baseAddress! + offset, count: n) }
+        let parameters = parameters
+        var offsets = [0]
+        for parameter in parameters { offsets.append(offsets.last! + parameter.value.count) }
+        flat.withUnsafeBufferPointer { source in
+            Parallel.forEach(parameters.count) { index in
+                let n = offsets[index + 1] - offsets[index]
+                guard n > 0 else { return }
+                parameters[index].value.withMutableStorage { values in
+                    values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: source.baseAddress! + offsets[index], count: n) }
                 }
-            } }
-            offset += n
+            }
         }
     }
 

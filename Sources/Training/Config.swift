@@ -70,6 +70,13 @@ public struct JobConfig: Equatable, Sendable {
         public var stragglerDelay = 5.0
         /// How long the coordinator waits for `min_workers` before failing.
         public var waitTimeout = 600.0
+        /// How weights and gradients travel: float32 (lossless, the same bits for every worker count) or bf16
+        /// (half the bytes; rounding makes the result depend on how micro-batches were split among workers).
+        public var wireDType: WireDType = .float32
+
+        public enum WireDType: String, Sendable, CaseIterable {
+            case float32, bf16
+        }
 
         public init() {}
     }
@@ -279,8 +286,14 @@ extension JobConfig {
 
     static func cluster(_ section: Fields) throws -> ClusterSection {
         try section.allowOnly(["min_workers", "heartbeat_interval", "heartbeat_timeout", "step_deadline",
-                               "straggler_delay", "wait_timeout"])
+                               "straggler_delay", "wait_timeout", "wire_dtype"])
         var result = ClusterSection()
+        if let name = try section.string("wire_dtype") {
+            guard let dtype = ClusterSection.WireDType(rawValue: name) else {
+                throw section.error("wire_dtype", "must be float32 or bf16, got '\(name)'")
+            }
+            result.wireDType = dtype
+        }
         result.minWorkers = try section.int("min_workers") ?? result.minWorkers
         guard result.minWorkers > 0 else { throw section.error("min_workers", "must be positive, got \(result.minWorkers)") }
         func seconds(_ key: String, _ value: inout Double, allowZero: Bool = false) throws {

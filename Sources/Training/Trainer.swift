@@ -190,7 +190,8 @@ public final class Trainer {
         let chunk = 1 << 16
         gradient.withUnsafeMutableBufferPointer { values in
             Parallel.forEach((values.count + chunk - 1) / chunk) { index in
-                for i in (index * chunk)..<min(values.count, (index + 1) * chunk) { values[i] /= batch }
+                let start = index * chunk
+                tk_divide_inplace(Int64(min(chunk, values.count - start)), batch, values.baseAddress! + start)
             }
         }
         return (gradient, sums.lossSum / batch, sums)

@@ -11,9 +11,11 @@ public struct Message: Equatable, Sendable {
     /// UTF-8 JSON, or empty.
     public var metadata: [UInt8]
     public var tensors: [[Float]]
+    /// How the tensors travel; a decoded message holds them as float32 whatever the type.
+    public var tensorType: TensorType
 
     public init(type: MessageType, jobID: UInt64, step: UInt64 = 0, sender: UInt64 = 0, microBatches: Range<Int> = 0..<0,
-                block: UInt32 = 0, metadata: [UInt8] = [], tensors: [[Float]] = []) {
+                block: UInt32 = 0, metadata: [UInt8] = [], tensors: [[Float]] = [], tensorType: TensorType = .float32) {
         self.type = type
         self.jobID = jobID
         self.step = step
@@ -22,6 +24,7 @@ public struct Message: Equatable, Sendable {
         self.block = block
         self.metadata = metadata
         self.tensors = tensors
+        self.tensorType = tensorType
     }
 }
 
@@ -38,7 +41,7 @@ extension Message {
         header.reserveCapacity(WireProtocol.headerSize + 8 * tensors.count)
         header += WireProtocol.magic
         append(WireProtocol.version, to: &header)
-        header += [type.rawValue, 0]
+        header += [type.rawValue, tensorType.rawValue]
         append(jobID, to: &header)
         append(step, to: &header)
         append(sender, to: &header)
@@ -47,10 +50,10 @@ extension Message {
         append(block, to: &header)
         append(UInt32(metadata.count), to: &header)
         append(UInt32(tensors.count), to: &header)
-        for tensor in tensors { append(UInt64(tensor.count * 4), to: &header) }
+        for tensor in tensors { append(UInt64(tensor.count * tensorType.bytesPerValue), to: &header) }
         var frames = [header]
         if !metadata.isEmpty { frames.append(metadata) }
-        for tensor in tensors { frames.append(littleEndianBytes(tensor)) }
+        for tensor in tensors { frames.append(tensorType == .float32 ? littleEndianBytes(tensor) : bfloat16Bytes(tensor)) }
         return frames
     }
 
@@ -67,6 +70,7 @@ extension Message {
             throw WireError("protocol version \(version), expected \(WireProtocol.version)")
         }
         guard let type = MessageType(rawValue: header[6]) else { throw WireError("unknown message type \(header[6])") }
+        guard let tensorType = TensorType(rawValue: header[7]) else { throw WireError("unknown tensor type \(header[7])") }
         let metadataLength = Int(read(header, at: 44) as UInt32)
         let tensorCount = Int(read(header, at: 48) as UInt32)
         guard metadataLength <= WireProtocol.maximumMetadata else {
@@ -99,16 +103,18 @@ extension Message {
             guard declared == UInt64(frame.count) else {
                 throw WireError("tensor \(index) frame has \(frame.count) bytes, header says \(declared)")
             }
-            guard frame.count % 4 == 0 else { throw WireError("tensor \(index) has \(frame.count) bytes, not whole float32 values") }
+            guard frame.count % tensorType.bytesPerValue == 0 else {
+                throw WireError("tensor \(index) has \(frame.count) bytes, not whole \(tensorType) values")
+            }
             guard frame.count <= maximumTensorBytes else {
                 throw WireError("tensor \(index) has \(frame.count) bytes, more than the \(maximumTensorBytes) allowed")
             }
-            tensors.append(floats(littleEndian: frame))
+            tensors.append(tensorType == .float32 ? floats(littleEndian: frame) : floats(bfloat16: frame))
         }
         let first = Int(read(header, at: 32) as UInt32), count = Int(read(header, at: 36) as UInt32)
         return Message(type: type, jobID: read(header, at: 8), step: read(header, at: 16), sender: read(header, at: 24),
                        microBatches: first..<(first + count), block: read(header, at: 40), metadata: metadata,
-                       tensors: tensors)
+                       tensors: tensors, tensorType: tensorType)
     }
 }
 
@@ -135,6 +141,30 @@ func floats(littleEndian bytes: [UInt8]) -> [Float] {
             #endif
         }
         initialized = count
+    }
+}
+
+/// float32 values as little-endian bfloat16: the upper 16 bits, rounded to nearest even (a NaN stays a NaN).
+func bfloat16Bytes(_ values: [Float]) -> [UInt8] {
+    [UInt8](unsafeUninitializedCapacity: 2 * values.count) { buffer, initialized in
+        for (index, value) in values.enumerated() {
+            let bits = value.bitPattern
+            let half = value.isNaN ? UInt16(truncatingIfNeeded: bits >> 16) | 0x0040
+                : UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+            buffer[2 * index] = UInt8(truncatingIfNeeded: half)
+            buffer[2 * index + 1] = UInt8(truncatingIfNeeded: half >> 8)
+        }
+        initialized = 2 * values.count
+    }
+}
+
+/// The float32 values of little-endian bfloat16 `bytes` (exact: bfloat16 is float32's upper half).
+func floats(bfloat16 bytes: [UInt8]) -> [Float] {
+    [Float](unsafeUninitializedCapacity: bytes.count / 2) { buffer, initialized in
+        for index in 0..<(bytes.count / 2) {
+            buffer[index] = Float(bitPattern: UInt32(bytes[2 * index]) << 16 | UInt32(bytes[2 * index + 1]) << 24)
+        }
+        initialized = bytes.count / 2
     }
 }
 

@@ -7,7 +7,7 @@
 ///          0     4  magic "TRND"
 ///          4     2  protocol version
 ///          6     1  message type
-///          7     1  reserved (0)
+///          7     1  tensor element type: 0 float32, 1 bfloat16 (`TensorType`)
 ///          8     8  job id
 ///         16     8  step
 ///         24     8  sender id
@@ -28,6 +28,17 @@ public enum WireProtocol {
     public static let maximumTensors = 4096
     /// Bytes of metadata a message may carry.
     public static let maximumMetadata = 1 << 20
+}
+
+/// How tensor frames store their values. Raw values are on the wire.
+public enum TensorType: UInt8, CaseIterable, Sendable {
+    /// IEEE float32, little-endian: the default, and lossless.
+    case float32 = 0
+    /// The upper 16 bits of float32 (bfloat16), little-endian, rounded to nearest even: half the bytes, about
+    /// 3 significant digits.
+    case bfloat16 = 1
+
+    public var bytesPerValue: Int { self == .float32 ? 4 : 2 }
 }
 
 /// What a message asks or tells. Raw values are on the wire.

@@ -29,8 +29,11 @@ final class InProcessClusterTests: XCTestCase {
         return (make(480, 1), make(96, 2))
     }
 
-    func runCluster(workers: Int) throws -> String {
-        let job = JobDescription(yaml: Self.yaml, overrides: [])
+    func runCluster(workers: Int) throws -> String { try runCluster(workers: workers, overrides: []).summary.weightsSHA256 }
+
+    /// Runs the job with `workers` in-process workers; the summary and the gradient bytes each step received.
+    func runCluster(workers: Int, overrides: [String]) throws -> (summary: RunSummary, bytesPerStep: [Int]) {
+        let job = JobDescription(yaml: Self.yaml, overrides: overrides)
         let config = try job.parse()
         let router = InMemoryRouter()
         var coordinator: Coordinator!
@@ -52,6 +55,14 @@ final class InProcessClusterTests: XCTestCase {
                 }
             }
         }
+        var bytesPerStep: [Int] = []
+        trainer.events.observers.append { event, fields in
+            guard event == "step", case let .object(bytes)? = fields.first(where: { $0.0 == "worker_bytes" })?.1 else { return }
+            bytesPerStep.append(bytes.reduce(0) { total, entry in
+                if case let .int(count) = entry.1 { return total + count }
+                return total
+            })
+        }
         threads.forEach { $0.start() }
         let summary = try trainer.run()
         XCTAssertEqual(summary.steps, 12)
@@ -59,7 +70,22 @@ final class InProcessClusterTests: XCTestCase {
         while threads.contains(where: { !$0.isFinished }) && Date() < deadline { usleep(10_000) }
         XCTAssertTrue(threads.allSatisfy(\.isFinished), "workers did not stop after bye")
         XCTAssertEqual(failures.list, [])
-        return summary.weightsSHA256
+        return (summary, bytesPerStep)
+    }
+
+    /// `cluster.wire_dtype: bf16` halves the gradient bytes; training follows the float32 run closely but not
+    /// bit for bit (the documented price).
+    func testBFloat16OnTheWireHalvesTheBytesAndStaysCloseToFloat32() throws {
+        let exact = try runCluster(workers: 2, overrides: [])
+        let halved = try runCluster(workers: 2, overrides: ["cluster.wire_dtype=bf16"])
+        let parameters = 16 * 12 + 12 + 12 * 4 + 4
+        // Per step: each worker holds 3 of the 6 micro-batches, 2 aligned blocks (0..<2, 2..<3 and 3..<4, 4..<6),
+        // each sending every parameter's gradient and a float32 loss sum.
+        XCTAssertEqual(Set(exact.bytesPerStep), [4 * (4 * parameters + 4)])
+        XCTAssertEqual(Set(halved.bytesPerStep), [4 * (2 * parameters + 4)])
+        XCTAssertNotEqual(halved.summary.weightsSHA256, exact.summary.weightsSHA256)
+        XCTAssertEqual(halved.summary.loss, exact.summary.loss, accuracy: 0.02 * exact.summary.loss)
+        XCTAssertEqual(halved.summary.testAccuracy, exact.summary.testAccuracy, accuracy: 0.05)
     }
 
     func testOneToFourWorkersGiveTheSingleProcessWeights() throws {

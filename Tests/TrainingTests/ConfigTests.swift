@@ -60,6 +60,7 @@ final class ConfigTests: XCTestCase {
                        "job.yaml: training.micro_batches must be positive and divide batch_size 100, got 8")
         assertRejected("model: {sizes: [784]}", "job.yaml: model.sizes must list at least two positive layer widths, got [784]")
         assertRejected("model: {activation: gelu}", "job.yaml: model.activation must be one of relu, tanh, sigmoid, got 'gelu'")
+        assertRejected("cluster: {wire_dtype: fp16}", "job.yaml: cluster.wire_dtype must be float32 or bf16, got 'fp16'")
         assertRejected("optimizer: {kind: adam, momentum: 0.9}",
                        "job.yaml: unknown field 'optimizer.momentum' (expected one of: betas, eps, kind, lr, weight_decay)")
         assertRejected("training: 5", "job.yaml: training must be a mapping, got an integer")

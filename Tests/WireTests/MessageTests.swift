@@ -34,6 +34,27 @@ final class MessageTests: XCTestCase {
         XCTAssertEqual(message.encoded(), [header, tensor])
     }
 
+    /// bfloat16 frames hold the upper 16 bits of each float32, rounded to nearest even; NaN and ±∞ survive.
+    func testBFloat16TensorsRoundToNearestEvenInHalfTheBytes() throws {
+        // 1 + 2⁻⁸ lies halfway between bfloat16 neighbours 1 and 1 + 2⁻⁷: the even one (1) wins; 1 + 3·2⁻⁸ lies
+        // halfway between 1 + 2⁻⁷ and 1 + 2⁻⁶: 1 + 2⁻⁶ (even) wins; just above halfway rounds up.
+        let values: [Float] = [1, -2.5, 1 + 0x1p-8, 1 + 3 * 0x1p-8, 1 + 0x1p-8 + 0x1p-20, 0.1, .infinity, -.infinity,
+                               .greatestFiniteMagnitude, 0, -0.0]
+        let expected: [Float] = [1, -2.5, 1, 1 + 0x1p-6, 1 + 0x1p-7, 0.10009765625, .infinity, -.infinity, .infinity, 0, -0.0]
+        let message = Message(type: .gradients, jobID: 1, tensors: [values, [.nan]], tensorType: .bfloat16)
+        let frames = message.encoded()
+        XCTAssertEqual(frames[1].count, 2 * values.count)
+        XCTAssertEqual(Array(frames[1].prefix(4)), [0x80, 0x3F, 0x20, 0xC0])  // 1.0, -2.5
+        let decoded = try Message.decode(frames)
+        XCTAssertEqual(decoded.tensorType, .bfloat16)
+        XCTAssertEqual(decoded.tensors[0].map(\.bitPattern), expected.map(\.bitPattern))
+        XCTAssertTrue(decoded.tensors[1][0].isNaN)
+        var odd = frames
+        odd[1].removeLast()
+        odd[0][52] = UInt8(odd[1].count)
+        assertRejected(odd, "tensor 0 has 21 bytes, not whole bfloat16 values")
+    }
+
     func assertRejected(_ frames: [[UInt8]], _ expected: String, line: UInt = #line) {
         XCTAssertThrowsError(try Message.decode(frames, maximumTensorBytes: 64), line: line) {
             XCTAssertEqual("\($0)", expected, line: line)
@@ -53,6 +74,9 @@ final class MessageTests: XCTestCase {
         var unknownType = frames
         unknownType[0][6] = 200
         assertRejected(unknownType, "unknown message type 200")
+        var unknownTensorType = frames
+        unknownTensorType[0][7] = 9
+        assertRejected(unknownTensorType, "unknown tensor type 9")
         assertRejected(Array(frames.dropLast()), "4 frames, expected 5 (header, metadata, 3 tensors)")
         var shortTensor = frames
         shortTensor[2].removeLast()
