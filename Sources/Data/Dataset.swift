@@ -25,9 +25,11 @@ public struct ImageDataset: Sendable {
         let table = (0..<256).map { (Float($0) / 255 - mean) / std }
         inputs.withUnsafeMutableBufferPointer { out in
             pixels.withUnsafeBufferPointer { source in
-                for (row, sample) in indices.enumerated() {
-                    let from = sample * features, to = row * features
-                    for j in 0..<features { out[to + j] = table[Int(source[from + j])] }
+                table.withUnsafeBufferPointer { table in
+                    for (row, sample) in indices.enumerated() {
+                        let from = source.baseAddress! + sample * features, to = out.baseAddress! + row * features
+                        for j in 0..<features { to[j] = table[Int(from[j])] }
+                    }
                 }
             }
         }
