@@ -155,8 +155,8 @@ public final class Coordinator: GradientSource {
     private func receiveOne(timeout: Double) throws {
         if let reason = abortReason() { throw CoordinatorError(reason) }
         whileWaiting()
-        if let frames = try socket.receive(timeout: timeout), let identity = frames.first {
-            try perform(machine.receive(from: identity, Array(frames.dropFirst()), now: now))
+        if let frames = try socket.receiveFrames(timeout: timeout, wakingOn: nil), let identity = frames.first {
+            try perform(machine.receive(from: identity.bytes, Array(frames.dropFirst()), now: now))
         }
         try perform(machine.tick(now: now))
     }
@@ -204,6 +204,8 @@ public final class Coordinator: GradientSource {
     /// Messages dropped from each peer (all, including those not logged).
     public var droppedMessageCounts: [String: Int] { droppedMessages }
 }
+
+extension ReceivedFrame: FrameBytes {}
 
 public struct CoordinatorError: Error, CustomStringConvertible {
     public var description: String

@@ -160,7 +160,7 @@ public struct CoordinatorMachine {
     public var allPeers: [[UInt8]] { (peers + joining).map(\.identity) }
 
     /// Handles one received message (`frames` after the sender's identity).
-    public mutating func receive(from identity: [UInt8], _ frames: [[UInt8]], now: Double) -> [Action] {
+    public mutating func receive<Frame: FrameBytes>(from identity: [UInt8], _ frames: [Frame], now: Double) -> [Action] {
         let name = Self.peerName(identity)
         let message: Message
         do {

@@ -145,7 +145,7 @@ public final class Worker {
                 return
             }
             let timeout = min(0.25, cluster.heartbeatInterval / 2)
-            let frames = try socket.receive(timeout: timeout, wakingOn: computer.wakeDescriptor)
+            let frames = try socket.receiveFrames(timeout: timeout, wakingOn: computer.wakeDescriptor)
             try sendFinishedWork()
             if let frames, try Trace.span("handle", "communication", { try handle(frames) }) { return }
             try keepAlive()
@@ -166,7 +166,7 @@ public final class Worker {
     }
 
     /// Handles one message from the coordinator; true when the run is over.
-    private func handle(_ frames: [[UInt8]]) throws -> Bool {
+    private func handle(_ frames: [ReceivedFrame]) throws -> Bool {
         lastHeard = Date()
         let message: Message
         do {

@@ -9,12 +9,19 @@ public protocol MessageSocket: AnyObject {
     func receive(timeout: Double) throws -> [[UInt8]]?
     /// Like `receive(timeout:)`, but returns nil as soon as file descriptor `fd` is readable (a wake-up pipe).
     func receive(timeout: Double, wakingOn fd: Int32) throws -> [[UInt8]]?
+    /// Like `receive(timeout:wakingOn:)`, with frames that may still be in the transport's buffers (no copy).
+    func receiveFrames(timeout: Double, wakingOn fd: Int32?) throws -> [ReceivedFrame]?
     /// Closes the socket after at most `seconds` spent delivering what was sent (a last bye).
     func close(deliveringWithin seconds: Double)
 }
 
 extension MessageSocket {
     public func close(deliveringWithin seconds: Double) {}
+
+    public func receiveFrames(timeout: Double, wakingOn fd: Int32?) throws -> [ReceivedFrame]? {
+        let frames = try fd.map { try receive(timeout: timeout, wakingOn: $0) } ?? receive(timeout: timeout)
+        return frames?.map(ReceivedFrame.init)
+    }
 
     /// Waits in slices of a millisecond, checking `fd` between them (for sockets that cannot poll a descriptor).
     public func receive(timeout: Double, wakingOn fd: Int32) throws -> [[UInt8]]? {

@@ -207,6 +207,12 @@ public final class ZMQSocket {
     }
 
     private func receive(timeout: Double, wakingOn fd: Int32?) throws -> [[UInt8]]? {
+        try receiveFrames(timeout: timeout, wakingOn: fd)?.map(\.bytes)
+    }
+
+    /// The next whole message with each frame left in libzmq's buffer (no copy), or nil when none arrives within
+    /// `timeout` seconds or as soon as `fd` is readable.
+    public func receiveFrames(timeout: Double, wakingOn fd: Int32?) throws -> [ReceivedFrame]? {
         let socket = try self.socket
         var items = [zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)]
         if let fd { items.append(zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0)) }
@@ -216,23 +222,53 @@ public final class ZMQSocket {
             throw TransportError("polling")
         }
         guard items[0].revents & Int16(ZMQ_POLLIN) != 0 else { return nil }
-        var frames: [[UInt8]] = []
-        var more: Int32 = 1
-        while more != 0 {
-            var message = zmq_msg_t()
-            zmq_msg_init(&message)
-            defer { zmq_msg_close(&message) }
-            guard zmq_msg_recv(&message, socket, 0) >= 0 else { throw TransportError("receiving") }
-            let size = zmq_msg_size(&message)
-            let data = zmq_msg_data(&message)
+        var frames: [ReceivedFrame] = []
+        var more = true
+        while more {
+            let frame = ReceivedFrame()
+            guard zmq_msg_recv(frame.message, socket, 0) >= 0 else { throw TransportError("receiving") }
+            more = zmq_msg_more(frame.message) != 0
             // Frames past the limit are read and thrown away; the message, one frame too long, fails decoding.
-            if frames.count <= maximumFrames {
-                frames.append(size == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: size)))
-            }
-            more = zmq_msg_more(&message)
+            if frames.count <= maximumFrames { frames.append(frame) }
         }
         return frames
     }
+}
+
+/// One received frame. From a ZeroMQ socket its bytes stay in libzmq's message buffer, released with the frame,
+/// so reading a tensor from it copies once, straight into the tensor.
+public final class ReceivedFrame {
+    fileprivate let message: UnsafeMutablePointer<zmq_msg_t>?
+    private let array: [UInt8]
+
+    fileprivate init() {
+        message = .allocate(capacity: 1)
+        zmq_msg_init(message)
+        array = []
+    }
+
+    /// A frame held in an array (transports that have no buffers of their own).
+    public init(_ bytes: [UInt8]) {
+        message = nil
+        array = bytes
+    }
+
+    deinit {
+        if let message {
+            zmq_msg_close(message)
+            message.deallocate()
+        }
+    }
+
+    public var count: Int { message.map { zmq_msg_size($0) } ?? array.count }
+
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        guard let message else { return try array.withUnsafeBytes(body) }
+        return try body(UnsafeRawBufferPointer(start: zmq_msg_data(message), count: zmq_msg_size(message)))
+    }
+
+    /// The bytes, copied.
+    public var bytes: [UInt8] { message == nil ? array : withUnsafeBytes { Array($0) } }
 }
 
 /// Owns a frame's bytes while libzmq sends them without copying.

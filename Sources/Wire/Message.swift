@@ -28,6 +28,15 @@ public struct Message: Equatable, Sendable {
     }
 }
 
+/// The bytes of one frame, wherever they are kept: an array, or a transport's receive buffer (decoding then
+/// copies each tensor once, from there into its float array).
+public protocol FrameBytes {
+    var count: Int { get }
+    func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
+}
+
+extension Array: FrameBytes where Element == UInt8 {}
+
 /// Why a received message was dropped; the text names the field and what was expected.
 public struct WireError: Error, Equatable, CustomStringConvertible {
     public var description: String
@@ -59,8 +68,8 @@ extension Message {
 
     /// Parses and checks frames: magic, version, known type, frame count and every length. `maximumTensorBytes`
     /// bounds each tensor frame (the model's largest block).
-    public static func decode(_ frames: [[UInt8]], maximumTensorBytes: Int = Int.max) throws -> Message {
-        guard let header = frames.first else { throw WireError("empty message") }
+    public static func decode<Frame: FrameBytes>(_ frames: [Frame], maximumTensorBytes: Int = Int.max) throws -> Message {
+        guard let header = frames.first?.withUnsafeBytes({ Array($0) }) else { throw WireError("empty message") }
         guard header.count >= WireProtocol.headerSize else {
             throw WireError("header frame has \(header.count) bytes, expected at least \(WireProtocol.headerSize)")
         }
@@ -92,7 +101,7 @@ extension Message {
             guard frames[1].count == metadataLength else {
                 throw WireError("metadata frame has \(frames[1].count) bytes, header says \(metadataLength)")
             }
-            metadata = frames[1]
+            metadata = frames[1].withUnsafeBytes { Array($0) }
             next = 2
         }
         var tensors: [[Float]] = []
@@ -128,7 +137,7 @@ func littleEndianBytes(_ values: [Float]) -> [UInt8] {
 }
 
 /// The float32 values of little-endian `bytes` (whose count is a multiple of 4).
-func floats(littleEndian bytes: [UInt8]) -> [Float] {
+func floats<Frame: FrameBytes>(littleEndian bytes: Frame) -> [Float] {
     let count = bytes.count / 4
     return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
         bytes.withUnsafeBytes { raw in
@@ -159,10 +168,12 @@ func bfloat16Bytes(_ values: [Float]) -> [UInt8] {
 }
 
 /// The float32 values of little-endian bfloat16 `bytes` (exact: bfloat16 is float32's upper half).
-func floats(bfloat16 bytes: [UInt8]) -> [Float] {
+func floats<Frame: FrameBytes>(bfloat16 bytes: Frame) -> [Float] {
     [Float](unsafeUninitializedCapacity: bytes.count / 2) { buffer, initialized in
-        for index in 0..<(bytes.count / 2) {
-            buffer[index] = Float(bitPattern: UInt32(bytes[2 * index]) << 16 | UInt32(bytes[2 * index + 1]) << 24)
+        bytes.withUnsafeBytes { raw in
+            for index in 0..<(raw.count / 2) {
+                buffer[index] = Float(bitPattern: UInt32(raw[2 * index]) << 16 | UInt32(raw[2 * index + 1]) << 24)
+            }
         }
         initialized = bytes.count / 2
     }
