@@ -67,6 +67,17 @@ void tk_divide_inplace(int64_t n, float divisor, float *y) {
 }
 
 CLONES
+int64_t tk_count_nonfinite(int64_t n, const float *x) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        __builtin_memcpy(&bits, x + i, sizeof bits);
+        count += (bits & 0x7f800000u) == 0x7f800000u;  // exponent all ones: ±∞ or NaN
+    }
+    return count;
+}
+
+CLONES
 void tk_scale_inplace(int64_t n, float s, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] *= s;
 }

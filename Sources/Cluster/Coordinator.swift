@@ -136,6 +136,9 @@ public final class Coordinator: GradientSource {
         try? perform(machine.declareLost(name: name, reason: reason, now: now))
     }
 
+    /// Workers compute; the trainer's model is only evaluated.
+    public var computesOnModel: Bool { false }
+
     public func finish(summary: RunSummary) { sayGoodbye() }
 
     /// Says bye to every worker and waits (at most `byeTimeout` seconds) for each to answer bye, so that the

@@ -64,10 +64,18 @@ public struct StepSums {
 
 /// Where a step's gradient sums come from: this process's threads, or workers over the network.
 public protocol GradientSource: AnyObject {
-    /// The sums of global step `step` at weights `parameters` (which the trainer's model holds too).
+    /// The sums of global step `step` at weights `parameters` (which the trainer's model holds too when
+    /// `computesOnModel`).
     func sums(step: Int, parameters: [Float]) throws -> StepSums
+    /// Whether `sums` runs the trainer's model, which must then hold the weights before every step. Otherwise
+    /// the trainer loads them into its model only when it evaluates.
+    var computesOnModel: Bool { get }
     /// Called once when the run ends (finished or stopped).
     func finish(summary: RunSummary)
+}
+
+extension GradientSource {
+    public var computesOnModel: Bool { true }
 }
 
 /// Computes every micro-batch of a step in this process.
@@ -122,6 +130,7 @@ public final class LocalGradientSource: GradientSource {
 /// batch, clipped by global norm, and the optimizer updates the flat parameter buffer.
 public final class Trainer {
     public let config: JobConfig
+    /// The model; after steps from a source that does not compute on it, `syncModel()` loads the current weights.
     public let model: Sequential
     public let layout: ParameterLayout
     public let plan: BatchPlan
@@ -176,7 +185,8 @@ public final class Trainer {
               let restored = store.newestValid(optimizer: state.optimizer, warn: { self.events.emit("warning", [("message", .string($0))]) })
         else { return nil }
         state = restored
-        model.load(flatValues: state.parameters)
+        modelIsCurrent = false
+        syncModel()
         events.emit("resumed", [("step", .int(state.step))])
         return state.step
     }
@@ -204,6 +214,19 @@ public final class Trainer {
         /// The gradient or loss was not finite: the weights are unchanged and the step's data is passed over.
         /// `layers` names the parameter tensors (or "loss") with NaN or infinite values, `workers` who sent them.
         case skipped(layers: [String], workers: [String])
+    }
+
+    /// Whether `model` holds `state.parameters`.
+    private var modelIsCurrent = true
+
+    /// The model, with the current weights loaded if they were not yet.
+    @discardableResult
+    public func syncModel() -> Sequential {
+        if !modelIsCurrent {
+            model.load(flatValues: state.parameters)
+            modelIsCurrent = true
+        }
+        return model
     }
 
     /// Steps skipped for a non-finite gradient or loss in this run.
@@ -234,7 +257,8 @@ public final class Trainer {
         Trace.span("optimizer", "step") { state.optimizer.step(parameters: &parameters, gradients: gradient, lr: lr) }
         state.parameters = parameters
         state.step += 1
-        model.load(flatValues: state.parameters)
+        modelIsCurrent = false
+        if source.computesOnModel { syncModel() }
         return .updated(loss: loss, clip: clip, lr: lr, fields: fields)
     }
 
@@ -278,7 +302,7 @@ public final class Trainer {
                 ("samples_per_s", .number(samplesPerSecond.rounded())), ("total_steps", .int(total)),
             ] + fields)
             if config.training.evalEvery > 0 && state.step % config.training.evalEvery == 0 && state.step < total {
-                lastEval = try Trace.span("eval", "step") { try evaluate(model, on: test) }
+                lastEval = try Trace.span("eval", "step") { try evaluate(syncModel(), on: test) }
                 events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(lastEval!.loss)),
                                      ("test_accuracy", .number(lastEval!.accuracy))])
             }
@@ -298,7 +322,7 @@ public final class Trainer {
             source.finish(summary: summary)
             return summary
         }
-        let (testLoss, accuracy) = try Trace.span("eval", "step") { try evaluate(model, on: test) }
+        let (testLoss, accuracy) = try Trace.span("eval", "step") { try evaluate(syncModel(), on: test) }
         events.emit("eval", [("step", .int(state.step)), ("test_loss", JSONValue(testLoss)),
                              ("test_accuracy", .number(accuracy))])
         let hash = weightsSHA256(state.parameters)

@@ -61,6 +61,8 @@ void tk_sigmoid_backward(int64_t n, const float *y, const float *dy, float *dx);
 void tk_add_inplace(int64_t n, const float *x, float *y);
 /// y /= divisor (a division, not a multiplication by the reciprocal: the same bits as dividing one by one).
 void tk_divide_inplace(int64_t n, float divisor, float *y);
+/// How many of x[0..<n] are NaN or ±∞.
+int64_t tk_count_nonfinite(int64_t n, const float *x);
 /// out = a + b.
 void tk_add(int64_t n, const float *a, const float *b, float *out);
 /// y *= s
