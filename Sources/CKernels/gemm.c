@@ -83,74 +83,91 @@ static void micro_kernel_scalar(int kc, const float *Ap, const float *Bp, float 
 
 #ifdef HAVE_X86_KERNELS
 
-__attribute__((target("avx2,fma")))
-static void micro_kernel_avx2(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
-    __m256 c[AVX2_MR][2];
-#pragma clang loop unroll(full)
-    for (int i = 0; i < AVX2_MR; i++) {
-        c[i][0] = load_c ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();
-        c[i][1] = load_c ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
+// One kernel per row count: a tile of fewer than MR rows (the bottom edge of C) runs a kernel that computes only
+// its rows, straight into C. Every element is still the same fma chain, so the bits do not depend on the tile.
+#define DEFINE_AVX2_KERNEL(ROWS)                                                                                    \
+    __attribute__((target("avx2,fma"))) static void micro_kernel_avx2_##ROWS(                                       \
+        int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {                                 \
+        __m256 c[ROWS][2];                                                                                          \
+        _Pragma("clang loop unroll(full)") for (int i = 0; i < ROWS; i++) {                                         \
+            c[i][0] = load_c ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();                                  \
+            c[i][1] = load_c ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();                              \
+        }                                                                                                           \
+        for (int k = 0; k < kc; k++) {                                                                              \
+            __m256 b0 = _mm256_loadu_ps(Bp);                                                                        \
+            __m256 b1 = _mm256_loadu_ps(Bp + 8);                                                                    \
+            _Pragma("clang loop unroll(full)") for (int i = 0; i < ROWS; i++) {                                     \
+                __m256 a = _mm256_broadcast_ss(Ap + i);                                                             \
+                c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);                                                          \
+                c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);                                                          \
+            }                                                                                                       \
+            Ap += AVX2_MR;                                                                                          \
+            Bp += AVX2_NR;                                                                                          \
+        }                                                                                                           \
+        _Pragma("clang loop unroll(full)") for (int i = 0; i < ROWS; i++) {                                         \
+            _mm256_storeu_ps(C + i * ldc, c[i][0]);                                                                 \
+            _mm256_storeu_ps(C + i * ldc + 8, c[i][1]);                                                             \
+        }                                                                                                           \
     }
-    for (int k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_loadu_ps(Bp);
-        __m256 b1 = _mm256_loadu_ps(Bp + 8);
-#pragma clang loop unroll(full)
-        for (int i = 0; i < AVX2_MR; i++) {
-            __m256 a = _mm256_broadcast_ss(Ap + i);
-            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
-        }
-        Ap += AVX2_MR;
-        Bp += AVX2_NR;
-    }
-#pragma clang loop unroll(full)
-    for (int i = 0; i < AVX2_MR; i++) {
-        _mm256_storeu_ps(C + i * ldc, c[i][0]);
-        _mm256_storeu_ps(C + i * ldc + 8, c[i][1]);
-    }
-}
 
-__attribute__((target("avx512f,fma")))
-static void micro_kernel_avx512(int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
-    __m512 c[AVX512_MR][2];
-#pragma clang loop unroll(full)
-    for (int i = 0; i < AVX512_MR; i++) {
-        c[i][0] = load_c ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();
-        c[i][1] = load_c ? _mm512_loadu_ps(C + i * ldc + 16) : _mm512_setzero_ps();
+#define DEFINE_AVX512_KERNEL(ROWS)                                                                                  \
+    __attribute__((target("avx512f,fma"))) static void micro_kernel_avx512_##ROWS(                                  \
+        int kc, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {                                 \
+        __m512 c[ROWS][2];                                                                                          \
+        _Pragma("clang loop unroll(full)") for (int i = 0; i < ROWS; i++) {                                         \
+            c[i][0] = load_c ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();                                  \
+            c[i][1] = load_c ? _mm512_loadu_ps(C + i * ldc + 16) : _mm512_setzero_ps();                             \
+        }                                                                                                           \
+        for (int k = 0; k < kc; k++) {                                                                              \
+            __m512 b0 = _mm512_loadu_ps(Bp);                                                                        \
+            __m512 b1 = _mm512_loadu_ps(Bp + 16);                                                                   \
+            _Pragma("clang loop unroll(full)") for (int i = 0; i < ROWS; i++) {                                     \
+                __m512 a = _mm512_set1_ps(Ap[i]);                                                                   \
+                c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);                                                          \
+                c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);                                                          \
+            }                                                                                                       \
+            Ap += AVX512_MR;                                                                                        \
+            Bp += AVX512_NR;                                                                                        \
+        }                                                                                                           \
+        _Pragma("clang loop unroll(full)") for (int i = 0; i < ROWS; i++) {                                         \
+            _mm512_storeu_ps(C + i * ldc, c[i][0]);                                                                 \
+            _mm512_storeu_ps(C + i * ldc + 16, c[i][1]);                                                            \
+        }                                                                                                           \
     }
-    for (int k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_loadu_ps(Bp);
-        __m512 b1 = _mm512_loadu_ps(Bp + 16);
-#pragma clang loop unroll(full)
-        for (int i = 0; i < AVX512_MR; i++) {
-            __m512 a = _mm512_set1_ps(Ap[i]);
-            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-        }
-        Ap += AVX512_MR;
-        Bp += AVX512_NR;
-    }
-#pragma clang loop unroll(full)
-    for (int i = 0; i < AVX512_MR; i++) {
-        _mm512_storeu_ps(C + i * ldc, c[i][0]);
-        _mm512_storeu_ps(C + i * ldc + 16, c[i][1]);
-    }
-}
+
+DEFINE_AVX2_KERNEL(1) DEFINE_AVX2_KERNEL(2) DEFINE_AVX2_KERNEL(3) DEFINE_AVX2_KERNEL(4) DEFINE_AVX2_KERNEL(5)
+DEFINE_AVX2_KERNEL(6)
+DEFINE_AVX512_KERNEL(1) DEFINE_AVX512_KERNEL(2) DEFINE_AVX512_KERNEL(3) DEFINE_AVX512_KERNEL(4)
+DEFINE_AVX512_KERNEL(5) DEFINE_AVX512_KERNEL(6) DEFINE_AVX512_KERNEL(7) DEFINE_AVX512_KERNEL(8)
+DEFINE_AVX512_KERNEL(9) DEFINE_AVX512_KERNEL(10) DEFINE_AVX512_KERNEL(11) DEFINE_AVX512_KERNEL(12)
+
+/// Indexed by the number of rows, 1...MR.
+static const micro_kernel avx2_kernels[AVX2_MR + 1] = {
+    NULL, micro_kernel_avx2_1, micro_kernel_avx2_2, micro_kernel_avx2_3, micro_kernel_avx2_4, micro_kernel_avx2_5,
+    micro_kernel_avx2_6,
+};
+static const micro_kernel avx512_kernels[AVX512_MR + 1] = {
+    NULL, micro_kernel_avx512_1, micro_kernel_avx512_2, micro_kernel_avx512_3, micro_kernel_avx512_4,
+    micro_kernel_avx512_5, micro_kernel_avx512_6, micro_kernel_avx512_7, micro_kernel_avx512_8,
+    micro_kernel_avx512_9, micro_kernel_avx512_10, micro_kernel_avx512_11, micro_kernel_avx512_12,
+};
 
 #endif
 
 typedef struct {
     micro_kernel kernel;
     int mr, nr;
+    /// Kernels for tiles of 1...mr rows (NULL: pad short tiles instead).
+    const micro_kernel *by_rows;
 } kernel_shape;
 
 static kernel_shape active_kernel(void) {
     switch (tk_isa_active()) {
 #ifdef HAVE_X86_KERNELS
-    case TK_ISA_AVX512: return (kernel_shape){micro_kernel_avx512, AVX512_MR, AVX512_NR};
-    case TK_ISA_AVX2: return (kernel_shape){micro_kernel_avx2, AVX2_MR, AVX2_NR};
+    case TK_ISA_AVX512: return (kernel_shape){micro_kernel_avx512_12, AVX512_MR, AVX512_NR, avx512_kernels};
+    case TK_ISA_AVX2: return (kernel_shape){micro_kernel_avx2_6, AVX2_MR, AVX2_NR, avx2_kernels};
 #endif
-    default: return (kernel_shape){micro_kernel_scalar, SCALAR_MR, SCALAR_NR};
+    default: return (kernel_shape){micro_kernel_scalar, SCALAR_MR, SCALAR_NR, NULL};
     }
 }
 
@@ -337,6 +354,8 @@ void tk_sgemm(int transA, int transB, int M, int N, int K,
                         const float *Bpanel = Bp + (long)jr * kc;
                         if (rows == mr && cols == nr) {
                             ks.kernel(kc, Apanel, Bpanel, Ctile, ldc, load_c);
+                        } else if (cols == nr && ks.by_rows) {
+                            ks.by_rows[rows](kc, Apanel, Bpanel, Ctile, ldc, load_c);
                         } else {
                             for (int i = 0; i < mr; i++)
                                 for (int j = 0; j < nr; j++)
