@@ -164,14 +164,15 @@ public final class Coordinator: GradientSource {
         try perform(machine.tick(now: now))
     }
 
-    /// The step's weights message, encoded once for all workers.
-    private var encodedWeights: (step: UInt64, frames: [[UInt8]])?
+    /// The step's weights messages (by parameter block), each encoded once for all workers.
+    private var encodedWeights: (step: UInt64, frames: [UInt32: [[UInt8]]]) = (.max, [:])
 
     private func encode(_ message: Message) -> [[UInt8]] {
         guard message.type == .weights else { return message.encoded() }
-        if let encodedWeights, encodedWeights.step == message.step { return encodedWeights.frames }
+        if encodedWeights.step != message.step { encodedWeights = (message.step, [:]) }
+        if let frames = encodedWeights.frames[message.block] { return frames }
         let frames = message.encoded()
-        encodedWeights = (message.step, frames)
+        encodedWeights.frames[message.block] = frames
         return frames
     }
 

@@ -58,7 +58,8 @@ public struct CoordinatorMachine {
     /// The step in flight.
     struct Round {
         var step: Int
-        var weights: Message
+        /// The step's weights, one message per parameter tensor in canonical order.
+        var weights: [Message]
         var reducer: StepReducer
         var started: Double
         var tasks: [[UInt8]: [Task]] = [:]
@@ -111,8 +112,10 @@ public struct CoordinatorMachine {
     public mutating func startStep(_ step: Int, parameters: [Float], now: Double) -> [Action] {
         var actions = admitReadyWorkers()
         var next = Round(step: step,
-                         weights: Message(type: .weights, jobID: jobID, step: UInt64(step), tensors: parameterBlocks(parameters, layout),
-                                          tensorType: cluster.wireDType.tensorType),
+                         weights: parameterBlocks(parameters, layout).enumerated().map { block, values in
+                             Message(type: .weights, jobID: jobID, step: UInt64(step), block: UInt32(block), tensors: [values],
+                                     tensorType: cluster.wireDType.tensorType)
+                         },
                          reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)),
                          started: now)
         let ranges = Self.assignments(microBatches: microBatches, workers: peers.count)
@@ -404,15 +407,16 @@ public struct CoordinatorMachine {
         return actions
     }
 
-    /// Sends `worker` the step's weights (once) and one assignment per range.
+    /// Sends `worker` one assignment per range, then (once a step) the weights a tensor at a time, first layer
+    /// first: the worker starts the forward pass as soon as the first layer's tensors are in.
     private mutating func assign(_ ranges: [Range<Int>], to worker: [UInt8], in round: inout Round, now: Double) -> [Action] {
         var actions: [Action] = []
-        if !round.haveWeights.contains(worker) {
-            actions.append(send(round.weights, to: worker, now: now))
-            round.haveWeights.insert(worker)
-        }
         for range in ranges {
             actions.append(send(Message(type: .assignment, jobID: jobID, step: UInt64(round.step), microBatches: range), to: worker, now: now))
+        }
+        if !round.haveWeights.contains(worker) {
+            actions += round.weights.map { send($0, to: worker, now: now) }
+            round.haveWeights.insert(worker)
         }
         round.tasks[worker, default: []].append(Task(ranges: ranges, assigned: now))
         round.finished[worker] = nil

@@ -14,9 +14,9 @@ public struct WorkerMachine {
         case join(JobDescription, jobID: UInt64)
         /// Already joined this job (the coordinator restarted or lost track of us): report ready again.
         case ready
-        /// Compute the gradient sums of micro-batches `range` of `step` at `weights` (one array per parameter
-        /// tensor) and send them.
-        case compute(step: UInt64, range: Range<Int>, weights: [[Float]])
+        /// Compute the gradient sums of micro-batches `range` of `step` at the weights `feed` delivers (they may
+        /// still be arriving) and send them.
+        case compute(step: UInt64, range: Range<Int>, weights: WeightFeed)
         case send(Message)
         case log(String)
         /// Say hello again: the coordinator does not know this worker (any work in progress is void).
@@ -28,11 +28,27 @@ public struct WorkerMachine {
     var jobID: UInt64 = 0
     /// Numbers of values of each parameter tensor, known once joined.
     var blockSizes: [Int]?
-    var weights: (step: UInt64, tensors: [[Float]])?
+    /// The weights of the latest step assigned or sent, as they arrive.
+    var weights: WeightFeed?
 
     public init() {}
 
     public var hasJoined: Bool { blockSizes != nil }
+
+    /// The feed of `step`'s weights (a new one when the step is new: its weights follow the assignment).
+    mutating func feed(for step: UInt64) -> WeightFeed {
+        if let weights, weights.step == step { return weights }
+        weights?.cancel("step \(step) began")
+        let feed = WeightFeed(step: step, count: blockSizes?.count ?? 0)
+        weights = feed
+        return feed
+    }
+
+    /// Wakes any pass still waiting for weights that will not come (the step's work is void).
+    public mutating func abandonWeights(_ reason: String) {
+        weights?.cancel(reason)
+        weights = nil
+    }
 
     /// Records that the join action succeeded with a model of these parameter tensor sizes.
     public mutating func joined(blockSizes: [Int]) { self.blockSizes = blockSizes }
@@ -47,29 +63,29 @@ public struct WorkerMachine {
                 guard message.jobID == jobID else {
                     throw CoordinatorError("the coordinator now runs job \(String(message.jobID, radix: 16)), not \(String(jobID, radix: 16)); start a new worker for it")
                 }
-                weights = nil
+                abandonWeights("the coordinator welcomed this worker again")
                 return [.ready]
             }
             jobID = message.jobID
             return [.join(try JobDescription(metadata: message.metadata), jobID: message.jobID)]
         case .weights:
-            guard let blockSizes, message.tensors.map(\.count) == blockSizes else {
+            let first = Int(message.block)
+            guard let blockSizes, first + message.tensors.count <= blockSizes.count,
+                  message.tensors.map(\.count) == Array(blockSizes[first..<(first + message.tensors.count)]) else {
                 return [.log("dropped weights whose shapes do not match the model")]
             }
-            weights = (message.step, message.tensors)
+            let feed = self.feed(for: message.step)
+            for (offset, values) in message.tensors.enumerated() { feed.provide(first + offset, values) }
             return []
         case .assignment:
             guard hasJoined else { throw CoordinatorError("an assignment arrived before the welcome") }
-            guard let weights, weights.step == message.step else {
-                throw CoordinatorError("an assignment for step \(message.step) arrived without its weights")
-            }
-            return [.compute(step: message.step, range: message.microBatches, weights: weights.tensors)]
+            return [.compute(step: message.step, range: message.microBatches, weights: feed(for: message.step))]
         case .bye:
             return [.send(Message(type: .bye, jobID: jobID)), .stop]
         case .error:
             let details = (try? JSONSerialization.jsonObject(with: Data(message.metadata))) as? [String: Any]
             if details?["rejoin"] as? Bool == true {
-                weights = nil
+                abandonWeights("the coordinator forgot this worker")
                 return [.rejoin(errorText(message))]
             }
             throw CoordinatorError("the coordinator refused this worker: \(errorText(message))")
@@ -140,6 +156,7 @@ public final class Worker {
             if let reason = stopReason() { throw CoordinatorError(reason) }
             if leaveRequested() {
                 log("leaving the job")
+                machine.abandonWeights("this worker left the job")
                 try? send(Message(type: .bye, jobID: machine.jobID))
                 socket.close(deliveringWithin: 1)
                 return
@@ -188,7 +205,7 @@ public final class Worker {
                 try send(Message(type: .heartbeat, jobID: machine.jobID))
             case let .compute(step, range, weights):
                 computer.submit(generation: generation, step: step) { [source] emit in
-                    try source!.streamBlockSums(step: Int(step), range: range, parameters: weights, emit: emit)
+                    try source!.streamBlockSums(step: Int(step), range: range, weights: weights, emit: emit)
                 }
             case let .send(message):
                 try send(message)
@@ -200,6 +217,7 @@ public final class Worker {
                 generation += 1
                 try sayHello()
             case .stop:
+                machine.abandonWeights("the run is over")
                 socket.close(deliveringWithin: 1)
                 return true
             }
@@ -241,6 +259,7 @@ public final class Worker {
         if reconnecting == nil && silence > cluster.heartbeatTimeout {
             log("lost the coordinator (silent for \(Int(silence)) s); reconnecting")
             generation += 1
+            machine.abandonWeights("lost the coordinator")
             reconnecting = (now, now, 1)
         }
         guard let state = reconnecting, now >= state.nextHello else { return }

@@ -78,13 +78,6 @@ extension Module {
         }
     }
 
-    /// Sets every parameter's values to `tensors` (one array per parameter, canonical order) without copying them.
-    public func load(tensors: [[Float]]) {
-        let parameters = parameters
-        precondition(tensors.map(\.count) == parameters.map(\.value.count), "tensor sizes do not match the model's parameters")
-        for (parameter, values) in zip(parameters, tensors) { parameter.value.withMutableStorage { $0 = values } }
-    }
-
     /// Shares `source`'s current parameter values (no copy until either side writes).
     public func shareValues(from source: Module) {
         for (mine, theirs) in zip(parameters, source.parameters) {

@@ -1,3 +1,4 @@
+import Foundation
 import Autograd
 import Data
 import Kernels
@@ -54,19 +55,26 @@ public final class GradientEngine {
         public var values: [Float]
     }
 
-    /// The same sums as `blockSums`, handed to `emit` piece by piece while the passes run (from the threads
-    /// running them, so `emit` must be thread-safe). Frozen parameters' zeros come after backward.
+    /// The same sums as `blockSums`, at the weights `feed` delivers, handed to `emit` piece by piece while the
+    /// passes run (from the threads running them, so `emit` must be thread-safe). Each top-level layer of a
+    /// `Sequential` model starts its forward as soon as its own tensors are in the feed. Frozen parameters'
+    /// zeros come after backward.
     public func streamBlockSums(
-        _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32]), emit: (Piece) -> Void
+        _ microBatches: Range<Int>, weights feed: WeightFeed, inputs: (Int) -> (inputs: [Float], labels: [Int32]),
+        emit: (Piece) -> Void
     ) throws {
         try withoutActuallyEscaping(emit) { emit in
-            _ = try run(microBatches) { block, replica in try self.pass(block, on: replica, inputs: inputs, emit: emit) }
+            _ = try run(microBatches, sharingValues: false) { block, replica in
+                try self.pass(block, on: replica, inputs: inputs, feed: feed, emit: emit)
+            }
         }
     }
 
     /// `body(block, replica)` for the aligned blocks of `microBatches` (the maximal ones, halved until each
     /// thread has one), in parallel, one replica per thread; the results in block order.
-    private func run<T>(_ microBatches: Range<Int>, _ body: (Range<Int>, Module) throws -> T) throws -> [T] {
+    private func run<T>(
+        _ microBatches: Range<Int>, sharingValues: Bool = true, _ body: (Range<Int>, Module) throws -> T
+    ) throws -> [T] {
         var blocks = GradientTree.alignedBlocks(microBatches)
         while blocks.count < replicas.count, let widest = blocks.indices.max(by: { blocks[$0].count < blocks[$1].count }),
               blocks[widest].count > 1 {
@@ -74,7 +82,7 @@ public final class GradientEngine {
             blocks.replaceSubrange(widest...widest, with: [block.lowerBound..<half, half..<block.upperBound])
         }
         let lanes = min(replicas.count, blocks.count)
-        for replica in replicas[..<lanes] { replica.shareValues(from: model) }
+        if sharingValues { for replica in replicas[..<lanes] { replica.shareValues(from: model) } }
         var results = [Result<T, Error>?](repeating: nil, count: blocks.count)
         results.withUnsafeMutableBufferPointer { slots in
             Parallel.forEach(lanes) { lane in
@@ -86,11 +94,12 @@ public final class GradientEngine {
         return try results.map { try $0!.get() }
     }
 
-    /// Forward and backward of one block on `replica`; with `emit`, pieces leave as they are ready.
+    /// Forward and backward of one block on `replica`; with `emit`, pieces leave as they are ready, and with
+    /// `feed` the replica takes its weights from it layer by layer.
     @discardableResult
     private func pass(
         _ block: Range<Int>, on replica: Module, inputs: (Int) -> (inputs: [Float], labels: [Int32]),
-        emit: ((Piece) -> Void)? = nil
+        feed: WeightFeed? = nil, emit: ((Piece) -> Void)? = nil
     ) throws -> GradientBlock {
         var x: [Float] = [], labels: [Int32] = []
         Trace.span("batch", "compute") {
@@ -103,8 +112,9 @@ public final class GradientEngine {
         return try withSampleSegments(block.count) {
             replica.zeroGrad()
             let loss = try Trace.span("forward", "compute") {
-                try replica(Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x))
-                    .crossEntropy(labels: labels, reduction: .sum)
+                let input = Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x)
+                guard let feed else { return try replica(input).crossEntropy(labels: labels, reduction: .sum) }
+                return try forward(input, on: replica, feed: feed).crossEntropy(labels: labels, reduction: .sum)
             }
             guard let emit else {
                 Trace.span("backward", "compute") { loss.backward() }
@@ -126,6 +136,90 @@ public final class GradientEngine {
             return GradientBlock(microBatches: block, gradients: [], lossSum: loss.item)
         }
     }
+}
+
+extension GradientEngine {
+    /// `replica`'s forward pass, each top-level layer of a `Sequential` once its tensors have arrived in `feed`
+    /// (any other model once all have).
+    func forward(_ input: Tensor, on replica: Module, feed: WeightFeed) throws -> Tensor {
+        let parameters = replica.parameters
+        func take(_ indices: Range<Int>) throws {
+            for index in indices {
+                let values = try feed.tensor(index)
+                parameters[index].value.withMutableStorage { $0 = values }  // shared, not copied
+            }
+        }
+        guard let sequential = replica as? Sequential else {
+            try take(parameters.indices)
+            return replica(input)
+        }
+        var output = input, next = 0
+        for layer in sequential.layers {
+            let count = layer.namedParameters.count
+            try Trace.span("wait_weights", "communication") { try take(next..<(next + count)) }
+            next += count
+            output = layer.forward(output)
+        }
+        return output
+    }
+}
+
+/// One step's weights as they arrive, a parameter tensor at a time (canonical order), for a forward pass that
+/// waits for each layer's tensors. Thread-safe: the worker's loop provides, the compute threads take.
+public final class WeightFeed: @unchecked Sendable {
+    public let step: UInt64
+    private var tensors: [[Float]?]
+    private var cancelled: String?
+    private let condition = NSCondition()
+
+    public init(step: UInt64, count: Int) {
+        self.step = step
+        tensors = Array(repeating: nil, count: count)
+    }
+
+    /// All tensors at once (a feed that never waits).
+    public convenience init(step: UInt64, tensors: [[Float]]) {
+        self.init(step: step, count: tensors.count)
+        for (index, values) in tensors.enumerated() { provide(index, values) }
+    }
+
+    public func provide(_ index: Int, _ values: [Float]) {
+        condition.lock()
+        tensors[index] = values
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Which tensors have arrived.
+    public var received: [Bool] {
+        condition.lock()
+        defer { condition.unlock() }
+        return tensors.map { $0 != nil }
+    }
+
+    /// Wakes every waiting pass with an error (the step was abandoned).
+    public func cancel(_ reason: String) {
+        condition.lock()
+        cancelled = reason
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Tensor `index`, waiting until it has arrived; throws once the feed is cancelled.
+    public func tensor(_ index: Int) throws -> [Float] {
+        condition.lock()
+        defer { condition.unlock() }
+        while tensors[index] == nil {
+            if let cancelled { throw TrainingError("weights of step \(step) abandoned: \(cancelled)") }
+            condition.wait()
+        }
+        return tensors[index]!
+    }
+}
+
+extension WeightFeed: Equatable {
+    /// The same feed (identity).
+    public static func == (a: WeightFeed, b: WeightFeed) -> Bool { a === b }
 }
 
 /// Test-set loss and accuracy of `model` (no graph recorded), in chunks spread over threads. A prediction is

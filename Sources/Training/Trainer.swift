@@ -92,13 +92,13 @@ public final class LocalGradientSource: GradientSource {
         self.train = train
     }
 
-    /// The gradient and loss sums over micro-batches `range` of `step` at weights `parameters` (one array per
-    /// parameter tensor, taken without a copy), handed to `emit` piece by piece as the passes produce them.
-    public func streamBlockSums(step: Int, range: Range<Int>, parameters: [[Float]],
+    /// The gradient and loss sums over micro-batches `range` of `step` at the weights `feed` delivers (taken
+    /// without a copy, each layer as soon as its tensors are in), handed to `emit` piece by piece as the passes
+    /// produce them.
+    public func streamBlockSums(step: Int, range: Range<Int>, weights feed: WeightFeed,
                                 emit: (GradientEngine.Piece) -> Void) throws {
-        Trace.span("load", "compute") { engine.model.load(tensors: parameters) }
         let samples = samples(step: step)
-        try engine.streamBlockSums(range, inputs: { train.batch(plan.microBatch($0, of: samples)) }, emit: emit)
+        try engine.streamBlockSums(range, weights: feed, inputs: { train.batch(plan.microBatch($0, of: samples)) }, emit: emit)
     }
 
     /// The sample indices of `step`.

@@ -43,9 +43,10 @@ final class CoordinatorMachineTests: XCTestCase {
             if case let .send(peer, message) = action { return (peer, message) }
             return nil
         }
-        XCTAssertEqual(sends.map(\.0), [w1, w1, w2, w2])
-        XCTAssertEqual(sends[0].1, Message(type: .weights, jobID: job.jobID, step: 5, tensors: [[1, 2, 3, 4, 5, 6], [7, 8]]))
-        XCTAssertEqual(sends[1].1, Message(type: .assignment, jobID: job.jobID, step: 5, microBatches: 0..<1))
+        XCTAssertEqual(sends.map(\.0), [w1, w1, w1, w2, w2, w2])
+        XCTAssertEqual(sends[0].1, Message(type: .assignment, jobID: job.jobID, step: 5, microBatches: 0..<1))
+        XCTAssertEqual(sends[1].1, Message(type: .weights, jobID: job.jobID, step: 5, block: 0, tensors: [[1, 2, 3, 4, 5, 6]]))
+        XCTAssertEqual(sends[2].1, Message(type: .weights, jobID: job.jobID, step: 5, block: 1, tensors: [[7, 8]]))
         XCTAssertEqual(sends[3].1.microBatches, 1..<2)
         XCTAssertEqual(machine.workerCount, 2)
 
@@ -268,7 +269,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertEqual(machine.waitingReason(required: 1), "waiting for a worker: every worker of step 0 was lost")
         let ready = machine.receive(from: id("z"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 14)
         XCTAssertEqual(events(ready, "worker_joined").count, 1)
-        XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["z weights 0..<0", "z assignment 2..<4"])
+        XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["z assignment 2..<4", "z weights 0..<0", "z weights 0..<0"])
         _ = deliver(&machine, "z", 0, 2..<4, now: 15)
         _ = try finish(&machine, now: 15)
     }
@@ -326,14 +327,26 @@ final class WorkerMachineTests: XCTestCase {
             "{\"config\":\"seed: 3\",\"overrides\":[\"training.batch_size=16\"]}".utf8)))
         XCTAssertEqual(actions, [.join(job, jobID: 42)])
         real.joined(blockSizes: [2, 1])
-        XCTAssertThrowsError(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2))) {
-            XCTAssertEqual("\($0)", "an assignment for step 0 arrived without its weights")
-        }
+        // The assignment comes first; the weights follow a tensor at a time into the same feed.
+        let assigned = try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2))
+        guard case let .compute(0, 0..<2, feed)? = assigned.first, assigned.count == 1 else { return XCTFail("\(assigned)") }
+        XCTAssertEqual(feed.received, [false, false])
         XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1], [2]])),
                        [.log("dropped weights whose shapes do not match the model")])
-        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1, 2], [3]])), [])
-        XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2)),
-                       [.compute(step: 0, range: 0..<2, weights: [[1, 2], [3]])])
+        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, block: 1, tensors: [[3], [4]])),
+                       [.log("dropped weights whose shapes do not match the model")])
+        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, block: 1, tensors: [[3]])), [])
+        XCTAssertEqual(feed.received, [false, true])
+        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1, 2]])), [])
+        XCTAssertEqual(try feed.tensor(0), [1, 2])
+        XCTAssertEqual(try feed.tensor(1), [3])
+        // A second assignment of the same step (a straggler's work) computes at the same weights.
+        XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 2..<3)),
+                       [.compute(step: 0, range: 2..<3, weights: feed)])
+        // The next step's assignment starts a new feed and abandons the old one's waiters.
+        guard case let .compute(1, _, next)? = try real.receive(Message(type: .assignment, jobID: 42, step: 1, microBatches: 0..<2)).first
+        else { return XCTFail("no compute for step 1") }
+        XCTAssertFalse(next === feed)
         XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 7, step: 0, microBatches: 0..<2)),
                        [.log("dropped a message of type assignment for job 7")])
         XCTAssertEqual(try real.receive(Message(type: .bye, jobID: 42)), [.send(Message(type: .bye, jobID: 42)), .stop])
@@ -346,11 +359,15 @@ final class WorkerMachineTests: XCTestCase {
         var machine = WorkerMachine()
         _ = try machine.receive(Message(type: .welcome, jobID: 42, metadata: Array(#"{"config":"seed: 3","overrides":[]}"#.utf8)))
         machine.joined(blockSizes: [2])
-        _ = try machine.receive(Message(type: .weights, jobID: 42, step: 4, tensors: [[1, 2]]))
+        guard case let .compute(4, _, old)? = try machine.receive(Message(type: .assignment, jobID: 42, step: 4, microBatches: 0..<1)).first
+        else { return XCTFail("no compute") }
         XCTAssertEqual(try machine.receive(Message(type: .error, jobID: 42, metadata: Array(#"{"message":"declared lost","rejoin":true}"#.utf8))),
                        [.rejoin("declared lost")])
-        XCTAssertThrowsError(try machine.receive(Message(type: .assignment, jobID: 42, step: 4, microBatches: 0..<1)),
-                             "the old weights are void")
+        XCTAssertThrowsError(try old.tensor(0), "a pass waiting for the old weights is woken with an error")
+        guard case let .compute(4, _, fresh)? = try machine.receive(Message(type: .assignment, jobID: 42, step: 4, microBatches: 0..<1)).first
+        else { return XCTFail("no compute") }
+        XCTAssertFalse(fresh === old, "the old weights are void")
+        XCTAssertEqual(fresh.received, [false])
         XCTAssertEqual(try machine.receive(Message(type: .welcome, jobID: 42)), [.ready])
         XCTAssertThrowsError(try machine.receive(Message(type: .welcome, jobID: 43))) {
             XCTAssertTrue("\($0)".contains("now runs job 2b, not 2a"), "\($0)")

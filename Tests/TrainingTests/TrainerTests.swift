@@ -107,6 +107,50 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// A worker's streamed pieces, with weights arriving a tensor at a time, are the bits of `blockSums`; the
+    /// passes wait for the weights that are missing and give up when the feed is abandoned.
+    func testStreamedPiecesAtArrivingWeightsEqualTheBlockSums() throws {
+        let config = try smallConfig(microBatches: 8)
+        let data = syntheticData()
+        let trainer = try Trainer(config: config, runDirectory: nil, data: data)
+        let samples = trainer.plan.samples(step: 0, permutation: trainer.plan.permutation(epoch: 0))
+        let inputs = { (index: Int) in data.train.batch(trainer.plan.microBatch(index, of: samples)) }
+        let expected = try GradientEngine(model: trainer.model).blockSums(2..<7, inputs: inputs)
+        let weights = trainer.model.parameters.map(\.value.storage)
+
+        let engine = GradientEngine(model: makeModel(config.model, seed: 99), threads: 2)  // other weights: the feed's count
+        let feed = WeightFeed(step: 0, count: weights.count)
+        for index in weights.indices.dropLast() { feed.provide(index, weights[index]) }
+        final class Pieces: @unchecked Sendable { var list: [GradientEngine.Piece] = []; let lock = NSLock() }
+        let pieces = Pieces()
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            try? engine.streamBlockSums(2..<7, weights: feed, inputs: inputs) { piece in
+                pieces.lock.lock(); pieces.list.append(piece); pieces.lock.unlock()
+            }
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 0.2), .timedOut, "the last layer's weights are missing")
+        XCTAssertTrue(pieces.list.isEmpty)
+        feed.provide(weights.count - 1, weights.last!)
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        for block in expected {
+            let mine = pieces.list.filter { $0.microBatches == block.microBatches }
+            XCTAssertEqual(mine.compactMap { $0.parameter == nil ? $0.values[0] : nil }.map(\.bitPattern), [block.lossSum.bitPattern])
+            for (index, gradient) in block.gradients.enumerated() {
+                let piece = mine.filter { $0.parameter == index }
+                XCTAssertEqual(piece.count, 1)
+                assertBitIdentical(piece.first?.values ?? [], gradient, "block \(block.microBatches) tensor \(index)")
+            }
+        }
+
+        let abandoned = WeightFeed(step: 1, count: weights.count)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { abandoned.cancel("test") }
+        XCTAssertThrowsError(try engine.streamBlockSums(0..<8, weights: abandoned, inputs: inputs) { _ in }) {
+            XCTAssertEqual("\($0)", "weights of step 1 abandoned: test")
+        }
+    }
+
     func testResumeContinuesToTheSameWeightsAsAnUninterruptedRun() throws {
         let straight = try run(try smallConfig(steps: 24))
         _ = try run(try smallConfig(steps: 10), directory: runDirectory)
