@@ -92,6 +92,8 @@ final class FaultToleranceTests: CLITestCase {
         try waitForEvent(run, while: coordinator, step(atLeast: 30))
         let late = try start(["worker", "--connect", endpoint, "--name", "late", "--threads", "1"], log: logPaths[2])
         try waitForEvent(run, while: coordinator) { $0["event"] as? String == "worker_joined" && $0["worker"] as? String == "late" }
+        // A step done by both (the late worker may join only near step 70 when the job runs fast).
+        try waitForEvent(run, while: coordinator) { $0["event"] as? String == "step" && $0["workers"] as? Int == 2 }
         try waitForEvent(run, while: coordinator, step(atLeast: 70))
         first.terminate()  // SIGTERM: the worker says bye and leaves
         XCTAssertEqual(finish(first, timeout: 30), 0, logs(logPaths))
