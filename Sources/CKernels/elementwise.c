@@ -62,11 +62,6 @@ void tk_add(int64_t n, const float *a, const float *b, float *out) {
 }
 
 CLONES
-void tk_divide_inplace(int64_t n, float divisor, float *y) {
-    for (int64_t i = 0; i < n; i++) y[i] /= divisor;
-}
-
-CLONES
 int64_t tk_count_nonfinite(int64_t n, const float *x) {
     int64_t count = 0;
     for (int64_t i = 0; i < n; i++) {

@@ -391,6 +391,13 @@ static void add_tile_scalar(float *left, const float *right, int count) {
 }
 
 #ifdef HAVE_X86_KERNELS
+__attribute__((target("avx512f")))
+static void add_tile_avx512(float *left, const float *right, int count) {
+    int i = 0;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(left + i, _mm512_add_ps(_mm512_loadu_ps(left + i), _mm512_loadu_ps(right + i)));
+    for (; i < count; i++) left[i] += right[i];
+}
+
 __attribute__((target("avx2")))
 static void add_tile_avx2(float *left, const float *right, int count) {
     int i = 0;
@@ -402,6 +409,7 @@ static void add_tile_avx2(float *left, const float *right, int count) {
 /// Adds tile `right` into `left` (both MR×NR, contiguous): left[i] = left[i] + right[i], whatever the ISA.
 static void add_tile(float *left, const float *right, int count) {
 #ifdef HAVE_X86_KERNELS
+    if (tk_isa_active() >= TK_ISA_AVX512) return add_tile_avx512(left, right, count);
     if (tk_isa_active() >= TK_ISA_AVX2) return add_tile_avx2(left, right, count);
 #endif
     add_tile_scalar(left, right, count);

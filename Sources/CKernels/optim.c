@@ -42,6 +42,22 @@ void tk_adam_update(int64_t n, float *restrict p, const float *restrict g, float
     }
 }
 
+double tk_divide_sum_of_squares(int64_t n, float divisor, float *y) {
+    // Each value divided, then the same accumulation pattern as tk_sum_of_squares.
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            y[i + j] /= divisor;
+            acc[j] += (double)y[i + j] * (double)y[i + j];
+        }
+    for (; i < n; i++) {
+        y[i] /= divisor;
+        acc[i & 7] += (double)y[i] * (double)y[i];
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 double tk_sum_of_squares(int64_t n, const float *x) {
     // Eight accumulators in a fixed pattern: fast, and the same order on every machine.
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};

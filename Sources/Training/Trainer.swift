@@ -191,20 +191,25 @@ public final class Trainer {
         return state.step
     }
 
-    /// Gradient (already divided by the global batch) and mean loss of global step `step` at the current weights.
-    public func gradient(step: Int) throws -> (gradient: [Float], loss: Float, sums: StepSums) {
+    /// Gradient (already divided by the global batch), mean loss, and each parameter tensor's gradient norm of
+    /// global step `step` at the current weights. Division and norm share one pass, a tensor per thread.
+    public func gradient(step: Int) throws -> (gradient: [Float], loss: Float, sums: StepSums, norms: [Float]) {
         var sums = try source.sums(step: step, parameters: state.parameters)
         var gradient = sums.gradientSum
         sums.gradientSum = []
         let batch = Float(plan.batchSize)
-        let chunk = 1 << 16
+        let tensors = layout.entries.map(\.range)
+        var norms = [Float](repeating: 0, count: tensors.count)
         gradient.withUnsafeMutableBufferPointer { values in
-            Parallel.forEach((values.count + chunk - 1) / chunk) { index in
-                let start = index * chunk
-                tk_divide_inplace(Int64(min(chunk, values.count - start)), batch, values.baseAddress! + start)
+            norms.withUnsafeMutableBufferPointer { out in
+                Parallel.forEach(tensors.count) { index in
+                    let range = tensors[index]
+                    let squares = tk_divide_sum_of_squares(Int64(range.count), batch, values.baseAddress! + range.lowerBound)
+                    out[index] = Float(squares.squareRoot())
+                }
             }
         }
-        return (gradient, sums.lossSum / batch, sums)
+        return (gradient, sums.lossSum / batch, sums, norms)
     }
 
     /// What one call of `step()` did.
@@ -234,9 +239,8 @@ public final class Trainer {
 
     /// One optimizer step, or a skipped one (see `StepOutcome`).
     public func step() throws -> StepOutcome {
-        var (gradient, loss, sums) = try Trace.span("gradients", "step") { try self.gradient(step: state.step) }
+        var (gradient, loss, sums, norms) = try Trace.span("gradients", "step") { try self.gradient(step: state.step) }
         let tensors = layout.entries.map(\.range)
-        let norms = tensorNorms(gradient, tensors: tensors)
         let badBlocks = norms.indices.filter { !norms[$0].isFinite }
         if !badBlocks.isEmpty || !loss.isFinite {
             state.step += 1

@@ -59,8 +59,6 @@ void tk_sigmoid_forward(int64_t n, const float *x, float *y);
 void tk_sigmoid_backward(int64_t n, const float *y, const float *dy, float *dx);
 /// y += x
 void tk_add_inplace(int64_t n, const float *x, float *y);
-/// y /= divisor (a division, not a multiplication by the reciprocal: the same bits as dividing one by one).
-void tk_divide_inplace(int64_t n, float divisor, float *y);
 /// How many of x[0..<n] are NaN or ±∞.
 int64_t tk_count_nonfinite(int64_t n, const float *x);
 /// out = a + b.
@@ -104,5 +102,8 @@ void tk_adam_update(int64_t n, float *p, const float *g, float *m, float *v, flo
                     float eps, float l2_decay, float decoupled_decay, float step_size, float correction2_sqrt);
 /// Σ x² in double, with a fixed summation order.
 double tk_sum_of_squares(int64_t n, const float *x);
+/// y /= divisor (a division, not a multiplication by the reciprocal), then Σ y² exactly as `tk_sum_of_squares`
+/// computes it, in one pass over y.
+double tk_divide_sum_of_squares(int64_t n, float divisor, float *y);
 
 #endif
