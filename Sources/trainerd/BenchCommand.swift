@@ -288,11 +288,14 @@ struct Bench: ParsableCommand {
             }
         }
         var singleRates: [Double] = [], distributedRates: [Double] = []
+        var peak: Double?
         for _ in 0..<repeats {
             if let local { singleRates.append(try rate(local)) }
-            if let cluster { distributedRates.append(try rate(cluster.trainer)) }
+            if let cluster {
+                distributedRates.append(try rate(cluster.trainer))
+                peak = (cluster.workers.compactMap(\.peakResidentMegabytes) + (peak.map { [$0] } ?? [])).max()
+            }
         }
-        let peak = cluster.map { $0.workers.compactMap(\.peakResidentMegabytes).max() } ?? nil
         let ratio = single && distributed ? median(zip(distributedRates, singleRates).map { $0 / $1 }) : nil
         return (single ? median(singleRates) : nil, distributed ? median(distributedRates) : nil, ratio, peak)
     }
