@@ -35,11 +35,6 @@ public struct JobDescription: Equatable, Sendable {
     }
 }
 
-/// The tensors of a message for the flat buffer `values` cut by `layout`, one per parameter tensor.
-func parameterBlocks(_ values: [Float], _ layout: ParameterLayout) -> [[Float]] {
-    layout.entries.map { Array(values[$0.range]) }
-}
-
 func metadataJSON(_ object: [String: Any]) -> [UInt8] {
     [UInt8]((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data())
 }

@@ -112,8 +112,9 @@ public struct CoordinatorMachine {
     public mutating func startStep(_ step: Int, parameters: [Float], now: Double) -> [Action] {
         var actions = admitReadyWorkers()
         var next = Round(step: step,
-                         weights: parameterBlocks(parameters, layout).enumerated().map { block, values in
-                             Message(type: .weights, jobID: jobID, step: UInt64(step), block: UInt32(block), tensors: [values],
+                         weights: Self.weightGroups(layout).map { group in
+                             Message(type: .weights, jobID: jobID, step: UInt64(step), block: UInt32(group.lowerBound),
+                                     tensors: group.map { Array(parameters[layout.entries[$0].range]) },
                                      tensorType: cluster.wireDType.tensorType)
                          },
                          reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)),
@@ -124,6 +125,24 @@ public struct CoordinatorMachine {
         }
         round = next
         return actions
+    }
+
+    /// Tensors smaller than this travel in the message of the tensor before them (a bias with its weight).
+    static let smallTensorBytes = 1 << 16
+
+    /// Runs of parameter blocks sent as one weights message each: a tensor of at least `smallTensorBytes` starts a
+    /// new message, smaller ones join the previous, so a layer's weight and bias arrive together and the forward
+    /// pass can start on the first layer while the rest are on the way, with few messages for small models.
+    public static func weightGroups(_ layout: ParameterLayout) -> [Range<Int>] {
+        var groups: [Range<Int>] = []
+        for (block, entry) in layout.entries.enumerated() {
+            if let last = groups.last, 4 * entry.count < smallTensorBytes {
+                groups[groups.count - 1] = last.lowerBound..<(block + 1)
+            } else {
+                groups.append(block..<(block + 1))
+            }
+        }
+        return groups
     }
 
     /// Admits workers that reported ready.

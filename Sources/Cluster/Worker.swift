@@ -225,22 +225,48 @@ public final class Worker {
         return false
     }
 
-    /// Sends the pieces of gradients computed so far under the current generation, each as its own message:
-    /// block i < P is parameter tensor i, block P the loss sum (see `WireProtocol`).
+    /// Sends the pieces of gradients computed so far under the current generation. Pieces of one step and range
+    /// whose blocks are consecutive (block i < P is parameter tensor i, block P the loss sum; see `WireProtocol`)
+    /// and travel as the same tensor type share a message.
     private func sendFinishedWork() throws {
+        var groups: [(step: UInt64, pieces: [GradientEngine.Piece])] = []
         for result in computer.takeResults() where result.generation == generation {
             switch result.outcome {
             case let .success(piece):
-                guard let layout else { continue }
-                try Trace.span("send", "communication") {
-                    // The loss sum (one value, for the log) always travels as float32.
-                    try send(Message(type: .gradients, jobID: machine.jobID, step: result.step, microBatches: piece.microBatches,
-                                     block: UInt32(piece.parameter ?? layout.entries.count), tensors: [piece.values],
-                                     tensorType: piece.parameter == nil ? .float32 : cluster.wireDType.tensorType))
+                if let index = groups.firstIndex(where: { $0.step == result.step && $0.pieces[0].microBatches == piece.microBatches }) {
+                    groups[index].pieces.append(piece)
+                } else {
+                    groups.append((result.step, [piece]))
                 }
             case let .failure(error):
+                try groups.forEach { try send(step: $0.step, $0.pieces) }
                 try? send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])))
                 throw error
+            }
+        }
+        try groups.forEach { try send(step: $0.step, $0.pieces) }
+    }
+
+    /// Sends pieces of one step and range as runs of consecutive blocks; the loss sum (one value, for the log)
+    /// always travels as float32, so with another tensor type it goes alone.
+    private func send(step: UInt64, _ pieces: [GradientEngine.Piece]) throws {
+        guard let layout else { return }
+        let lossBlock = layout.entries.count
+        func block(_ piece: GradientEngine.Piece) -> Int { piece.parameter ?? lossBlock }
+        var runs: [[GradientEngine.Piece]] = []
+        for piece in pieces.sorted(by: { block($0) < block($1) }) {
+            if let last = runs.last?.last, block(last) + 1 == block(piece),
+               piece.parameter != nil || cluster.wireDType == .float32 {
+                runs[runs.count - 1].append(piece)
+            } else {
+                runs.append([piece])
+            }
+        }
+        try Trace.span("send", "communication") {
+            for run in runs {
+                try send(Message(type: .gradients, jobID: machine.jobID, step: step, microBatches: run[0].microBatches,
+                                 block: UInt32(block(run[0])), tensors: run.map(\.values),
+                                 tensorType: run[0].parameter == nil ? .float32 : cluster.wireDType.tensorType))
             }
         }
     }

@@ -46,8 +46,8 @@ public final class GradientEngine {
         try run(microBatches) { block, replica in try self.pass(block, on: replica, inputs: inputs) }
     }
 
-    /// One piece of a block's result, handed on as soon as it exists: the loss sum after forward
-    /// (`parameter == nil`), then each parameter tensor's gradient sum as backward finishes it.
+    /// One piece of a block's result, handed on as soon as it exists: each parameter tensor's gradient sum as
+    /// backward finishes it, the loss sum (`parameter == nil`) just before the first of them.
     public struct Piece {
         public var microBatches: Range<Int>
         /// Index in canonical parameter order; nil for the loss sum.
@@ -121,15 +121,21 @@ public final class GradientEngine {
                 let gradients = replica.parameters.map { $0.grad?.storage ?? [Float](repeating: 0, count: $0.value.count) }
                 return GradientBlock(microBatches: block, gradients: gradients, lossSum: loss.item)
             }
-            emit(Piece(microBatches: block, parameter: nil, values: [loss.item]))
+            // The loss sum leaves with the first gradient (one message instead of two when they can share one).
             let parameters = replica.parameters
-            var sent = [Bool](repeating: false, count: parameters.count)
+            var sent = [Bool](repeating: false, count: parameters.count), lossSent = false
+            func emitLoss() {
+                if !lossSent { emit(Piece(microBatches: block, parameter: nil, values: [loss.item])) }
+                lossSent = true
+            }
             Trace.span("backward", "compute") {
                 loss.backward(reporting: parameters.map(\.value)) { index, gradient in
+                    emitLoss()
                     sent[index] = true
                     emit(Piece(microBatches: block, parameter: index, values: gradient))
                 }
             }
+            emitLoss()
             for (index, parameter) in parameters.enumerated() where !sent[index] {
                 emit(Piece(microBatches: block, parameter: index, values: [Float](repeating: 0, count: parameter.value.count)))
             }

@@ -24,6 +24,27 @@ final class CoordinatorMachineTests: XCTestCase {
         }
     }
 
+    /// A tensor of 64 KB or more starts a weights message; smaller ones (biases, a small last layer) join it.
+    func testWeightsTravelALayerAMessageWithSmallTensorsJoiningTheOneBefore() {
+        let mlp = ParameterLayout(entries: [("0.weight", [256, 784], true), ("0.bias", [256], true), ("2.weight", [256, 256], true),
+                                            ("2.bias", [256], true), ("4.weight", [10, 256], true), ("4.bias", [10], true)])
+        XCTAssertEqual(CoordinatorMachine.weightGroups(mlp), [0..<2, 2..<6])
+        XCTAssertEqual(CoordinatorMachine.weightGroups(layout), [0..<2])
+        let sends = { (machine: inout CoordinatorMachine) -> [Message] in
+            machine.startStep(0, parameters: (0..<mlp.totalCount).map(Float.init), now: 0).compactMap {
+                if case let .send(_, message) = $0, message.type == .weights { return message }
+                return nil
+            }
+        }
+        var machine = CoordinatorMachine(job: job, layout: mlp, microBatches: 2)
+        _ = machine.receive(from: w1, Message(type: .hello, jobID: 0).encoded(), now: 0)
+        _ = machine.receive(from: w1, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0)
+        let weights = sends(&machine)
+        XCTAssertEqual(weights.map(\.block), [0, 2])
+        XCTAssertEqual(weights.map { $0.tensors.map(\.count) }, [[256 * 784, 256], [256 * 256, 256, 2560, 10]])
+        XCTAssertEqual(weights.flatMap(\.tensors).flatMap { $0 }, (0..<mlp.totalCount).map(Float.init))
+    }
+
     func testJoinAssignCollectAndReportWithInjectedTime() throws {
         var machine = CoordinatorMachine(job: job, layout: layout, microBatches: 2)
         let welcome = machine.receive(from: w1, Message(type: .hello, jobID: 0).encoded(), now: 0)
@@ -43,11 +64,11 @@ final class CoordinatorMachineTests: XCTestCase {
             if case let .send(peer, message) = action { return (peer, message) }
             return nil
         }
-        XCTAssertEqual(sends.map(\.0), [w1, w1, w1, w2, w2, w2])
+        XCTAssertEqual(sends.map(\.0), [w1, w1, w2, w2])
         XCTAssertEqual(sends[0].1, Message(type: .assignment, jobID: job.jobID, step: 5, microBatches: 0..<1))
-        XCTAssertEqual(sends[1].1, Message(type: .weights, jobID: job.jobID, step: 5, block: 0, tensors: [[1, 2, 3, 4, 5, 6]]))
-        XCTAssertEqual(sends[2].1, Message(type: .weights, jobID: job.jobID, step: 5, block: 1, tensors: [[7, 8]]))
-        XCTAssertEqual(sends[3].1.microBatches, 1..<2)
+        // Small tensors share a message (here all of them).
+        XCTAssertEqual(sends[1].1, Message(type: .weights, jobID: job.jobID, step: 5, block: 0, tensors: [[1, 2, 3, 4, 5, 6], [7, 8]]))
+        XCTAssertEqual(sends[2].1.microBatches, 1..<2)
         XCTAssertEqual(machine.workerCount, 2)
 
         // Messages that cannot belong are dropped with the reason and change nothing.
@@ -269,7 +290,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertEqual(machine.waitingReason(required: 1), "waiting for a worker: every worker of step 0 was lost")
         let ready = machine.receive(from: id("z"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 14)
         XCTAssertEqual(events(ready, "worker_joined").count, 1)
-        XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["z assignment 2..<4", "z weights 0..<0", "z weights 0..<0"])
+        XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["z assignment 2..<4", "z weights 0..<0"])
         _ = deliver(&machine, "z", 0, 2..<4, now: 15)
         _ = try finish(&machine, now: 15)
     }
