@@ -205,17 +205,20 @@ static void pack_A(int transA, const float *A, long lda, int rows, int kc, int m
     }
 }
 
+/// dst[r·ldd + j] = src[r·lds + j] for r < rows, j < cols: short rows (a packed panel, a tile) that are not worth
+/// a memcpy call each.
+static void copy_rows(const float *src, long lds, int rows, int cols, float *dst, long ldd);
+
 /// Packs op(B)[kc, cols] into micro-panels of nr columns, k-major; columns past `cols` are zero.
 static void pack_B(int transB, const float *B, long ldb, int kc, int cols, int nr, float *dst) {
     for (int p = 0; p < cols; p += nr) {
         int valid = cols - p < nr ? cols - p : nr;
         if (!transB) {
-            for (int k = 0; k < kc; k++) {
-                const float *src = B + (long)k * ldb + p;
-                memcpy(dst, src, sizeof(float) * (size_t)valid);
-                for (int j = valid; j < nr; j++) dst[j] = 0.0f;
-                dst += nr;
-            }
+            copy_rows(B + p, ldb, kc, valid, dst, nr);
+            if (valid < nr)
+                for (int k = 0; k < kc; k++)
+                    for (int j = valid; j < nr; j++) dst[k * nr + j] = 0.0f;
+            dst += (long)kc * nr;
         } else {
             transpose_copy(B + (long)p * ldb, ldb, valid, kc, dst, nr);
             for (int j = valid; j < nr; j++)
@@ -223,6 +226,31 @@ static void pack_B(int transB, const float *B, long ldb, int kc, int cols, int n
             dst += (long)kc * nr;
         }
     }
+}
+
+static void copy_rows_scalar(const float *src, long lds, int rows, int cols, float *dst, long ldd) {
+    for (int r = 0; r < rows; r++) memcpy(dst + r * ldd, src + r * lds, sizeof(float) * (size_t)cols);
+}
+
+#ifdef HAVE_X86_KERNELS
+__attribute__((target("avx512f")))
+static void copy_rows_avx512(const float *src, long lds, int rows, int cols, float *dst, long ldd) {
+    int full = cols / 16 * 16;
+    __mmask16 tail = (__mmask16)((1u << (cols - full)) - 1);
+    for (int r = 0; r < rows; r++) {
+        const float *from = src + r * lds;
+        float *to = dst + r * ldd;
+        for (int j = 0; j < full; j += 16) _mm512_storeu_ps(to + j, _mm512_loadu_ps(from + j));
+        if (tail) _mm512_mask_storeu_ps(to + full, tail, _mm512_maskz_loadu_ps(tail, from + full));
+    }
+}
+#endif
+
+static void copy_rows(const float *src, long lds, int rows, int cols, float *dst, long ldd) {
+#ifdef HAVE_X86_KERNELS
+    if (tk_isa_active() >= TK_ISA_AVX512) return copy_rows_avx512(src, lds, rows, cols, dst, ldd);
+#endif
+    copy_rows_scalar(src, lds, rows, cols, dst, ldd);
 }
 
 static void transpose_copy_scalar(const float *src, long lds, int rows, int cols, float *dst, long ldd) {
@@ -476,9 +504,7 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
                         add_tile(stack[depth - 2], stack[depth - 1], tile);
                         depth--;
                     }
-                    float *Ctile = C + (long)(ic + ir) * ldc + jc + jr;
-                    for (int i = 0; i < rows_here; i++)
-                        for (int j = 0; j < cols; j++) Ctile[(long)i * ldc + j] = stack[0][i * nr + j];
+                    copy_rows(stack[0], nr, rows_here, cols, C + (long)(ic + ir) * ldc + jc + jr, ldc);
                 }
             }
         }

@@ -61,21 +61,22 @@ extension Module {
     }
 
     /// Sets every parameter's values from `flat` (canonical order), keeping each leaf and its frozen state.
-    /// Parameters are copied on several threads.
+    /// Each parameter gets a new array (one copy, on several threads): writing in place would first copy the
+    /// values that replicas still share.
     public func load(flatValues flat: [Float]) {
         precondition(flat.count == parameterCount, "flat buffer has \(flat.count) values, model \(parameterCount)")
         let parameters = parameters
         var offsets = [0]
         for parameter in parameters { offsets.append(offsets.last! + parameter.value.count) }
+        var arrays = [[Float]](repeating: [], count: parameters.count)
         flat.withUnsafeBufferPointer { source in
-            Parallel.forEach(parameters.count) { index in
-                let n = offsets[index + 1] - offsets[index]
-                guard n > 0 else { return }
-                parameters[index].value.withMutableStorage { values in
-                    values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: source.baseAddress! + offsets[index], count: n) }
+            arrays.withUnsafeMutableBufferPointer { arrays in
+                Parallel.forEach(parameters.count) { index in
+                    arrays[index] = Array(source[offsets[index]..<offsets[index + 1]])
                 }
             }
         }
+        for (parameter, values) in zip(parameters, arrays) { parameter.value.withMutableStorage { $0 = values } }
     }
 
     /// Shares `source`'s current parameter values (no copy until either side writes).

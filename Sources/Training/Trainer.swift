@@ -116,7 +116,9 @@ public final class LocalGradientSource: GradientSource {
         let samples = samples(step: step)
         let blocks = try engine.blockSums(0..<plan.microBatches) { train.batch(plan.microBatch($0, of: samples)) }
         // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
-        let gradient = GradientTree.sum(tensors: blocks.map { ($0.microBatches, $0.gradients) }, leaves: plan.microBatches)
+        let gradient = Trace.span("tree_sum", "step") {
+            GradientTree.sum(tensors: blocks.map { ($0.microBatches, $0.gradients) }, leaves: plan.microBatches)
+        }
         let loss = GradientTree.sum(blocks: blocks.map { ($0.microBatches, [$0.lossSum]) }, leaves: plan.microBatches)[0]
         return StepSums(gradientSum: gradient, lossSum: loss)
     }
@@ -200,6 +202,7 @@ public final class Trainer {
         let batch = Float(plan.batchSize)
         let tensors = layout.entries.map(\.range)
         var norms = [Float](repeating: 0, count: tensors.count)
+        Trace.span("norms", "step") {
         gradient.withUnsafeMutableBufferPointer { values in
             norms.withUnsafeMutableBufferPointer { out in
                 Parallel.forEach(tensors.count) { index in
@@ -208,6 +211,7 @@ public final class Trainer {
                     out[index] = Float(squares.squareRoot())
                 }
             }
+        }
         }
         return (gradient, sums.lossSum / batch, sums, norms)
     }
@@ -228,7 +232,7 @@ public final class Trainer {
     @discardableResult
     public func syncModel() -> Sequential {
         if !modelIsCurrent {
-            model.load(flatValues: state.parameters)
+            Trace.span("load", "step") { model.load(flatValues: state.parameters) }
             modelIsCurrent = true
         }
         return model
