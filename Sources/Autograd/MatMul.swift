@@ -67,7 +67,14 @@ extension Tensor {
     /// torch.nn.functional.linear: y = x · Wᵀ + b, x [..., in], W [out, in], b [out] → [..., out].
     /// dx = dy · W; dW = dyᵀ · x and db = Σ_rows dy, each summed per micro-batch (`SampleSegments`) in row
     /// order and combined in the gradient tree.
-    public func linear(weight: Tensor, bias: Tensor? = nil) -> Tensor {
+    public func linear(weight: Tensor, bias: Tensor? = nil) -> Tensor { linear(weight: weight, bias: bias, relu: false) }
+
+    /// relu(x · Wᵀ + b) as one op, [..., in] → [..., out]: the bias and the ReLU take one pass over the output
+    /// instead of two, and no pre-activation tensor is kept. dz = dy where y > 0 (exactly where x · Wᵀ + b > 0),
+    /// then dx, dW and db as `linear`'s from dz: the same bits as `linear(...).relu()`.
+    public func linearReLU(weight: Tensor, bias: Tensor? = nil) -> Tensor { linear(weight: weight, bias: bias, relu: true) }
+
+    private func linear(weight: Tensor, bias: Tensor?, relu: Bool) -> Tensor {
         precondition(weight.rank == 2, "linear: weight must be [out, in], got \(weight.shape)")
         let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
         precondition(shape.last == inFeatures, "linear: input \(shape) does not end in \(inFeatures) features")
@@ -78,16 +85,26 @@ extension Tensor {
         withPointers(x, w, &out) { px, pw, py in
             GEMM.multiply(GEMMShape(m: rows, n: outFeatures, k: inFeatures, transposeB: true), px, pw, py)
         }
-        if let bias, !out.isEmpty {
-            let b = bias.storage
+        if !out.isEmpty {
             out.withUnsafeMutableBufferPointer { y in
-                tk_add_row_vector(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
+                switch (bias?.storage, relu) {
+                case let (b?, false): tk_add_row_vector(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
+                case let (b?, true): tk_add_row_vector_relu(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
+                case (nil, true): tk_relu_forward(Int64(y.count), y.baseAddress!, y.baseAddress!)
+                case (nil, false): break
+                }
             }
         }
+        let activated = relu ? out : []
         let segments = rows % SampleSegments.current == 0 ? SampleSegments.current : 1
         let segmentRows = rows / segments
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
-        return Tensor.recorded(shape: shape.dropLast() + [outFeatures], storage: out, inputs: inputs) { dy, needs in
+        return Tensor.recorded(shape: shape.dropLast() + [outFeatures], storage: out, inputs: inputs) { upstream, needs in
+            var dy = upstream
+            if relu {
+                dy = uninitializedFloats(upstream.count)
+                tk_relu_backward(Int64(upstream.count), activated, upstream, &dy)
+            }
             var grads: [[Float]?] = [nil, nil]
             if needs[0] {
                 var dx = uninitializedFloats(x.count)

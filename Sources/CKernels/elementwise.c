@@ -84,6 +84,15 @@ void tk_add_row_vector(int rows, int cols, const float *x, const float *bias, fl
 }
 
 CLONES
+void tk_add_row_vector_relu(int rows, int cols, const float *x, const float *bias, float *y) {
+    for (long r = 0; r < rows; r++)
+        for (long c = 0; c < cols; c++) {
+            float z = x[r * cols + c] + bias[c];
+            y[r * cols + c] = z > 0.0f ? z : 0.0f;
+        }
+}
+
+CLONES
 void tk_sum_rows(int rows, int cols, const float *x, float *out) {
     for (long c = 0; c < cols; c++) out[c] = 0.0f;
     for (long r = 0; r < rows; r++)

@@ -68,8 +68,25 @@ public final class Sequential: Module {
 
     public init(_ layers: [Module]) { self.layers = layers }
 
-    public func forward(_ input: Tensor) -> Tensor {
-        layers.reduce(input) { $1.forward($0) }
+    public func forward(_ input: Tensor) -> Tensor { forward(input, beforeLayer: { _ in }) }
+
+    /// The forward pass, calling `beforeLayer(i)` before layer i runs (a worker waits there for the layer's
+    /// weights). A Linear followed by a ReLU runs as one fused op (`linearReLU`), with the same bits.
+    public func forward(_ input: Tensor, beforeLayer: (Int) throws -> Void) rethrows -> Tensor {
+        var output = input, index = 0
+        while index < layers.count {
+            try beforeLayer(index)
+            if let linear = layers[index] as? Linear, index + 1 < layers.count,
+               let activation = layers[index + 1] as? Activation, activation.kind == .relu {
+                try beforeLayer(index + 1)
+                output = output.linearReLU(weight: linear.weight.value, bias: linear.bias?.value)
+                index += 2
+            } else {
+                output = layers[index].forward(output)
+                index += 1
+            }
+        }
+        return output
     }
 
     public var namedParameters: [(name: String, parameter: Parameter)] {

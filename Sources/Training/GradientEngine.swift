@@ -159,14 +159,11 @@ extension GradientEngine {
             try take(parameters.indices)
             return replica(input)
         }
-        var output = input, next = 0
-        for layer in sequential.layers {
-            let count = layer.namedParameters.count
-            try Trace.span("wait_weights", "communication") { try take(next..<(next + count)) }
-            next += count
-            output = layer.forward(output)
+        var offsets = [0]
+        for layer in sequential.layers { offsets.append(offsets.last! + layer.namedParameters.count) }
+        return try sequential.forward(input) { layer in
+            try Trace.span("wait_weights", "communication") { try take(offsets[layer]..<offsets[layer + 1]) }
         }
-        return output
     }
 }
 

@@ -173,3 +173,27 @@ final class GradientReportTests: XCTestCase {
         }
     }
 }
+
+/// The fused op against its composition: the same values and gradients, bit for bit.
+final class FusedLinearReLUTests: XCTestCase {
+    func testLinearReLUEqualsLinearThenReLU() {
+        for withBias in [true, false] {
+            func leaves() -> (x: Tensor, w: Tensor, b: Tensor) {
+                (Tensor(shape: [6, 5], storage: testValues(30, seed: 1)).requiringGrad(),
+                 Tensor(shape: [4, 5], storage: testValues(20, seed: 2)).requiringGrad(),
+                 Tensor(shape: [4], storage: testValues(4, seed: 3)).requiringGrad())
+            }
+            let upstream = testValues(24, seed: 4)
+            let plain = leaves(), fused = leaves()
+            let y1 = plain.x.linear(weight: plain.w, bias: withBias ? plain.b : nil).relu()
+            let y2 = fused.x.linearReLU(weight: fused.w, bias: withBias ? fused.b : nil)
+            XCTAssertTrue(y1.storage.contains(0) && y1.storage.contains { $0 > 0 }, "both sides of the ReLU are exercised")
+            assertBitIdentical(y2.storage, y1.storage, "forward, bias \(withBias)")
+            y1.backward(seed: upstream)
+            y2.backward(seed: upstream)
+            assertBitIdentical(fused.x.grad!.storage, plain.x.grad!.storage, "dx")
+            assertBitIdentical(fused.w.grad!.storage, plain.w.grad!.storage, "dW")
+            if withBias { assertBitIdentical(fused.b.grad!.storage, plain.b.grad!.storage, "db") }
+        }
+    }
+}

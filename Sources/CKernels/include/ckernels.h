@@ -70,6 +70,8 @@ void tk_scale_inplace(int64_t n, float s, float *y);
 
 /// y[r, c] = x[r, c] + bias[c]
 void tk_add_row_vector(int rows, int cols, const float *x, const float *bias, float *y);
+/// y[r, c] = max(x[r, c] + bias[c], 0): the bias and ReLU of a layer in one pass (y may be x).
+void tk_add_row_vector_relu(int rows, int cols, const float *x, const float *bias, float *y);
 /// out[c] = Σ_r x[r, c], summed in row order
 void tk_sum_rows(int rows, int cols, const float *x, float *out);
 /// y[r, :] = softmax(x[r, :]) = exp(x − max) / Σ exp(x − max)
