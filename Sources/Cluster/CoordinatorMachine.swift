@@ -120,8 +120,14 @@ public struct CoordinatorMachine {
                          reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)),
                          started: now)
         let ranges = Self.assignments(microBatches: microBatches, workers: peers.count)
+        var perWorker: [[Action]] = []
         for (index, range) in ranges.enumerated() where !range.isEmpty {
-            actions += assign([range], to: peers[index].identity, in: &next, now: now)
+            perWorker.append(assign([range], to: peers[index].identity, in: &next, now: now))
+        }
+        // Round-robin over the workers (every assignment, then every first layer, …), so that the last worker's
+        // first layer does not wait behind everyone's whole model.
+        for position in 0..<(perWorker.map(\.count).max() ?? 0) {
+            actions += perWorker.compactMap { position < $0.count ? $0[position] : nil }
         }
         round = next
         return actions
