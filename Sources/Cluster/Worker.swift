@@ -238,6 +238,8 @@ public final class Worker {
                 } else {
                     groups.append((result.step, [piece]))
                 }
+            case let .failure(error) where error is WeightsAbandoned:
+                log("\(error)")  // work the coordinator no longer wants (a newer step began, or a rejoin)
             case let .failure(error):
                 try groups.forEach { try send(step: $0.step, $0.pieces) }
                 try? send(Message(type: .error, jobID: machine.jobID, metadata: metadataJSON(["message": "\(error)"])))

@@ -213,11 +213,16 @@ public final class WeightFeed: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         while tensors[index] == nil {
-            if let cancelled { throw TrainingError("weights of step \(step) abandoned: \(cancelled)") }
+            if let cancelled { throw WeightsAbandoned(description: "weights of step \(step) abandoned: \(cancelled)") }
             condition.wait()
         }
         return tensors[index]!
     }
+}
+
+/// A pass gave up waiting for weights that will not come: its work is void, which is not a failure.
+public struct WeightsAbandoned: Error, CustomStringConvertible {
+    public var description: String
 }
 
 extension WeightFeed: Equatable {

@@ -251,8 +251,13 @@ final class LocalWorker: @unchecked Sendable {
     /// The process's peak resident set (VmHWM) in MB while it runs; nil once it has exited.
     var peakResidentMegabytes: Double? {
         // Read to the end: /proc files report a size of 0, which String(contentsOfFile:) believes.
-        guard let file = FileHandle(forReadingAtPath: "/proc/\(pid)/status"),
-              let status = String(data: file.readDataToEndOfFile(), encoding: .utf8),
+        let path = "/proc/\(pid)/status"
+        guard let file = FileHandle(forReadingAtPath: path) else {
+            FileHandle.standardError.write(Data("trainerd: cannot open \(path): \(String(cString: strerror(errno)))\n".utf8))
+            return nil
+        }
+        defer { try? file.close() }
+        guard let status = String(data: file.readDataToEndOfFile(), encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
               let kilobytes = Double(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") else { return nil }
         return kilobytes / 1024
