@@ -2,15 +2,9 @@
 // splitting rows or elements across threads never changes a bit. Built with -ffp-contract=off: no implicit FMA.
 
 #include "ckernels.h"
+#include "clones.h"
 
 #include <math.h>
-
-// Clones for wider vectors where the loop vectorizes; each element's operations are the same on every ISA.
-#if defined(__x86_64__)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#endif
 
 CLONES
 void tk_relu_forward(int64_t n, const float *x, float *y) {

@@ -2,14 +2,9 @@
 // of IEEE operations (no contraction, no reassociation), so the clones built for each ISA give identical bits.
 
 #include "ckernels.h"
+#include "clones.h"
 
 #include <math.h>
-
-#if defined(__x86_64__)
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#endif
 
 CLONES
 void tk_sgd_update(int64_t n, float *restrict p, const float *restrict g, float *restrict buf,
