@@ -59,7 +59,7 @@ public struct StepReducer {
         }
     }
 
-    /// The micro-batches whose loss has arrived (a gradients message carries every block and the loss).
+    /// The micro-batches whose loss has arrived (the coordinator commits a range's blocks and loss together).
     public var received: [Range<Int>] { lossPieces.map(\.range) }
 
     private func covers(_ ranges: [Range<Int>]) -> Bool { ranges.reduce(0) { $0 + $1.count } == microBatches }

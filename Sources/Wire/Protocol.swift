@@ -13,8 +13,8 @@
 ///         24     8  sender id
 ///         32     4  first micro-batch of the range the message is about
 ///         36     4  number of micro-batches in it
-///         40     4  first block: tensor i of a gradients message is block `first + i`, where blocks
-///                   0..<P are the P parameter tensors and block P is the loss sum (one value)
+///         40     4  first block: tensor i of a gradients or weights message is block `first + i`, where
+///                   blocks 0..<P are the P parameter tensors and (gradients only) block P is the loss sum
 ///         44     4  metadata frame length in bytes (0: no metadata frame)
 ///         48     4  number of tensor frames, n
 ///         52   8·n  byte length of each tensor frame
@@ -52,7 +52,8 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     /// worker → coordinator: gradient sums over one aligned block of micro-batches, for consecutive blocks from
     /// the header's block index (parameter tensors, then the loss sum); a worker sends each as soon as it exists.
     case gradients = 4
-    /// coordinator → worker: the weights after `step` (one tensor per parameter block).
+    /// coordinator → worker: weights of `step` for consecutive parameter blocks from the header's block index (a
+    /// layer a message, first layer first, after the assignment).
     case weights = 5
     /// either way: still alive; a worker's first one after the welcome means it is ready for work.
     case heartbeat = 6
