@@ -160,13 +160,13 @@ public final class Coordinator: GradientSource {
     }
 
     /// The step's weights messages (by parameter block), each encoded once for all workers.
-    private var encodedWeights: (step: UInt64, frames: [UInt32: [[UInt8]]]) = (.max, [:])
+    private var encodedWeights: (step: UInt64, frames: [UInt32: [OutgoingFrame]]) = (.max, [:])
 
-    private func encode(_ message: Message) -> [[UInt8]] {
-        guard message.type == .weights else { return message.encoded() }
+    private func encode(_ message: Message) -> [OutgoingFrame] {
+        guard message.type == .weights else { return message.outgoingFrames }
         if encodedWeights.step != message.step { encodedWeights = (message.step, [:]) }
         if let frames = encodedWeights.frames[message.block] { return frames }
-        let frames = message.encoded()
+        let frames = message.outgoingFrames
         encodedWeights.frames[message.block] = frames
         return frames
     }
@@ -176,7 +176,7 @@ public final class Coordinator: GradientSource {
             switch action {
             case let .send(peer, message):
                 do {
-                    try socket.send([peer] + encode(message))
+                    try socket.send(frames: [.bytes(peer)] + encode(message))
                 } catch let error as TransportError {
                     // A peer that has gone cannot be reached; its heartbeat timeout declares it lost.
                     log("warning", [("message", .string("could not send \(message.type) to \(CoordinatorMachine.peerName(peer)): \(error)"))])
@@ -205,6 +205,11 @@ public final class Coordinator: GradientSource {
 }
 
 extension ReceivedFrame: FrameBytes {}
+
+extension Message {
+    /// The frames to send; float32 tensors go out from their own arrays (zero-copy in libzmq).
+    var outgoingFrames: [OutgoingFrame] { encoded(bytes: OutgoingFrame.bytes, float32: OutgoingFrame.floats) }
+}
 
 public struct CoordinatorError: Error, CustomStringConvertible {
     public var description: String

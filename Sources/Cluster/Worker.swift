@@ -178,7 +178,7 @@ public final class Worker {
     }
 
     private func send(_ message: Message) throws {
-        try socket.send(message.encoded())
+        try socket.send(frames: message.outgoingFrames)
         lastSent = Date()
     }
 

@@ -5,6 +5,8 @@ import Foundation
 /// socket prefixes every message with the peer's identity frame; a DEALER-side one does not.
 public protocol MessageSocket: AnyObject {
     func send(_ frames: [[UInt8]]) throws
+    /// Sends frames that may hold float arrays, without copying them where the transport can.
+    func send(frames: [OutgoingFrame]) throws
     /// The next message, or nil when none arrives within `timeout` seconds.
     func receive(timeout: Double) throws -> [[UInt8]]?
     /// Like `receive(timeout:)`, but returns nil as soon as file descriptor `fd` is readable (a wake-up pipe).
@@ -17,6 +19,8 @@ public protocol MessageSocket: AnyObject {
 
 extension MessageSocket {
     public func close(deliveringWithin seconds: Double) {}
+
+    public func send(frames: [OutgoingFrame]) throws { try send(frames.map(\.byteArray)) }
 
     public func receiveFrames(timeout: Double, wakingOn fd: Int32?) throws -> [ReceivedFrame]? {
         let frames = try fd.map { try receive(timeout: timeout, wakingOn: $0) } ?? receive(timeout: timeout)

@@ -171,26 +171,29 @@ public final class ZMQSocket {
 
     /// Sends all frames as one message. A ROUTER's first frame is the peer's identity. Large frames (tensors) are
     /// sent zero-copy: libzmq reads the array's own storage and releases it when the bytes are on the wire.
-    public func send(_ frames: [[UInt8]]) throws {
+    public func send(_ frames: [[UInt8]]) throws { try send(frames: frames.map(OutgoingFrame.bytes)) }
+
+    /// The same for frames that may hold float32 values, which large frames send from the float array itself.
+    public func send(frames: [OutgoingFrame]) throws {
         let socket = try self.socket
         for (index, frame) in frames.enumerated() {
             let flags = index < frames.count - 1 ? ZMQ_SNDMORE : 0
             let sent: Int32
-            if frame.count >= Self.zeroCopyThreshold {
+            let box = FrameBox(frame)
+            if box.count >= Self.zeroCopyThreshold {
                 // The box keeps the (immutable) array, and so its storage, alive until libzmq calls back.
-                let box = Unmanaged.passRetained(FrameBox(frame))
-                let data = box.takeUnretainedValue().baseAddress
+                let retained = Unmanaged.passRetained(box)
                 var message = zmq_msg_t()
-                guard zmq_msg_init_data(&message, data, frame.count, { _, hint in
+                guard zmq_msg_init_data(&message, box.baseAddress, box.count, { _, hint in
                     Unmanaged<FrameBox>.fromOpaque(hint!).release()
-                }, box.toOpaque()) == 0 else {
-                    box.release()
+                }, retained.toOpaque()) == 0 else {
+                    retained.release()
                     throw TransportError("preparing frame \(index) of \(frames.count)")
                 }
                 sent = zmq_msg_send(&message, socket, flags)
                 if sent < 0 { zmq_msg_close(&message) }
             } else {
-                sent = frame.withUnsafeBytes { zmq_send(socket, $0.baseAddress, $0.count, flags) }
+                sent = zmq_send(socket, box.count > 0 ? box.baseAddress : nil, box.count, flags)
             }
             guard sent >= 0 else { throw TransportError("sending frame \(index) of \(frames.count)") }
         }
@@ -271,14 +274,49 @@ public final class ReceivedFrame {
     public var bytes: [UInt8] { message == nil ? array : withUnsafeBytes { Array($0) } }
 }
 
-/// Owns a frame's bytes while libzmq sends them without copying.
-private final class FrameBox {
-    let bytes: [UInt8]
-    let baseAddress: UnsafeMutableRawPointer
+/// A frame to send: bytes, or float32 values that go out as their little-endian bytes.
+public enum OutgoingFrame {
+    case bytes([UInt8])
+    case floats([Float])
 
-    init(_ bytes: [UInt8]) {
-        self.bytes = bytes
+    /// The frame's bytes, copied (for transports that keep no reference to the array).
+    public var byteArray: [UInt8] {
+        switch self {
+        case let .bytes(bytes): return bytes
+        case let .floats(values):
+            #if _endian(little)
+            return values.withUnsafeBytes { Array($0) }
+            #else
+            return values.flatMap { value in withUnsafeBytes(of: value.bitPattern.littleEndian) { Array($0) } }
+            #endif
+        }
+    }
+}
+
+/// Owns a frame's array while libzmq sends its bytes without copying.
+private final class FrameBox {
+    let owner: Any
+    let baseAddress: UnsafeMutableRawPointer?
+    let count: Int
+
+    init(_ frame: OutgoingFrame) {
         // An array held in a `let` is never reallocated or written, so its storage stays where it is.
-        baseAddress = UnsafeMutableRawPointer(mutating: bytes.withUnsafeBytes { $0.baseAddress! })
+        switch frame {
+        case let .bytes(bytes):
+            owner = bytes
+            baseAddress = bytes.withUnsafeBytes { $0.baseAddress.map(UnsafeMutableRawPointer.init(mutating:)) }
+            count = bytes.count
+        case let .floats(values):
+            #if _endian(little)
+            owner = values
+            baseAddress = values.withUnsafeBytes { $0.baseAddress.map(UnsafeMutableRawPointer.init(mutating:)) }
+            count = values.count * 4
+            #else
+            let bytes = frame.byteArray
+            owner = bytes
+            baseAddress = bytes.withUnsafeBytes { $0.baseAddress.map(UnsafeMutableRawPointer.init(mutating:)) }
+            count = bytes.count
+            #endif
+        }
     }
 }

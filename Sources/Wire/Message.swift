@@ -45,7 +45,12 @@ public struct WireError: Error, Equatable, CustomStringConvertible {
 
 extension Message {
     /// The message as frames: header, metadata (if any), one frame per tensor.
-    public func encoded() -> [[UInt8]] {
+    public func encoded() -> [[UInt8]] { encoded(bytes: { $0 }, float32: littleEndianBytes) }
+
+    /// The same frames built by the caller's constructors: `float32` gets each float32 tensor as it is, so a
+    /// transport can send it from the array's own storage instead of a copy (the values are little-endian on
+    /// little-endian hosts); everything else goes through `bytes`.
+    public func encoded<Frame>(bytes: ([UInt8]) -> Frame, float32: ([Float]) -> Frame) -> [Frame] {
         var header: [UInt8] = []
         header.reserveCapacity(WireProtocol.headerSize + 8 * tensors.count)
         header += WireProtocol.magic
@@ -60,9 +65,9 @@ extension Message {
         append(UInt32(metadata.count), to: &header)
         append(UInt32(tensors.count), to: &header)
         for tensor in tensors { append(UInt64(tensor.count * tensorType.bytesPerValue), to: &header) }
-        var frames = [header]
-        if !metadata.isEmpty { frames.append(metadata) }
-        for tensor in tensors { frames.append(tensorType == .float32 ? littleEndianBytes(tensor) : bfloat16Bytes(tensor)) }
+        var frames = [bytes(header)]
+        if !metadata.isEmpty { frames.append(bytes(metadata)) }
+        for tensor in tensors { frames.append(tensorType == .float32 ? float32(tensor) : bytes(bfloat16Bytes(tensor))) }
         return frames
     }
 
