@@ -22,14 +22,12 @@ public struct ImageDataset: Sendable {
     public func batch(_ indices: ArraySlice<Int>) -> (inputs: [Float], labels: [Int32]) {
         var inputs = [Float](repeating: 0, count: indices.count * features)
         // One value per byte, computed as PyTorch's pipeline does: (p / 255 − mean) / std in float32.
-        let table = (0..<256).map { (Float($0) / 255 - mean) / std }
+        let (mean, std) = (mean, std)
         inputs.withUnsafeMutableBufferPointer { out in
             pixels.withUnsafeBufferPointer { source in
-                table.withUnsafeBufferPointer { table in
-                    for (row, sample) in indices.enumerated() {
-                        let from = source.baseAddress! + sample * features, to = out.baseAddress! + row * features
-                        for j in 0..<features { to[j] = table[Int(from[j])] }
-                    }
+                for (row, sample) in indices.enumerated() {
+                    let from = source.baseAddress! + sample * features, to = out.baseAddress! + row * features
+                    for j in 0..<features { to[j] = (Float(from[j]) / 255 - mean) / std }
                 }
             }
         }
