@@ -90,12 +90,9 @@ struct PyTorchReference {
         (self.python, self.script, self.threads, self.steps) = (python, script, threads, steps)
     }
 
-    /// Median samples/s over `repeats` runs with `world` processes (1 thread each when world > 1).
-    func samplesPerSecond(width: Int, world: Int, repeats: Int) throws -> Double {
-        let runs = try (0..<repeats).map { _ in
-            try field("samples/s", of: run(["--hidden", "\(width)", "\(width)", "--world", "\(world)", "--max-steps", "\(steps + 20)"]))
-        }
-        return runs.sorted()[runs.count / 2]
+    /// Samples/s of one run with `world` processes (1 thread each when world > 1).
+    func samplesPerSecond(width: Int, world: Int) throws -> Double {
+        try field("samples/s", of: run(["--hidden", "\(width)", "\(width)", "--world", "\(world)", "--max-steps", "\(steps + 20)"]))
     }
 
     /// Seconds of training in the default job's 10 epochs (timed steps × step time; start-up excluded).
@@ -166,24 +163,28 @@ struct Bench: ParsableCommand {
             if blas == nil { notes.append("OpenBLAS not found: apt-get install libopenblas-dev for the GEMM reference") }
         }
         for width in [256, 1024] where sections.contains(.single) || sections.contains(.distributed) {
-            let measured = try measureTraining(width: width, single: sections.contains(.single),
-                                               distributed: sections.contains(.distributed))
+            let runs = try measureTraining(width: width, single: sections.contains(.single),
+                                           distributed: sections.contains(.distributed), reference: reference)
             let shape = "784-\(width)-\(width)-10"
-            if let single = measured.single {
-                let torch = try reference.map { try $0.samplesPerSecond(width: width, world: 1, repeats: repeats) }
-                rows.append(BenchRow(what: "one process \(shape), \(Parallel.threadCount) threads", unit: "samples/s",
-                                     value: single, reference: torch.map { ("PyTorch", $0) },
-                                     ratio: torch.map { single / $0 }, target: .ratioAtLeast(1.5)))
+            /// The median of per-repeat ratios, each pair measured side by side.
+            func ratio(_ mine: [Double], _ theirs: [Double]) -> Double? {
+                theirs.isEmpty || mine.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 })
             }
-            if let distributed = measured.distributed {
-                rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: distributed,
-                                     reference: measured.single.map { ("one process", $0) },
-                                     ratio: measured.ratio, target: measured.single.map { _ in .ratioAtLeast(0.75) }))
-                if let ddp = try reference.map({ try $0.samplesPerSecond(width: width, world: 2, repeats: repeats) }) {
-                    rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: distributed,
-                                         reference: ("PyTorch DDP", ddp), ratio: distributed / ddp, target: .ratioAtLeast(2)))
+            if !runs.single.isEmpty {
+                rows.append(BenchRow(what: "one process \(shape), \(Parallel.threadCount) threads", unit: "samples/s",
+                                     value: median(runs.single), reference: runs.torch.isEmpty ? nil : ("PyTorch", median(runs.torch)),
+                                     ratio: ratio(runs.single, runs.torch), target: .ratioAtLeast(1.5)))
+            }
+            if !runs.distributed.isEmpty {
+                rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: median(runs.distributed),
+                                     reference: runs.single.isEmpty ? nil : ("one process", median(runs.single)),
+                                     ratio: ratio(runs.distributed, runs.single), target: runs.single.isEmpty ? nil : .ratioAtLeast(0.75)))
+                if !runs.ddp.isEmpty {
+                    rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: median(runs.distributed),
+                                         reference: ("PyTorch DDP", median(runs.ddp)), ratio: ratio(runs.distributed, runs.ddp),
+                                         target: .ratioAtLeast(2)))
                 }
-                if let rss = measured.workerPeakRSS, width == 256 {
+                if let rss = runs.workerPeakRSS, width == 256 {
                     rows.append(BenchRow(what: "worker peak RSS \(shape)", unit: "MB", value: rss, target: .valueAtMost(150)))
                 }
             }
@@ -248,10 +249,11 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// Samples/s of the config with hidden layers `width` wide, in one process and with 2 local worker processes
-    /// (1 thread each) and a coordinator, measured alternately in every repeat; the workers' peak RSS in MB.
-    func measureTraining(width: Int, single: Bool, distributed: Bool)
-        throws -> (single: Double?, distributed: Double?, ratio: Double?, workerPeakRSS: Double?) {
+    /// Samples/s of the config with hidden layers `width` wide, per repeat: in one process, and with 2 local worker
+    /// processes (1 thread each) and a coordinator, each beside PyTorch's single process and DDP when `reference`
+    /// is given, all measured alternately in every repeat; and the workers' peak RSS in MB.
+    func measureTraining(width: Int, single: Bool, distributed: Bool, reference: PyTorchReference?) throws
+        -> (single: [Double], torch: [Double], distributed: [Double], ddp: [Double], workerPeakRSS: Double?) {
         let overrides = ["model.sizes=[784, \(width), \(width), 10]", "training.threads=\(Parallel.threadCount)"]
         let job = try JobConfig.load(path: config, overrides: overrides)
         func rate(_ trainer: Trainer) throws -> Double {
@@ -287,17 +289,19 @@ struct Bench: ParsableCommand {
                 cluster.workers.forEach { $0.waitForExit(timeout: 10) }
             }
         }
-        var singleRates: [Double] = [], distributedRates: [Double] = []
-        var peak: Double?
+        var runs: (single: [Double], torch: [Double], distributed: [Double], ddp: [Double], workerPeakRSS: Double?) = ([], [], [], [], nil)
         for _ in 0..<repeats {
-            if let local { singleRates.append(try rate(local)) }
+            if let local {
+                runs.single.append(try rate(local))
+                if let reference { runs.torch.append(try reference.samplesPerSecond(width: width, world: 1)) }
+            }
             if let cluster {
-                distributedRates.append(try rate(cluster.trainer))
-                peak = (cluster.workers.compactMap(\.peakResidentMegabytes) + (peak.map { [$0] } ?? [])).max()
+                runs.distributed.append(try rate(cluster.trainer))
+                runs.workerPeakRSS = (cluster.workers.compactMap(\.peakResidentMegabytes) + (runs.workerPeakRSS.map { [$0] } ?? [])).max()
+                if let reference { runs.ddp.append(try reference.samplesPerSecond(width: width, world: 2)) }
             }
         }
-        let ratio = single && distributed ? median(zip(distributedRates, singleRates).map { $0 / $1 }) : nil
-        return (single ? median(singleRates) : nil, distributed ? median(distributedRates) : nil, ratio, peak)
+        return runs
     }
 
     /// Seconds from loading the config's job to its first evaluation at or above `accuracy` (the whole job
