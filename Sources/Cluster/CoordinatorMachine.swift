@@ -370,6 +370,7 @@ public struct CoordinatorMachine {
         round.tasks[identity] = nil
         round.finished[identity] = nil
         round.staged[identity] = nil
+        round.haveWeights.remove(identity)  // if it comes back in this step, it needs them again
         round.lost.append(name)
         actions += distribute(orphaned(round), to: peers.map(\.identity), in: &round, now: now)
         self.round = round

@@ -254,7 +254,9 @@ struct Bench: ParsableCommand {
     /// is given, all measured alternately in every repeat; and the workers' peak RSS in MB.
     func measureTraining(width: Int, single: Bool, distributed: Bool, reference: PyTorchReference?) throws
         -> (single: [Double], torch: [Double], distributed: [Double], ddp: [Double], workerPeakRSS: Double?) {
-        let overrides = ["model.sizes=[784, \(width), \(width), 10]", "training.threads=\(Parallel.threadCount)"]
+        // The coordinator is silent while PyTorch runs between trainerd's: long heartbeat timeouts keep the workers.
+        let overrides = ["model.sizes=[784, \(width), \(width), 10]", "training.threads=\(Parallel.threadCount)",
+                         "cluster.heartbeat_timeout=3600", "cluster.step_deadline=3600"]
         let job = try JobConfig.load(path: config, overrides: overrides)
         func rate(_ trainer: Trainer) throws -> Double {
             for _ in 0..<10 { _ = try trainer.step() }  // warm-up

@@ -295,6 +295,19 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         _ = try finish(&machine, now: 15)
     }
 
+    /// A worker that reconnects mid-step (its hello while it is still a peer) drops the weights it had; when it
+    /// takes the step's work again it gets them again (it would otherwise wait for them until step_deadline).
+    func testAWorkerThatReconnectsMidStepGetsTheStepsWeightsAgain() throws {
+        var machine = machine(workers: ["a"])
+        XCTAssertEqual(sends(machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)).map(\.1), [.assignment, .weights])
+        let hello = machine.receive(from: id("a"), Message(type: .hello, jobID: 0).encoded(), now: 1)
+        XCTAssertEqual(events(hello, "worker_lost").count, 1)
+        let ready = machine.receive(from: id("a"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 2)
+        XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["a assignment 0..<4", "a weights 0..<0"])
+        _ = deliver(&machine, "a", 0, 0..<4, now: 3)
+        _ = try finish(&machine, now: 3)
+    }
+
     func testAWorkerJoiningMidStepGetsWorkFromTheNextStep() throws {
         var machine = machine(workers: ["a"])
         _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
