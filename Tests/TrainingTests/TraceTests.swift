@@ -52,6 +52,7 @@ final class TraceTests: CLITestCase {
         XCTAssertEqual(result.status, 0, result.stderr)
         let forward = try spans(trace).filter { $0["name"] as? String == "forward" }
         XCTAssertEqual(forward.count, 20, "one pass per thread per step")
-        XCTAssertEqual(Set(forward.compactMap { $0["tid"] as? Int }).count, 2)
+        // On at least 2 threads (Dispatch may serve the second lane from a different pool thread in each step).
+        XCTAssertGreaterThanOrEqual(Set(forward.compactMap { $0["tid"] as? Int }).count, 2)
     }
 }
