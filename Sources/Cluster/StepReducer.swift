@@ -70,16 +70,7 @@ public struct StepReducer {
     /// The flat gradient sum (blocks concatenated in order) and the loss sum, once complete.
     public func reduced() -> (gradientSum: [Float], lossSum: Float)? {
         guard isComplete else { return nil }
-        let total = blockSizes.reduce(0, +)
-        let gradient = [Float](unsafeUninitializedCapacity: total) { buffer, initialized in
-            var offset = 0
-            for (block, size) in blockSizes.enumerated() {
-                GradientTree.sum(blocks: pieces[block], leaves: microBatches,
-                                 into: UnsafeMutableBufferPointer(rebasing: buffer[offset..<(offset + size)]))
-                offset += size
-            }
-            initialized = total
-        }
+        let gradient = GradientTree.sum(perTensor: pieces, leaves: microBatches)
         return (gradient, GradientTree.sum(blocks: lossPieces, leaves: microBatches)[0])
     }
 }

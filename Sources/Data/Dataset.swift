@@ -22,7 +22,6 @@ public struct ImageDataset: Sendable {
     public func batch(_ indices: ArraySlice<Int>) -> (inputs: [Float], labels: [Int32]) {
         var inputs = [Float](repeating: 0, count: indices.count * features)
         // One value per byte, computed as PyTorch's pipeline does: (p / 255 − mean) / std in float32.
-        let (mean, std) = (mean, std)
         inputs.withUnsafeMutableBufferPointer { out in
             pixels.withUnsafeBufferPointer { source in
                 for (row, sample) in indices.enumerated() {

@@ -69,16 +69,22 @@ public enum GradientTree {
     }
 
     /// The tree sums of blocks that each hold one array per tensor, concatenated: tensor t's values are
-    /// `sum(blocks: blocks.map { ($0.range, $0.tensors[t]) }, leaves:)`. Tensors are spread over threads.
+    /// `sum(blocks: blocks.map { ($0.range, $0.tensors[t]) }, leaves:)`.
     public static func sum(tensors blocks: [(range: Range<Int>, tensors: [[Float]])], leaves: Int) -> [Float] {
-        guard let sizes = blocks.first?.tensors.map(\.count) else { return [] }
+        guard let tensorCount = blocks.first?.tensors.count else { return [] }
+        return sum(perTensor: (0..<tensorCount).map { tensor in blocks.map { ($0.range, $0.tensors[tensor]) } }, leaves: leaves)
+    }
+
+    /// Each tensor's tree sum (`perTensor[t]` holds its blocks), concatenated in tensor order; tensors are spread
+    /// over threads.
+    public static func sum(perTensor: [[(range: Range<Int>, sum: [Float])]], leaves: Int) -> [Float] {
         var offsets = [0]
-        for size in sizes { offsets.append(offsets.last! + size) }
+        for blocks in perTensor { offsets.append(offsets.last! + (blocks.first?.sum.count ?? 0)) }
         let total = offsets.last!
         return [Float](unsafeUninitializedCapacity: total) { buffer, initialized in
             let destination = buffer
-            Parallel.forEach(sizes.count) { tensor in
-                sum(blocks: blocks.map { ($0.range, $0.tensors[tensor]) }, leaves: leaves,
+            Parallel.forEach(perTensor.count) { tensor in
+                sum(blocks: perTensor[tensor], leaves: leaves,
                     into: UnsafeMutableBufferPointer(rebasing: destination[offsets[tensor]..<offsets[tensor + 1]]))
             }
             initialized = total

@@ -15,13 +15,28 @@ public struct ClipResult: Sendable, Equatable {
 
 /// ‖g_t‖₂ of each tensor in `tensors` (ranges of the flat buffer), summed in Double in a fixed order.
 public func tensorNorms(_ gradients: [Float], tensors: [Range<Int>]) -> [Float] {
+    gradients.withUnsafeBufferPointer { values in
+        // Only read: tk_sum_of_squares takes a const pointer.
+        perTensorNorms(UnsafeMutablePointer(mutating: values.baseAddress!), tensors: tensors) { tk_sum_of_squares($0, $1) }
+    }
+}
+
+/// Divides `gradients` by `divisor` in place and returns each tensor's norm of the result, in one pass over the
+/// values: the same bits as dividing and then calling `tensorNorms`.
+public func tensorNorms(dividing gradients: inout [Float], by divisor: Float, tensors: [Range<Int>]) -> [Float] {
+    gradients.withUnsafeMutableBufferPointer { values in
+        perTensorNorms(values.baseAddress!, tensors: tensors) { tk_divide_sum_of_squares($0, divisor, $1) }
+    }
+}
+
+/// √(squares(count, start)) for every tensor range of the buffer at `base`, a tensor per thread.
+private func perTensorNorms(_ base: UnsafeMutablePointer<Float>, tensors: [Range<Int>],
+                            _ squares: (Int64, UnsafeMutablePointer<Float>) -> Double) -> [Float] {
     var norms = [Float](repeating: 0, count: tensors.count)
-    gradients.withUnsafeBufferPointer { g in
-        norms.withUnsafeMutableBufferPointer { out in
-            Parallel.forEach(tensors.count) { index in
-                let range = tensors[index]
-                out[index] = Float(tk_sum_of_squares(Int64(range.count), g.baseAddress! + range.lowerBound).squareRoot())
-            }
+    norms.withUnsafeMutableBufferPointer { out in
+        Parallel.forEach(tensors.count) { index in
+            let range = tensors[index]
+            out[index] = Float(squares(Int64(range.count), base + range.lowerBound).squareRoot())
         }
     }
     return norms

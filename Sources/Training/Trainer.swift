@@ -200,18 +200,8 @@ public final class Trainer {
         var gradient = sums.gradientSum
         sums.gradientSum = []
         let batch = Float(plan.batchSize)
-        let tensors = layout.entries.map(\.range)
-        var norms = [Float](repeating: 0, count: tensors.count)
-        Trace.span("norms", "step") {
-        gradient.withUnsafeMutableBufferPointer { values in
-            norms.withUnsafeMutableBufferPointer { out in
-                Parallel.forEach(tensors.count) { index in
-                    let range = tensors[index]
-                    let squares = tk_divide_sum_of_squares(Int64(range.count), batch, values.baseAddress! + range.lowerBound)
-                    out[index] = Float(squares.squareRoot())
-                }
-            }
-        }
+        let norms = Trace.span("norms", "step") {
+            tensorNorms(dividing: &gradient, by: batch, tensors: layout.entries.map(\.range))
         }
         return (gradient, sums.lossSum / batch, sums, norms)
     }
