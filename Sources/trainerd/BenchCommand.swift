@@ -166,22 +166,18 @@ struct Bench: ParsableCommand {
             let runs = try measureTraining(width: width, single: sections.contains(.single),
                                            distributed: sections.contains(.distributed), reference: reference)
             let shape = "784-\(width)-\(width)-10"
-            /// The median of per-repeat ratios, each pair measured side by side.
-            func ratio(_ mine: [Double], _ theirs: [Double]) -> Double? {
-                theirs.isEmpty || mine.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 })
-            }
             if !runs.single.isEmpty {
                 rows.append(BenchRow(what: "one process \(shape), \(Parallel.threadCount) threads", unit: "samples/s",
                                      value: median(runs.single), reference: runs.torch.isEmpty ? nil : ("PyTorch", median(runs.torch)),
-                                     ratio: ratio(runs.single, runs.torch), target: .ratioAtLeast(1.5)))
+                                     ratio: medianRatio(runs.single, runs.torch), target: .ratioAtLeast(1.5)))
             }
             if !runs.distributed.isEmpty {
                 rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: median(runs.distributed),
                                      reference: runs.single.isEmpty ? nil : ("one process", median(runs.single)),
-                                     ratio: ratio(runs.distributed, runs.single), target: runs.single.isEmpty ? nil : .ratioAtLeast(0.75)))
+                                     ratio: medianRatio(runs.distributed, runs.single), target: runs.single.isEmpty ? nil : .ratioAtLeast(0.75)))
                 if !runs.ddp.isEmpty {
                     rows.append(BenchRow(what: "2 workers + coordinator \(shape)", unit: "samples/s", value: median(runs.distributed),
-                                         reference: ("PyTorch DDP", median(runs.ddp)), ratio: ratio(runs.distributed, runs.ddp),
+                                         reference: ("PyTorch DDP", median(runs.ddp)), ratio: medianRatio(runs.distributed, runs.ddp),
                                          target: .ratioAtLeast(2)))
                 }
                 if let rss = runs.workerPeakRSS, width == 256 {
@@ -244,7 +240,7 @@ struct Bench: ParsableCommand {
             }
             return BenchRow(what: "GEMM \(n)×\(n)×\(n)", unit: "GFLOP/s", value: median(mine),
                             reference: theirs.isEmpty ? nil : ("OpenBLAS", median(theirs)),
-                            ratio: theirs.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 }),
+                            ratio: medianRatio(mine, theirs),
                             target: n >= 256 ? .ratioAtLeast(0.9) : nil)
         }
     }
@@ -363,6 +359,11 @@ struct Bench: ParsableCommand {
         let start = Date()
         for _ in 0..<calls { c.withUnsafeMutableBufferPointer { pc in multiply(a, b, pc.baseAddress!) } }
         return flops * Double(calls) / Date().timeIntervalSince(start) / 1e9
+    }
+
+    /// The median of per-repeat ratios, each pair measured side by side; nil without a reference.
+    func medianRatio(_ mine: [Double], _ theirs: [Double]) -> Double? {
+        theirs.isEmpty || mine.isEmpty ? nil : median(zip(mine, theirs).map { $0 / $1 })
     }
 
     func median(_ values: [Double]) -> Double {
