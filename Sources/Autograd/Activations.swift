@@ -28,6 +28,15 @@ extension Tensor {
     /// y = σ(x) = 1 / (1 + e^−x). dy/dx = y(1 − y).
     public func sigmoid() -> Tensor { unary(savesInput: false, tk_sigmoid_forward, tk_sigmoid_backward) }
 
+    /// GELU as torch.nn.functional.gelu: `.none` is exact, y = x·Φ(x) = ½x(1 + erf(x/√2)), dy/dx = Φ(x) + x·φ(x);
+    /// `.tanh` is y = ½x(1 + tanh(√(2/π)(x + 0.044715x³))), dy/dx = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 0.134145x²).
+    public func gelu(approximate: GELUApproximation = .none) -> Tensor {
+        switch approximate {
+        case .none: return unary(savesInput: true, tk_gelu_erf_forward, tk_gelu_erf_backward)
+        case .tanh: return unary(savesInput: true, tk_gelu_tanh_forward, tk_gelu_tanh_backward)
+        }
+    }
+
     /// Rows of the last dimension and their length, for row-wise kernels.
     var rowsAndColumns: (rows: Int, columns: Int) {
         let columns = shape.last ?? 1
@@ -57,4 +66,9 @@ extension Tensor {
             return [grad]
         }
     }
+}
+
+/// PyTorch's `approximate` argument of GELU.
+public enum GELUApproximation: String, Sendable, CaseIterable {
+    case none, tanh
 }

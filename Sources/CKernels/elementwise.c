@@ -67,6 +67,11 @@ int64_t tk_count_nonfinite(int64_t n, const float *x) {
 }
 
 CLONES
+void tk_mul_inplace(int64_t n, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] *= x[i];
+}
+
+CLONES
 void tk_scale_inplace(int64_t n, float s, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] *= s;
 }

@@ -67,4 +67,17 @@ final class FiniteDifferenceTests: XCTestCase {
         try checkGradients("sigmoid", shapes: [[6]]) { ($0[0] * 4).sigmoid() }
         try checkGradients("softmax 3-d", shapes: [[2, 2, 3]]) { $0[0].softmax() }
     }
+
+    func testTransformerOpsAwayFromTheFixtures() throws {
+        try checkGradients("layer norm, no affine", shapes: [[3, 5]]) { $0[0].layerNorm(weight: nil, bias: nil) }
+        try checkGradients("layer norm", shapes: [[4, 6], [6], [6]]) { $0[0].layerNorm(weight: $0[1], bias: $0[2]) }
+        try checkGradients("gelu erf", shapes: [[12]]) { ($0[0] * 3).gelu(approximate: .none) }
+        try checkGradients("gelu tanh", shapes: [[12]]) { ($0[0] * 3).gelu(approximate: .tanh) }
+        try checkGradients("attention, not causal", shapes: [[1, 2, 4, 3], [1, 2, 4, 3], [1, 2, 4, 3]]) {
+            Tensor.scaledDotProductAttention(query: $0[0], key: $0[1], value: $0[2], causal: false)
+        }
+        try checkGradients("attention, causal, one head", shapes: [[2, 1, 5, 2], [2, 1, 5, 2], [2, 1, 5, 2]]) {
+            Tensor.scaledDotProductAttention(query: $0[0], key: $0[1], value: $0[2], causal: true)
+        }
+    }
 }

@@ -58,6 +58,28 @@ final class OpsFixtureTests: XCTestCase {
         try check("residual_block") { $0[0] + $0[0].linear(weight: $0[1], bias: $0[2]).relu() }
     }
 
+    func testGELUTanh() throws { try check("gelu_tanh") { $0[0].gelu(approximate: .tanh) } }
+    func testGELUErf() throws { try check("gelu_erf") { $0[0].gelu(approximate: .none) } }
+
+    func testLayerNorm() throws {
+        let c = try load("layer_norm")
+        let eps = try XCTUnwrap((c.raw["params"] as? [String: Any])?["eps"] as? Double)
+        try check("layer_norm") { $0[0].layerNorm(weight: $0[1], bias: $0[2], eps: Float(eps)) }
+    }
+
+    func testCausalScaledDotProductAttention() throws {
+        try check("scaled_dot_product_attention_causal") {
+            Tensor.scaledDotProductAttention(query: $0[0], key: $0[1], value: $0[2], causal: true)
+        }
+    }
+
+    func testEmbeddingWithARepeatedIndex() throws {
+        let c = try load("embedding")
+        let indices = try tensor(c.raw["indices"])
+        XCTAssertLessThan(Set(indices.ints).count, indices.ints.count, "the case repeats an index")
+        try check("embedding") { $0[0].embedding(indices.ints, shape: indices.shape) }
+    }
+
     func testCrossEntropyMean() throws {
         let c = try load("cross_entropy_mean")
         let labels = try tensor(c.raw["labels"]).ints

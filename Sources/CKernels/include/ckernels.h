@@ -63,6 +63,8 @@ void tk_add_inplace(int64_t n, const float *x, float *y);
 int64_t tk_count_nonfinite(int64_t n, const float *x);
 /// out = a + b.
 void tk_add(int64_t n, const float *a, const float *b, float *out);
+/// y *= x, elementwise
+void tk_mul_inplace(int64_t n, const float *x, float *y);
 /// y *= s
 void tk_scale_inplace(int64_t n, float s, float *y);
 
@@ -108,4 +110,23 @@ double tk_sum_of_squares(int64_t n, const float *x);
 /// computes it, in one pass over y.
 double tk_divide_sum_of_squares(int64_t n, float divisor, float *y);
 
+// MARK: Transformer rows (see transformer.c)
+/// LayerNorm of each row of x [rows, cols] (biased variance): mean[r], rstd[r] = 1/√(var + eps),
+/// y = (x − mean)·rstd·γ + β. gamma and beta may be NULL (1 and 0).
+void tk_layernorm_forward(int rows, int cols, const float *x, const float *gamma, const float *beta, float eps,
+                          float *y, float *mean, float *rstd);
+/// With x̂ = (x − mean)·rstd and dx̂ = dy·γ: dx = rstd·(dx̂ − mean_c(dx̂) − x̂·mean_c(dx̂·x̂)); dγ = Σ_r dy·x̂ and
+/// dβ = Σ_r dy over these rows in row order (written, not accumulated). dx, dgamma, dbeta may be NULL.
+void tk_layernorm_backward(int rows, int cols, const float *x, const float *gamma, const float *mean,
+                           const float *rstd, const float *dy, float *dx, float *dgamma, float *dbeta);
+/// GELU, tanh form: y = ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
+void tk_gelu_tanh_forward(int64_t n, const float *x, float *y);
+/// dx = dy·(½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)), t as in the forward, from the input x.
+void tk_gelu_tanh_backward(int64_t n, const float *x, const float *dy, float *dx);
+/// GELU, exact form: y = ½x(1 + erf(x/√2)) = x·Φ(x).
+void tk_gelu_erf_forward(int64_t n, const float *x, float *y);
+/// dx = dy·(Φ(x) + x·φ(x)), from the input x.
+void tk_gelu_erf_backward(int64_t n, const float *x, const float *dy, float *dx);
+/// Causal softmax of a [T, T] score matrix: row i is softmax(scale·scores[i, 0...i]) and 0 after column i.
+void tk_causal_softmax(int T, float scale, const float *scores, float *probs);
 #endif

@@ -1,0 +1,61 @@
+import Kernels
+
+/// Where dropout draws its masks: a seed for the step and the global index of the pass's first sample, set by
+/// the training loop around each forward pass. Outside a stream (evaluation, sampling) dropout is the identity,
+/// like a PyTorch module in `eval()` mode.
+public enum DropoutStream {
+    static let active = ThreadLocalInt()
+    static let seed = ThreadLocalInt()
+    static let firstSample = ThreadLocalInt()
+
+    public static var isActive: Bool { active.value != 0 }
+}
+
+/// Runs `body` with dropout on: the mask of element e of sample s (dimension 0 of the dropped tensor) at a
+/// site is a hash of (seed, site, firstSample + s, e). It depends neither on how samples are grouped into passes
+/// nor on threads, so every worker count draws the same masks, and recomputing a pass redraws the same ones.
+public func withDropoutStream<R>(seed: UInt64, firstSample: Int, _ body: () throws -> R) rethrows -> R {
+    try DropoutStream.active.with(1) {
+        try DropoutStream.seed.with(Int(bitPattern: UInt(seed))) {
+            try DropoutStream.firstSample.with(firstSample, body)
+        }
+    }
+}
+
+extension Tensor {
+    /// Inverted dropout: y = x·m/(1 − p) with m = 0 with probability p, else 1 (the identity outside a
+    /// `withDropoutStream` or for p = 0). dx = dy·m/(1 − p). `site` tells apart the dropout calls of one forward.
+    public func dropout(_ probability: Float, site: UInt64) -> Tensor {
+        precondition(probability >= 0 && probability < 1, "dropout: probability \(probability) is outside [0, 1)")
+        guard probability > 0, DropoutStream.isActive, rank >= 1 else { return self }
+        let samples = shape[0], perSample = samples == 0 ? 0 : count / samples
+        let seed = UInt64(UInt(bitPattern: DropoutStream.seed.value)), first = DropoutStream.firstSample.value
+        let siteKey = mix(seed ^ mix(site &+ 0x5851_F42D_4C95_7F2D))
+        let threshold = UInt64((Double(probability) * Double(1 << 24)).rounded())
+        let keep = 1 / (1 - probability)
+        var mask = uninitializedFloats(count)
+        for sample in 0..<samples {
+            let sampleKey = mix(siteKey ^ UInt64(first + sample))
+            for element in 0..<perSample {
+                let draw = mix(sampleKey ^ mix(UInt64(element))) >> 40  // 24 uniform bits
+                mask[sample * perSample + element] = draw < threshold ? 0 : keep
+            }
+        }
+        var out = storage
+        tk_mul_inplace(Int64(out.count), mask, &out)
+        return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
+            var grad = upstream
+            tk_mul_inplace(Int64(grad.count), mask, &grad)
+            return [grad]
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a bijection on 64 bits whose outputs look independent for consecutive inputs.
+@inline(__always)
+private func mix(_ value: UInt64) -> UInt64 {
+    var z = value &+ 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+}

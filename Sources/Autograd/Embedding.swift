@@ -1,0 +1,40 @@
+import Kernels
+
+extension Tensor {
+    /// torch.nn.functional.embedding with this tensor as the table [V, D]: y[p] = table[indices[p]], shape
+    /// `indexShape + [D]`. dtable[v] = Σ dy[p] over the positions p with indices[p] = v (a repeated index adds up),
+    /// summed per micro-batch (`SampleSegments`) in position order and combined in the gradient tree.
+    public func embedding(_ indices: [Int32], shape indexShape: [Int]) -> Tensor {
+        precondition(rank == 2, "embedding: the table must be [vocabulary, dim], got \(shape)")
+        precondition(indexShape.reduce(1, *) == indices.count,
+                     "embedding: \(indices.count) indices do not fill shape \(indexShape)")
+        let vocabulary = shape[0], dim = shape[1]
+        if let bad = indices.firstIndex(where: { $0 < 0 || Int($0) >= vocabulary }) {
+            preconditionFailure("embedding: index \(indices[bad]) at position \(bad) is outside 0..<\(vocabulary)")
+        }
+        let table = storage
+        var out = uninitializedFloats(indices.count * dim)
+        for (position, index) in indices.enumerated() {
+            let source = Int(index) * dim
+            for c in 0..<dim { out[position * dim + c] = table[source + c] }
+        }
+        let positions = indices.count
+        let segments = positions % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segmentPositions = positions / max(segments, 1)
+        return Tensor.recorded(shape: indexShape + [dim], storage: out, inputs: [self]) { upstream, _ in
+            guard positions > 0 else { return [[Float](repeating: 0, count: vocabulary * dim)] }
+            var parts = [[Float]](repeating: [], count: segments)
+            parts.withUnsafeMutableBufferPointer { slots in
+                Parallel.forEach(segments) { segment in
+                    var part = [Float](repeating: 0, count: vocabulary * dim)
+                    for position in (segment * segmentPositions)..<((segment + 1) * segmentPositions) {
+                        let row = Int(indices[position]) * dim
+                        for c in 0..<dim { part[row + c] += upstream[position * dim + c] }
+                    }
+                    slots[segment] = part
+                }
+            }
+            return [GradientTree.sum(consuming: &parts)]
+        }
+    }
+}

@@ -1,0 +1,116 @@
+// Row kernels of the Transformer ops: LayerNorm, GELU and the causal softmax. Every output element is the same
+// IEEE operations in the same order on every ISA, so the bits never depend on the build or the thread count.
+#include "ckernels.h"
+#include <math.h>
+#include <stddef.h>
+
+// MARK: LayerNorm
+
+void tk_layernorm_forward(int rows, int cols, const float *x, const float *gamma, const float *beta, float eps,
+                          float *y, float *mean, float *rstd) {
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+        float sum = 0.0f;
+        for (int c = 0; c < cols; c++) sum += xr[c];
+        float mu = sum / (float)cols;
+        float squares = 0.0f;
+        for (int c = 0; c < cols; c++) {
+            float d = xr[c] - mu;
+            squares += d * d;
+        }
+        float s = 1.0f / sqrtf(squares / (float)cols + eps);
+        for (int c = 0; c < cols; c++) {
+            float normalized = (xr[c] - mu) * s;
+            yr[c] = normalized * (gamma ? gamma[c] : 1.0f) + (beta ? beta[c] : 0.0f);
+        }
+        mean[r] = mu;
+        rstd[r] = s;
+    }
+}
+
+void tk_layernorm_backward(int rows, int cols, const float *x, const float *gamma, const float *mean,
+                           const float *rstd, const float *dy, float *dx, float *dgamma, float *dbeta) {
+    if (dgamma) for (int c = 0; c < cols; c++) dgamma[c] = 0.0f;
+    if (dbeta) for (int c = 0; c < cols; c++) dbeta[c] = 0.0f;
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * cols, *dyr = dy + r * cols;
+        float mu = mean[r], s = rstd[r];
+        float sum_dxhat = 0.0f, sum_dxhat_xhat = 0.0f;
+        for (int c = 0; c < cols; c++) {
+            float xhat = (xr[c] - mu) * s;
+            float dxhat = dyr[c] * (gamma ? gamma[c] : 1.0f);
+            sum_dxhat += dxhat;
+            sum_dxhat_xhat += dxhat * xhat;
+            if (dgamma) dgamma[c] += dyr[c] * xhat;
+            if (dbeta) dbeta[c] += dyr[c];
+        }
+        if (!dx) continue;
+        float mean_dxhat = sum_dxhat / (float)cols, mean_dxhat_xhat = sum_dxhat_xhat / (float)cols;
+        float *dxr = dx + r * cols;
+        for (int c = 0; c < cols; c++) {
+            float xhat = (xr[c] - mu) * s;
+            float dxhat = dyr[c] * (gamma ? gamma[c] : 1.0f);
+            dxr[c] = s * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+    }
+}
+
+// MARK: GELU
+
+#define GELU_TANH_C 0.7978845608028654f  // √(2/π)
+#define GELU_TANH_A 0.044715f
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+void tk_gelu_tanh_forward(int64_t n, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float t = tanhf(GELU_TANH_C * (v + GELU_TANH_A * v * v * v));
+        y[i] = 0.5f * v * (1.0f + t);
+    }
+}
+
+void tk_gelu_tanh_backward(int64_t n, const float *x, const float *dy, float *dx) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float t = tanhf(GELU_TANH_C * (v + GELU_TANH_A * v * v * v));
+        float du = GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_A * v * v);
+        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+}
+
+void tk_gelu_erf_forward(int64_t n, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * INV_SQRT2));
+}
+
+void tk_gelu_erf_backward(int64_t n, const float *x, const float *dy, float *dx) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
+        float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
+        dx[i] = dy[i] * (cdf + v * pdf);
+    }
+}
+
+// MARK: causal softmax
+
+void tk_causal_softmax(int T, float scale, const float *scores, float *probs) {
+    for (long i = 0; i < T; i++) {
+        const float *s = scores + i * T;
+        float *p = probs + i * T;
+        float m = s[0] * scale;
+        for (long j = 1; j <= i; j++) {
+            float v = s[j] * scale;
+            if (v > m) m = v;
+        }
+        float total = 0.0f;
+        for (long j = 0; j <= i; j++) {
+            p[j] = expf(s[j] * scale - m);
+            total += p[j];
+        }
+        float inv = 1.0f / total;
+        for (long j = 0; j <= i; j++) p[j] *= inv;
+        for (long j = i + 1; j < T; j++) p[j] = 0.0f;
+    }
+}
