@@ -52,3 +52,29 @@ extension Tensor {
         return out
     }
 }
+
+extension Tensor {
+    /// torch.narrow: elements start..<start + length along `dim`. dx = dy in that slice, 0 elsewhere.
+    public func narrowed(_ dim: Int, start: Int, length: Int) -> Tensor {
+        let axis = normalized(dim)
+        let (outer, size, inner) = split(around: axis)
+        precondition(start >= 0 && length >= 0 && start + length <= size,
+                     "narrow: \(start)..<\(start + length) is outside 0..<\(size) along dimension \(dim) of \(shape)")
+        let x = storage
+        var out = uninitializedFloats(outer * length * inner)
+        for o in 0..<outer {
+            let source = (o * size + start) * inner, destination = o * length * inner
+            for i in 0..<(length * inner) { out[destination + i] = x[source + i] }
+        }
+        var newShape = shape
+        newShape[axis] = length
+        return Tensor.recorded(shape: newShape, storage: out, inputs: [self]) { upstream, _ in
+            var grad = [Float](repeating: 0, count: outer * size * inner)
+            for o in 0..<outer {
+                let destination = (o * size + start) * inner, source = o * length * inner
+                for i in 0..<(length * inner) { grad[destination + i] = upstream[source + i] }
+            }
+            return [grad]
+        }
+    }
+}

@@ -1,3 +1,4 @@
+import Foundation
 /// xoshiro256** (Blackman & Vigna), seeded through SplitMix64: a portable PRNG whose stream depends only on the
 /// seed, never on the platform or the system RNG. Used for initialisation and shuffling.
 public struct Xoshiro256: RandomNumberGenerator, Sendable, Equatable {
@@ -37,6 +38,13 @@ public struct Xoshiro256: RandomNumberGenerator, Sendable, Equatable {
 
     /// Uniform in [low, high).
     public mutating func nextFloat(in low: Float, _ high: Float) -> Float { low + (high - low) * nextUnitFloat() }
+
+    /// Standard normal (Box–Muller over two 53-bit uniforms, computed in Double; one draw per call).
+    public mutating func nextNormal() -> Float {
+        let u1 = Double((next() >> 11) + 1) * 0x1p-53  // (0, 1]: the logarithm stays finite
+        let u2 = Double(next() >> 11) * 0x1p-53
+        return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
+    }
 
     /// Uniform integer in 0..<bound without modulo bias (Lemire's multiply-and-reject).
     public mutating func nextInt(below bound: Int) -> Int {
