@@ -34,13 +34,7 @@ extension Tensor {
         let threshold = UInt64((Double(probability) * Double(1 << 24)).rounded())
         let keep = 1 / (1 - probability)
         var mask = uninitializedFloats(count)
-        for sample in 0..<samples {
-            let sampleKey = mix(siteKey ^ UInt64(first + sample))
-            for element in 0..<perSample {
-                let draw = mix(sampleKey ^ mix(UInt64(element))) >> 40  // 24 uniform bits
-                mask[sample * perSample + element] = draw < threshold ? 0 : keep
-            }
-        }
+        tk_dropout_mask(samples, perSample, siteKey, first, UInt32(threshold), keep, &mask)
         var out = storage
         tk_mul_inplace(Int64(out.count), mask, &out)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in

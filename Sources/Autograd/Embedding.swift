@@ -14,22 +14,31 @@ extension Tensor {
         }
         let table = storage
         var out = uninitializedFloats(indices.count * dim)
-        for (position, index) in indices.enumerated() {
-            let source = Int(index) * dim
-            for c in 0..<dim { out[position * dim + c] = table[source + c] }
+        if dim > 0 {
+            table.withUnsafeBufferPointer { rows in
+                out.withUnsafeMutableBufferPointer { out in
+                    for (position, index) in indices.enumerated() {
+                        (out.baseAddress! + position * dim).update(from: rows.baseAddress! + Int(index) * dim, count: dim)
+                    }
+                }
+            }
         }
         let positions = indices.count
         let segments = positions % SampleSegments.current == 0 ? SampleSegments.current : 1
         let segmentPositions = positions / max(segments, 1)
         return Tensor.recorded(shape: indexShape + [dim], storage: out, inputs: [self]) { upstream, _ in
-            guard positions > 0 else { return [[Float](repeating: 0, count: vocabulary * dim)] }
+            guard positions > 0, dim > 0 else { return [[Float](repeating: 0, count: vocabulary * dim)] }
             var parts = [[Float]](repeating: [], count: segments)
             parts.withUnsafeMutableBufferPointer { slots in
                 Parallel.forEach(segments) { segment in
                     var part = [Float](repeating: 0, count: vocabulary * dim)
-                    for position in (segment * segmentPositions)..<((segment + 1) * segmentPositions) {
-                        let row = Int(indices[position]) * dim
-                        for c in 0..<dim { part[row + c] += upstream[position * dim + c] }
+                    upstream.withUnsafeBufferPointer { dy in
+                        part.withUnsafeMutableBufferPointer { part in
+                            for position in (segment * segmentPositions)..<((segment + 1) * segmentPositions) {
+                                tk_add_inplace(Int64(dim), dy.baseAddress! + position * dim,
+                                               part.baseAddress! + Int(indices[position]) * dim)
+                            }
+                        }
                     }
                     slots[segment] = part
                 }

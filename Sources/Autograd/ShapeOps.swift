@@ -1,3 +1,5 @@
+import Kernels
+
 extension Tensor {
     /// The same values in a new shape (one dimension may be −1, inferred). dx = dy in the old shape.
     public func reshaped(_ newShape: [Int]) -> Tensor {
@@ -14,7 +16,7 @@ extension Tensor {
     /// Swaps two dimensions (negative counts from the end), copying into the new row-major order.
     /// dx = transpose(dy) with the same two dimensions.
     public func transposed(_ dim0: Int = -2, _ dim1: Int = -1) -> Tensor {
-        let a = normalized(dim0), b = normalized(dim1)
+        let a = min(normalized(dim0), normalized(dim1)), b = max(normalized(dim0), normalized(dim1))
         guard a != b else { return self }
         var newShape = shape
         newShape.swapAt(a, b)
@@ -25,30 +27,11 @@ extension Tensor {
         }
     }
 
-    /// `values` laid out in `shape`, rewritten with dimensions a and b swapped.
+    /// `values` laid out in `shape`, rewritten with dimensions a < b swapped.
     static func permute(_ values: [Float], shape: [Int], swapping a: Int, _ b: Int) -> [Float] {
-        var strides = [Int](repeating: 1, count: shape.count)
-        for axis in stride(from: shape.count - 2, through: 0, by: -1) { strides[axis] = strides[axis + 1] * shape[axis + 1] }
-        var outShape = shape
-        outShape.swapAt(a, b)
-        var sourceStrides = strides
-        sourceStrides.swapAt(a, b)
-        var out = [Float](repeating: 0, count: values.count)
-        guard !values.isEmpty else { return out }
-        var position = [Int](repeating: 0, count: shape.count)
-        var source = 0
-        for index in 0..<values.count {
-            out[index] = values[source]
-            var axis = outShape.count - 1
-            while axis >= 0 {
-                position[axis] += 1
-                source += sourceStrides[axis]
-                if position[axis] < outShape[axis] { break }
-                source -= sourceStrides[axis] * outShape[axis]
-                position[axis] = 0
-                axis -= 1
-            }
-        }
+        let outer = shape[..<a].reduce(1, *), mid = shape[(a + 1)..<b].reduce(1, *), inner = shape[(b + 1)...].reduce(1, *)
+        var out = uninitializedFloats(values.count)
+        tk_swap_axes(outer, shape[a], mid, shape[b], inner, values, &out)
         return out
     }
 }
@@ -60,21 +43,30 @@ extension Tensor {
         let (outer, size, inner) = split(around: axis)
         precondition(start >= 0 && length >= 0 && start + length <= size,
                      "narrow: \(start)..<\(start + length) is outside 0..<\(size) along dimension \(dim) of \(shape)")
-        let x = storage
-        var out = uninitializedFloats(outer * length * inner)
-        for o in 0..<outer {
-            let source = (o * size + start) * inner, destination = o * length * inner
-            for i in 0..<(length * inner) { out[destination + i] = x[source + i] }
-        }
+        let x = storage, chunk = length * inner
+        var out = uninitializedFloats(outer * chunk)
+        copyChunks(outer, chunk, from: x, stride: size * inner, offset: start * inner, to: &out, stride: chunk, offset: 0)
         var newShape = shape
         newShape[axis] = length
         return Tensor.recorded(shape: newShape, storage: out, inputs: [self]) { upstream, _ in
             var grad = [Float](repeating: 0, count: outer * size * inner)
-            for o in 0..<outer {
-                let destination = (o * size + start) * inner, source = o * length * inner
-                for i in 0..<(length * inner) { grad[destination + i] = upstream[source + i] }
-            }
+            copyChunks(outer, chunk, from: upstream, stride: chunk, offset: 0, to: &grad, stride: size * inner, offset: start * inner)
             return [grad]
+        }
+    }
+}
+
+/// Copies `count` chunks of `length` values: chunk o from source[o·sourceStride + sourceOffset] to
+/// destination[o·destinationStride + destinationOffset].
+func copyChunks(_ count: Int, _ length: Int, from source: [Float], stride sourceStride: Int, offset sourceOffset: Int,
+                to destination: inout [Float], stride destinationStride: Int, offset destinationOffset: Int) {
+    guard count > 0, length > 0 else { return }
+    source.withUnsafeBufferPointer { from in
+        destination.withUnsafeMutableBufferPointer { to in
+            for o in 0..<count {
+                (to.baseAddress! + o * destinationStride + destinationOffset)
+                    .update(from: from.baseAddress! + o * sourceStride + sourceOffset, count: length)
+            }
         }
     }
 }

@@ -114,3 +114,34 @@ void tk_causal_softmax(int T, float scale, const float *scores, float *probs) {
         for (long j = i + 1; j < T; j++) p[j] = 0.0f;
     }
 }
+
+// MARK: layout and masks
+
+void tk_swap_axes(long outer, long n1, long mid, long n2, long inner, const float *x, float *y) {
+    for (long o = 0; o < outer; o++)
+        for (long j = 0; j < n2; j++)
+            for (long m = 0; m < mid; m++)
+                for (long i = 0; i < n1; i++) {
+                    const float *source = x + ((((o * n1 + i) * mid + m) * n2 + j) * inner);
+                    float *destination = y + ((((o * n2 + j) * mid + m) * n1 + i) * inner);
+                    for (long r = 0; r < inner; r++) destination[r] = source[r];
+                }
+}
+
+static inline uint64_t splitmix_finalize(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void tk_dropout_mask(long samples, long per_sample, uint64_t site_key, long first_sample, uint32_t threshold,
+                     float keep, float *mask) {
+    for (long s = 0; s < samples; s++) {
+        uint64_t sample_key = splitmix_finalize(site_key ^ (uint64_t)(first_sample + s));
+        for (long e = 0; e < per_sample; e++) {
+            uint32_t draw = (uint32_t)(splitmix_finalize(sample_key ^ splitmix_finalize((uint64_t)e)) >> 40);
+            mask[s * per_sample + e] = draw < threshold ? 0.0f : keep;
+        }
+    }
+}
