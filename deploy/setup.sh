@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
-# C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, and Fashion-MNIST from Debian's dataset package.
+# C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, Fashion-MNIST from Debian's dataset package, and
+# the text of Debian's fortunes package (the character-level language model's corpus).
 # With --tests it also makes sure Python has NumPy (the tests' independent evaluator).
 set -euo pipefail
 
-packages=(pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist)
+packages=(pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist fortunes)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

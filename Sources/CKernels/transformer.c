@@ -1,6 +1,7 @@
 // Row kernels of the Transformer ops: LayerNorm, GELU and the causal softmax. Every output element is the same
 // IEEE operations in the same order on every ISA, so the bits never depend on the build or the thread count.
 #include "ckernels.h"
+#include "clones.h"
 #include <math.h>
 #include <stddef.h>
 
@@ -63,20 +64,49 @@ void tk_layernorm_backward(int rows, int cols, const float *x, const float *gamm
 #define INV_SQRT2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
+// exp from IEEE additions and multiplications only (no libm call), so the GELU loops vectorise and give the same
+// bits on every ISA: Cephes' expf (x = n·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial), within 2 ulp.
+static inline float exp_arith(float x) {
+    x = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * (r * r) + r + 1.0f;
+    union { int32_t i; float f; } scale = { .i = ((int32_t)n + 127) << 23 };
+    return y * scale.f;
+}
+
+// With u = √(2/π)(x + 0.044715x³), t = tanh(u) and e = e^{−2|u|} ≤ 1: 1 + t = 2/(1 + e) for u ≥ 0 and
+// 2e/(1 + e) below, 1 − t² = 4e/(1 + e)². Neither subtracts nearly equal numbers, so both stay accurate to a
+// few ulps where 1 + tanh(u) would cancel (large negative x).
+static inline float gelu_one_plus_tanh(float u, float *one_minus_t2) {
+    float e = exp_arith(-2.0f * fabsf(u));
+    float inverse = 1.0f / (1.0f + e);
+    *one_minus_t2 = 4.0f * e * inverse * inverse;
+    return u >= 0.0f ? 2.0f * inverse : 2.0f * e * inverse;
+}
+
+CLONES
 void tk_gelu_tanh_forward(int64_t n, const float *x, float *y) {
     for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        float t = tanhf(GELU_TANH_C * (v + GELU_TANH_A * v * v * v));
-        y[i] = 0.5f * v * (1.0f + t);
+        float v = x[i], unused;
+        y[i] = 0.5f * v * gelu_one_plus_tanh(GELU_TANH_C * (v + GELU_TANH_A * v * v * v), &unused);
     }
 }
 
+CLONES
 void tk_gelu_tanh_backward(int64_t n, const float *x, const float *dy, float *dx) {
     for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        float t = tanhf(GELU_TANH_C * (v + GELU_TANH_A * v * v * v));
+        float v = x[i], one_minus_t2;
+        float one_plus_t = gelu_one_plus_tanh(GELU_TANH_C * (v + GELU_TANH_A * v * v * v), &one_minus_t2);
         float du = GELU_TANH_C * (1.0f + 3.0f * GELU_TANH_A * v * v);
-        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+        dx[i] = dy[i] * (0.5f * one_plus_t + 0.5f * v * one_minus_t2 * du);
     }
 }
 

@@ -114,7 +114,7 @@ public final class Worker {
     /// Seconds to keep trying to reach a coordinator that was lost.
     let retryTimeout: Double
     let log: (String) -> Void
-    let loadDatasets: (JobConfig) throws -> (train: ImageDataset, test: ImageDataset)
+    let loadDatasets: (JobConfig) throws -> JobDatasets
     /// Kernel threads; nil follows the job's `training.threads`.
     let threads: Int?
     /// Polled in the loop: a reason to stop at once (the parent `launch` is gone), or nil.
@@ -137,7 +137,7 @@ public final class Worker {
 
     public init(connect: @escaping () throws -> MessageSocket, name: String, joinTimeout: Double = 30,
                 retryTimeout: Double = 600, threads: Int? = nil,
-                loadDatasets: @escaping (JobConfig) throws -> (train: ImageDataset, test: ImageDataset) = loadData,
+                loadDatasets: @escaping (JobConfig) throws -> JobDatasets = loadData,
                 log: @escaping (String) -> Void = { _ in }) throws {
         self.connect = connect
         socket = try connect()
@@ -306,7 +306,7 @@ public final class Worker {
             let wanted = threads ?? config.training.threads
             Parallel.threadCount = wanted > 0 ? wanted : ProcessInfo.processInfo.activeProcessorCount
             let data = try loadDatasets(config)
-            let model = makeModel(config.model, seed: config.seed)
+            let model = makeModel(config.model, seed: config.seed, data: data.train)
             let plan = BatchPlan(seed: config.seed, datasetSize: data.train.count, batchSize: config.training.batchSize,
                                  microBatches: config.training.microBatches)
             layout = ParameterLayout(model)

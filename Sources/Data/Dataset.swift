@@ -1,7 +1,33 @@
 import Foundation
 
+/// The inputs and labels of some samples, in order: inputs [samples, …] as float32 (token ids for text), labels
+/// one per sample (a class) or one per position (the next token).
+public struct Batch: Sendable {
+    public var inputs: [Float]
+    public var labels: [Int32]
+    public var samples: Int
+
+    public init(inputs: [Float], labels: [Int32], samples: Int) {
+        self.inputs = inputs
+        self.labels = labels
+        self.samples = samples
+    }
+}
+
+/// A training or evaluation set addressed by sample index.
+public protocol SampleSource: Sendable {
+    var count: Int { get }
+    func batch(_ indices: ArraySlice<Int>) -> Batch
+    /// Samples per forward pass when evaluating (bounds the activations' memory).
+    var evaluationChunk: Int { get }
+}
+
+extension SampleSource {
+    public var evaluationChunk: Int { 500 }
+}
+
 /// A labelled image set kept as bytes (N × features) and converted to floats per batch.
-public struct ImageDataset: Sendable {
+public struct ImageDataset: SampleSource {
     public let features: Int
     public let pixels: [UInt8]
     public let labels: [Int32]
@@ -19,7 +45,7 @@ public struct ImageDataset: Sendable {
     }
 
     /// Inputs [indices.count, features] and labels for the given samples, in that order.
-    public func batch(_ indices: ArraySlice<Int>) -> (inputs: [Float], labels: [Int32]) {
+    public func batch(_ indices: ArraySlice<Int>) -> Batch {
         var inputs = [Float](repeating: 0, count: indices.count * features)
         // One value per byte, computed as PyTorch's pipeline does: (p / 255 − mean) / std in float32.
         inputs.withUnsafeMutableBufferPointer { out in
@@ -30,7 +56,7 @@ public struct ImageDataset: Sendable {
                 }
             }
         }
-        return (inputs, indices.map { labels[$0] })
+        return Batch(inputs: inputs, labels: indices.map { labels[$0] }, samples: indices.count)
     }
 
     /// Loads an images/labels pair of IDX files and checks they agree.

@@ -13,12 +13,17 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// A training job, as read from YAML. Every field is validated up front; see README "Config reference".
 public struct JobConfig: Equatable, Sendable {
     public struct DataSection: Equatable, Sendable {
-        /// `fashion-mnist` (IDX files as Debian's dataset-fashion-mnist ships them).
+        /// `fashion-mnist` or `mnist` (IDX files as Debian's dataset-fashion-mnist ships them), or `fortunes`
+        /// (the text files of Debian's fortunes package, for a character-level language model).
         public var kind = "fashion-mnist"
         public var directory = "/usr/share/datasets/fashion-mnist"
         /// Inputs are (pixel/255 − mean) / std.
         public var mean: Float = 0
         public var std: Float = 1
+        /// fortunes: every this-many-th fortune (in file-name order) goes to the validation split.
+        public var validationEvery = 10
+
+        public var isText: Bool { kind == "fortunes" }
     }
 
     public struct ModelSection: Equatable, Sendable {
@@ -27,6 +32,12 @@ public struct JobConfig: Equatable, Sendable {
         public var activation: Activation.Kind = .relu
         /// Wrap equal-width hidden layers in skip connections.
         public var residual = false
+        /// gpt: positions per sample, width, attention heads, blocks, dropout probability.
+        public var context = 64
+        public var dim = 128
+        public var heads = 4
+        public var layers = 4
+        public var dropout: Float = 0
     }
 
     public struct OptimizerSection: Equatable, Sendable {
@@ -166,20 +177,27 @@ extension JobConfig {
             self.seed = UInt64(seed)
         }
         if let section = try tree.section("data") {
-            try section.allowOnly(["kind", "directory", "mean", "std"])
+            try section.allowOnly(["kind", "directory", "mean", "std", "validation_every"])
             data.kind = try section.string("kind") ?? data.kind
-            guard data.kind == "fashion-mnist" || data.kind == "mnist" else {
-                throw section.error("kind", "must be fashion-mnist or mnist, got '\(data.kind)'")
+            guard ["fashion-mnist", "mnist", "fortunes"].contains(data.kind) else {
+                throw section.error("kind", "must be fashion-mnist, mnist or fortunes, got '\(data.kind)'")
             }
+            if data.isText { data.directory = "/usr/share/games/fortunes" }
             data.directory = try section.string("directory") ?? data.directory
             data.mean = try section.float("mean") ?? data.mean
             data.std = try section.float("std") ?? data.std
             guard data.std > 0 else { throw section.error("std", "must be positive, got \(data.std)") }
+            data.validationEvery = try section.int("validation_every") ?? data.validationEvery
+            guard data.validationEvery >= 2 else {
+                throw section.error("validation_every", "must be at least 2, got \(data.validationEvery)")
+            }
         }
         if let section = try tree.section("model") {
-            try section.allowOnly(["kind", "sizes", "activation", "residual"])
+            try section.allowOnly(["kind", "sizes", "activation", "residual", "context", "dim", "heads", "layers", "dropout"])
             model.kind = try section.string("kind") ?? model.kind
-            guard model.kind == "mlp" else { throw section.error("kind", "must be mlp, got '\(model.kind)'") }
+            guard model.kind == "mlp" || model.kind == "gpt" else {
+                throw section.error("kind", "must be mlp or gpt, got '\(model.kind)'")
+            }
             model.sizes = try section.intList("sizes") ?? model.sizes
             guard model.sizes.count >= 2, model.sizes.allSatisfy({ $0 > 0 }) else {
                 throw section.error("sizes", "must list at least two positive layer widths, got \(model.sizes)")
@@ -191,6 +209,20 @@ extension JobConfig {
                 model.activation = kind
             }
             model.residual = try section.bool("residual") ?? model.residual
+            for (key, path) in [("context", \ModelSection.context), ("dim", \.dim), ("heads", \.heads), ("layers", \.layers)] {
+                model[keyPath: path] = try section.int(key) ?? model[keyPath: path]
+                guard model[keyPath: path] > 0 else { throw section.error(key, "must be positive, got \(model[keyPath: path])") }
+            }
+            guard model.dim % model.heads == 0 else {
+                throw section.error("heads", "must divide dim \(model.dim), got \(model.heads)")
+            }
+            model.dropout = try section.float("dropout") ?? model.dropout
+            guard model.dropout >= 0 && model.dropout < 1 else {
+                throw section.error("dropout", "must be in [0, 1), got \(model.dropout)")
+            }
+        }
+        if data.isText != (model.kind == "gpt") {
+            throw ConfigError("\(tree.source): model.kind \(model.kind) cannot train on data.kind \(data.kind) (gpt needs fortunes, mlp images)")
         }
         if let section = try tree.section("optimizer") {
             optimizer = try Self.optimizer(section)

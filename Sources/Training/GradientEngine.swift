@@ -4,9 +4,27 @@ import Data
 import Kernels
 import NN
 
-/// Builds the model a config describes, initialised from the job's seed.
-public func makeModel(_ model: JobConfig.ModelSection, seed: UInt64) -> Sequential {
-    makeMLP(sizes: model.sizes, activation: model.activation, residual: model.residual, seed: seed)
+/// Builds the model a config describes, initialised from the job's seed; a GPT takes its vocabulary from the
+/// training set.
+public func makeModel(_ model: JobConfig.ModelSection, seed: UInt64, data: (any SampleSource)? = nil) -> Module {
+    switch model.kind {
+    case "gpt":
+        guard let text = data as? TokenDataset else { preconditionFailure("a GPT needs its text dataset for the vocabulary") }
+        return GPT(GPTShape(vocabulary: text.vocabulary.count, context: model.context, dim: model.dim, heads: model.heads,
+                            layers: model.layers, dropout: model.dropout), seed: seed)
+    default:
+        return makeMLP(sizes: model.sizes, activation: model.activation, residual: model.residual, seed: seed)
+    }
+}
+
+/// Σ over the samples of each sample's loss, from the model's output: cross-entropy of logits [samples, classes]
+/// against one label per sample, or, for a language model's logits [samples, T, vocabulary] against the next
+/// token at every position, each sample's mean over its T positions (so that dividing by the global batch gives
+/// the mean over all positions, PyTorch's F.cross_entropy of the flattened logits).
+public func summedLoss(_ output: Tensor, labels: [Int32]) throws -> Tensor {
+    guard output.rank == 3 else { return try output.crossEntropy(labels: labels, reduction: .sum) }
+    let positions = output.shape[1]
+    return try output.reshaped([-1, output.shape[2]]).crossEntropy(labels: labels, reduction: .sum) * (1 / Float(positions))
 }
 
 /// The summed gradient and loss of one aligned block of micro-batches.
@@ -41,7 +59,7 @@ public final class GradientEngine {
 
     /// Gradient and loss sums over `microBatches` as aligned blocks; `inputs(j)` gives micro-batch j's samples.
     public func blockSums(
-        _ microBatches: Range<Int>, inputs: (Int) -> (inputs: [Float], labels: [Int32])
+        _ microBatches: Range<Int>, inputs: (Int) -> Batch
     ) throws -> [GradientBlock] {
         try run(microBatches) { block, replica in try self.pass(block, on: replica, inputs: inputs) }
     }
@@ -60,7 +78,7 @@ public final class GradientEngine {
     /// `Sequential` model starts its forward as soon as its own tensors are in the feed. Frozen parameters'
     /// zeros come after backward.
     public func streamBlockSums(
-        _ microBatches: Range<Int>, weights feed: WeightFeed, inputs: (Int) -> (inputs: [Float], labels: [Int32]),
+        _ microBatches: Range<Int>, weights feed: WeightFeed, inputs: (Int) -> Batch,
         emit: (Piece) -> Void
     ) throws {
         try withoutActuallyEscaping(emit) { emit in
@@ -98,23 +116,24 @@ public final class GradientEngine {
     /// `feed` the replica takes its weights from it layer by layer.
     @discardableResult
     private func pass(
-        _ block: Range<Int>, on replica: Module, inputs: (Int) -> (inputs: [Float], labels: [Int32]),
+        _ block: Range<Int>, on replica: Module, inputs: (Int) -> Batch,
         feed: WeightFeed? = nil, emit: ((Piece) -> Void)? = nil
     ) throws -> GradientBlock {
-        var x: [Float] = [], labels: [Int32] = []
+        var x: [Float] = [], labels: [Int32] = [], samples = 0
         Trace.span("batch", "compute") {
             for index in block {
                 let batch = inputs(index)
                 x += batch.inputs
                 labels += batch.labels
+                samples += batch.samples
             }
         }
         return try withSampleSegments(block.count) {
             replica.zeroGrad()
             let loss = try Trace.span("forward", "compute") {
-                let input = Tensor(shape: [labels.count, x.count / max(labels.count, 1)], storage: x)
-                guard let feed else { return try replica(input).crossEntropy(labels: labels, reduction: .sum) }
-                return try forward(input, on: replica, feed: feed).crossEntropy(labels: labels, reduction: .sum)
+                let input = Tensor(shape: [samples, x.count / max(samples, 1)], storage: x)
+                guard let feed else { return try summedLoss(replica(input), labels: labels) }
+                return try summedLoss(forward(input, on: replica, feed: feed), labels: labels)
             }
             guard let emit else {
                 Trace.span("backward", "compute") { loss.backward() }
@@ -232,30 +251,32 @@ extension WeightFeed: Equatable {
 
 /// Test-set loss and accuracy of `model` (no graph recorded), in chunks spread over threads. A prediction is
 /// the first class with the highest logit, as `torch.argmax`.
-public func evaluate(_ model: Module, on dataset: ImageDataset, chunk: Int = 500) throws -> (loss: Float, accuracy: Double) {
+public func evaluate(_ model: Module, on dataset: any SampleSource) throws -> (loss: Float, accuracy: Double) {
+    let chunk = dataset.evaluationChunk
     let chunks = (dataset.count + chunk - 1) / chunk
-    var results = [Result<(lossSum: Double, correct: Int), Error>?](repeating: nil, count: chunks)
+    var results = [Result<(lossSum: Double, correct: Int, labels: Int), Error>?](repeating: nil, count: chunks)
     results.withUnsafeMutableBufferPointer { slots in
         Parallel.forEach(chunks) { index in
             slots[index] = Result {
                 try withNoGrad {
                     let range = (index * chunk)..<min(dataset.count, (index + 1) * chunk)
                     let batch = dataset.batch(Array(range)[...])
-                    let logits = model(Tensor(shape: [range.count, dataset.features], storage: batch.inputs))
-                    let lossSum = Double(try logits.crossEntropy(labels: batch.labels, reduction: .sum).item)
-                    let classes = logits.shape[1]
+                    let output = model(Tensor(shape: [batch.samples, batch.inputs.count / max(batch.samples, 1)],
+                                              storage: batch.inputs))
+                    let lossSum = Double(try summedLoss(output, labels: batch.labels).item)
+                    let classes = output.shape.last!
                     var correct = 0
-                    for row in 0..<range.count {
-                        let scores = logits.storage[(row * classes)..<((row + 1) * classes)]
+                    for row in 0..<batch.labels.count {
+                        let scores = output.storage[(row * classes)..<((row + 1) * classes)]
                         let predicted = scores.indices.max { scores[$0] < scores[$1] }! - row * classes
                         if predicted == Int(batch.labels[row]) { correct += 1 }
                     }
-                    return (lossSum, correct)
+                    return (lossSum, correct, batch.labels.count)
                 }
             }
         }
     }
     let totals = try results.map { try $0!.get() }
-    let count = Double(dataset.count)
-    return (Float(totals.map(\.lossSum).reduce(0, +) / count), Double(totals.map(\.correct).reduce(0, +)) / count)
+    return (Float(totals.map(\.lossSum).reduce(0, +) / Double(dataset.count)),
+            Double(totals.map(\.correct).reduce(0, +)) / Double(max(1, totals.map(\.labels).reduce(0, +))))
 }

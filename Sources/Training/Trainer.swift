@@ -5,8 +5,13 @@ import Kernels
 import NN
 import Optim
 
+/// The training and evaluation sets of a job: images with their test set, or a text's next-token windows with
+/// its validation split.
+public typealias JobDatasets = (train: any SampleSource, test: any SampleSource)
+
 /// The train and test sets a config names, checked against the model's input and output widths.
-public func loadData(_ config: JobConfig) throws -> (train: ImageDataset, test: ImageDataset) {
+public func loadData(_ config: JobConfig) throws -> JobDatasets {
+    if config.data.isText { return try loadText(config) }
     var (train, test) = try ImageDataset.loadMNISTStyle(directory: config.data.directory)
     (train.mean, train.std) = (config.data.mean, config.data.std)
     (test.mean, test.std) = (config.data.mean, config.data.std)
@@ -18,10 +23,25 @@ public func loadData(_ config: JobConfig) throws -> (train: ImageDataset, test: 
     guard sizes.last! >= classes else {
         throw ConfigError("model.sizes ends in \(sizes.last!) outputs but the labels have \(classes) classes")
     }
-    guard train.count >= config.training.batchSize else {
-        throw ConfigError("training.batch_size \(config.training.batchSize) exceeds the \(train.count) training samples")
-    }
+    try checkBatch(config, trainingSamples: train.count)
     return (train, test)
+}
+
+/// The fortunes corpus as windows of model.context characters: the vocabulary is every character of both splits.
+func loadText(_ config: JobConfig) throws -> JobDatasets {
+    let corpus = try FortunesCorpus(directory: config.data.directory, validationEvery: config.data.validationEvery)
+    let vocabulary = CharacterVocabulary(text: corpus.train + corpus.validation)
+    let train = TokenDataset(tokens: try vocabulary.encode(corpus.train), context: config.model.context, vocabulary: vocabulary)
+    let validation = TokenDataset(tokens: try vocabulary.encode(corpus.validation), context: config.model.context,
+                                  vocabulary: vocabulary)
+    try checkBatch(config, trainingSamples: train.count)
+    return (train, validation)
+}
+
+private func checkBatch(_ config: JobConfig, trainingSamples: Int) throws {
+    guard trainingSamples >= config.training.batchSize else {
+        throw ConfigError("training.batch_size \(config.training.batchSize) exceeds the \(trainingSamples) training samples")
+    }
 }
 
 /// The job cannot go on (too many skipped steps).
@@ -82,11 +102,11 @@ extension GradientSource {
 public final class LocalGradientSource: GradientSource {
     let engine: GradientEngine
     let plan: BatchPlan
-    let train: ImageDataset
+    let train: any SampleSource
     private var cachedEpoch = -1
     private var permutation: [Int] = []
 
-    public init(model: Module, plan: BatchPlan, train: ImageDataset) {
+    public init(model: Module, plan: BatchPlan, train: any SampleSource) {
         engine = GradientEngine(model: model)
         self.plan = plan
         self.train = train
@@ -133,11 +153,11 @@ public final class LocalGradientSource: GradientSource {
 public final class Trainer {
     public let config: JobConfig
     /// The model; after steps from a source that does not compute on it, `syncModel()` loads the current weights.
-    public let model: Sequential
+    public let model: Module
     public let layout: ParameterLayout
     public let plan: BatchPlan
-    public let train: ImageDataset
-    public let test: ImageDataset
+    public let train: any SampleSource
+    public let test: any SampleSource
     public let events: EventLog
     public let runDirectory: String?
     public private(set) var state: TrainingState
@@ -152,14 +172,14 @@ public final class Trainer {
     }
 
     /// `makeSource` nil computes gradients in this process.
-    public init(config: JobConfig, runDirectory: String?, data: (train: ImageDataset, test: ImageDataset)? = nil,
-                makeSource: ((Sequential, BatchPlan, ImageDataset) -> GradientSource)? = nil) throws {
+    public init(config: JobConfig, runDirectory: String?, data: (train: any SampleSource, test: any SampleSource)? = nil,
+                makeSource: ((Module, BatchPlan, any SampleSource) -> GradientSource)? = nil) throws {
         self.config = config
         self.runDirectory = runDirectory
         Parallel.threadCount = config.training.threads > 0 ? config.training.threads
             : ProcessInfo.processInfo.activeProcessorCount
         (train, test) = try data ?? loadData(config)
-        model = makeModel(config.model, seed: config.seed)
+        model = makeModel(config.model, seed: config.seed, data: train)
         layout = ParameterLayout(model)
         plan = BatchPlan(seed: config.seed, datasetSize: train.count, batchSize: config.training.batchSize,
                          microBatches: config.training.microBatches)
@@ -169,6 +189,9 @@ public final class Trainer {
         state = TrainingState(step: 0, parameters: model.flatValues(), optimizer: optimizer)
         if let runDirectory {
             try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+            if let gpt = model as? GPT, let text = train as? TokenDataset {
+                try LanguageModelFiles.write(shape: gpt.shape, vocabulary: text.vocabulary, runDirectory: runDirectory)
+            }
             events = try EventLog(path: (runDirectory as NSString).appendingPathComponent("events.jsonl"))
         } else {
             events = try EventLog(path: nil)
@@ -220,7 +243,7 @@ public final class Trainer {
 
     /// The model, with the current weights loaded if they were not yet.
     @discardableResult
-    public func syncModel() -> Sequential {
+    public func syncModel() -> Module {
         if !modelIsCurrent {
             Trace.span("load", "step") { model.load(flatValues: state.parameters) }
             modelIsCurrent = true
@@ -260,16 +283,30 @@ public final class Trainer {
         return .updated(loss: loss, clip: clip, lr: lr, fields: fields)
     }
 
+    var modelDescription: String {
+        let m = config.model
+        if let gpt = model as? GPT {
+            return "gpt \(m.layers) layers, dim \(m.dim), \(m.heads) heads, context \(m.context), vocabulary \(gpt.shape.vocabulary)"
+        }
+        return "mlp \(m.sizes.map(String.init).joined(separator: "-"))"
+    }
+
     public func run() throws -> RunSummary {
         let total = totalSteps
+        var dataFields: [(String, JSONValue)] = []
+        if let train = train as? TokenDataset, let validation = test as? TokenDataset {
+            let bigram = bigramValidationLoss(train: train, validation: validation)
+            dataFields = [("vocabulary", .int(train.vocabulary.count)), ("train_tokens", .int(train.tokens.count)),
+                          ("validation_tokens", .int(validation.tokens.count)), ("bigram_validation_loss", .number(bigram.loss))]
+        }
         events.emit("job_start", [
             ("job", .string(config.name)), ("mode", "train"), ("seed", .int(Int(config.seed))),
-            ("model", .string("mlp \(config.model.sizes.map(String.init).joined(separator: "-"))")),
+            ("model", .string(modelDescription)),
             ("parameters", .int(layout.totalCount)), ("optimizer", .string(config.optimizer.config.name)),
             ("batch_size", .int(plan.batchSize)), ("micro_batches", .int(plan.microBatches)),
             ("steps", .int(total)), ("start_step", .int(state.step)), ("threads", .int(Parallel.threadCount)),
             ("isa", .string(VectorISA.active.name)),
-        ])
+        ] + dataFields)
         let started = Date()
         var windowStart = Date(), windowSteps = 0
         var samplesPerSecond = 0.0

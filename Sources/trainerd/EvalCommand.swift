@@ -14,7 +14,7 @@ struct Eval: ParsableCommand {
         do {
             let job = try options.load()
             let data = try loadData(job)
-            let model = makeModel(job.model, seed: job.seed)
+            let model = makeModel(job.model, seed: job.seed, data: data.train)
             let store = CheckpointStore(runDirectory: ".", layout: ParameterLayout(model))
             model.load(flatValues: try store.loadWeights(try SafeTensors.read(weights), file: weights))
             let (loss, accuracy) = try evaluate(model, on: data.test)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import NN
 import Foundation
 import Training
 
@@ -16,7 +17,9 @@ struct Gradcheck: ParsableCommand {
         do {
             let job = try options.load()
             let data = try loadData(job)
-            let model = makeModel(job.model, seed: job.seed)
+            guard let model = makeModel(job.model, seed: job.seed, data: data.train) as? Sequential else {
+                throw ValidationError("gradcheck checks MLP configs; for the GPT, the test suite checks every gradient against PyTorch (gpt.json)")
+            }
             let batch = data.train.batch(Array(0..<min(samples, data.train.count))[...])
             let rows = try GradientCheck.run(model: model, inputs: batch.inputs, labels: batch.labels, entriesPerTensor: entries)
             print("gradcheck: \(job.name), \(batch.labels.count) samples, central differences h = 1e-6 in Double")

@@ -1,5 +1,6 @@
 import Autograd
 import TestSupport
+import Foundation
 import XCTest
 
 /// What the fixtures cannot show: reductions over samples give the same bits however the samples are grouped
@@ -66,6 +67,27 @@ final class TransformerOpsTests: XCTestCase {
             assertBitIdentical(Array(after[early]), Array(before[early]), "head \(head), positions 0–3")
             XCTAssertNotEqual(Array(after[(head * 20 + 16)..<(head * 20 + 20)]), Array(before[(head * 20 + 16)..<(head * 20 + 20)]))
         }
+    }
+
+    /// The tanh GELU's kernel computes exp and tanh by polynomial; over [−12, 12] it must agree with the formula
+    /// in Double to a few float32 ulps, and its derivative (which crosses zero near x = −0.75) to a few ulps of 1.
+    func testGELUTanhKernelAgainstTheFormulaInDouble() {
+        let xs = stride(from: -12.0, through: 12.0, by: 0.00390625).map { Float($0) }
+        let input = Tensor(shape: [xs.count], storage: xs).requiringGrad()
+        let y = input.gelu(approximate: .tanh)
+        y.backward(seed: [Float](repeating: 1, count: xs.count))
+        let c = (2 / Double.pi).squareRoot()
+        var worstValue = 0.0, worstSlope = 0.0
+        for (index, x32) in xs.enumerated() {
+            let x = Double(x32), t = Foundation.tanh(c * (x + 0.044715 * x * x * x))
+            let value = 0.5 * x * (1 + t)
+            let slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+            worstValue = max(worstValue, abs(Double(y.storage[index]) - value) / max(abs(value), 1e-3))
+            worstSlope = max(worstSlope, abs(Double(input.grad!.storage[index]) - slope))  // slopes lie in [−0.17, 1.13]
+        }
+        print(String(format: "  gelu tanh kernel: worst relative error %.2e (value), worst absolute error %.2e (derivative)", worstValue, worstSlope))
+        XCTAssertLessThan(worstValue, 2e-6)
+        XCTAssertLessThan(worstSlope, 2e-6)
     }
 
     func testDropoutIsSeededScaledAndIndependentOfGrouping() {
