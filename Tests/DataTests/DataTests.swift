@@ -122,3 +122,38 @@ final class BatchPlanTests: XCTestCase {
         XCTAssertEqual(Array(plan.samples(step: 5)), Array(plan.permutation(epoch: 1)[0..<20]))
     }
 }
+
+/// The fortunes reader and the next-token windows, on a small corpus written here.
+final class TextDataTests: XCTestCase {
+    func testFortunesSplitVocabularyAndWindows() throws {
+        let directory = NSTemporaryDirectory() + "fortunes-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Two files with .dat indexes, read in name order; a file without one is not a fortune file.
+        try "one\n%\ntwo\nlines\n%\nthree\n".write(toFile: directory + "/b", atomically: true, encoding: .utf8)
+        try "zero\n%\n".write(toFile: directory + "/a", atomically: true, encoding: .utf8)
+        for name in ["a.dat", "b.dat"] { FileManager.default.createFile(atPath: directory + "/" + name, contents: Data([0])) }
+        try "ignored\n".write(toFile: directory + "/README", atomically: true, encoding: .utf8)
+        let corpus = try FortunesCorpus(directory: directory, validationEvery: 2)
+        XCTAssertEqual(corpus.files, ["a", "b"])
+        XCTAssertEqual(corpus.train, "zero\n%\ntwo\nlines")
+        XCTAssertEqual(corpus.validation, "one\n%\nthree")
+
+        let vocabulary = CharacterVocabulary(text: corpus.train + corpus.validation)
+        XCTAssertEqual(vocabulary.characters, ["\n", "%", "e", "h", "i", "l", "n", "o", "r", "s", "t", "w", "z"])
+        let tokens = try vocabulary.encode("zero\n%\ntwo")
+        XCTAssertEqual(vocabulary.decode(tokens), "zero\n%\ntwo")
+        XCTAssertThrowsError(try vocabulary.encode("q")) { XCTAssertEqual("\($0)", "character \"q\" (U+71) is not in the vocabulary") }
+        let path = directory + "/vocabulary.json"
+        try vocabulary.write(to: path)
+        XCTAssertEqual(try CharacterVocabulary.read(path), vocabulary)
+
+        // Windows of 3: sample i is tokens[3i..<3i+3], labels shifted by one; the partial last window is dropped.
+        let dataset = TokenDataset(tokens: [0, 1, 2, 3, 4, 5, 6, 7], context: 3, vocabulary: vocabulary)
+        XCTAssertEqual(dataset.count, 2)
+        let batch = dataset.batch([1, 0])
+        XCTAssertEqual(batch.samples, 2)
+        XCTAssertEqual(batch.inputs, [3, 4, 5, 0, 1, 2])
+        XCTAssertEqual(batch.labels, [4, 5, 6, 1, 2, 3])
+    }
+}
