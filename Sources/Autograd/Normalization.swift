@@ -32,7 +32,8 @@ extension Tensor {
                             dbeta.withUnsafeMutableBufferPointer { pb in
                                 tk_layernorm_backward(Int32(segmentRows), Int32(columns), px + offset, gamma,
                                                       pmean + row, prstd + row, pdy + offset,
-                                                      needs[0] ? pdx + offset : nil, pg.baseAddress, pb.baseAddress)
+                                                      needs[0] ? pdx + offset : nil,
+                                                      needsGamma ? pg.baseAddress : nil, needsBeta ? pb.baseAddress : nil)
                             }
                         }
                         slots[segment] = (dgamma, dbeta)
