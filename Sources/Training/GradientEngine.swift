@@ -59,9 +59,9 @@ public final class GradientEngine {
 
     /// Gradient and loss sums over `microBatches` as aligned blocks; `inputs(j)` gives micro-batch j's samples.
     public func blockSums(
-        _ microBatches: Range<Int>, inputs: (Int) -> Batch
+        _ microBatches: Range<Int>, dropoutSeed: UInt64 = 0, inputs: (Int) -> Batch
     ) throws -> [GradientBlock] {
-        try run(microBatches) { block, replica in try self.pass(block, on: replica, inputs: inputs) }
+        try run(microBatches) { block, replica in try self.pass(block, on: replica, dropoutSeed: dropoutSeed, inputs: inputs) }
     }
 
     /// One piece of a block's result, handed on as soon as it exists: each parameter tensor's gradient sum as
@@ -78,12 +78,12 @@ public final class GradientEngine {
     /// `Sequential` model starts its forward as soon as its own tensors are in the feed. Frozen parameters'
     /// zeros come after backward.
     public func streamBlockSums(
-        _ microBatches: Range<Int>, weights feed: WeightFeed, inputs: (Int) -> Batch,
+        _ microBatches: Range<Int>, weights feed: WeightFeed, dropoutSeed: UInt64 = 0, inputs: (Int) -> Batch,
         emit: (Piece) -> Void
     ) throws {
         try withoutActuallyEscaping(emit) { emit in
             _ = try run(microBatches, sharingValues: false) { block, replica in
-                try self.pass(block, on: replica, inputs: inputs, feed: feed, emit: emit)
+                try self.pass(block, on: replica, dropoutSeed: dropoutSeed, inputs: inputs, feed: feed, emit: emit)
             }
         }
     }
@@ -113,10 +113,11 @@ public final class GradientEngine {
     }
 
     /// Forward and backward of one block on `replica`; with `emit`, pieces leave as they are ready, and with
-    /// `feed` the replica takes its weights from it layer by layer.
+    /// `feed` the replica takes its weights from it layer by layer. Dropout draws its masks from `dropoutSeed` and
+    /// each sample's position in the step, so they do not depend on the block.
     @discardableResult
     private func pass(
-        _ block: Range<Int>, on replica: Module, inputs: (Int) -> Batch,
+        _ block: Range<Int>, on replica: Module, dropoutSeed: UInt64, inputs: (Int) -> Batch,
         feed: WeightFeed? = nil, emit: ((Piece) -> Void)? = nil
     ) throws -> GradientBlock {
         var x: [Float] = [], labels: [Int32] = [], samples = 0
@@ -128,7 +129,8 @@ public final class GradientEngine {
                 samples += batch.samples
             }
         }
-        return try withSampleSegments(block.count) {
+        let firstSample = block.lowerBound * (samples / max(1, block.count))
+        return try withDropoutStream(seed: dropoutSeed, firstSample: firstSample) { try withSampleSegments(block.count) {
             replica.zeroGrad()
             let loss = try Trace.span("forward", "compute") {
                 let input = Tensor(shape: [samples, x.count / max(samples, 1)], storage: x)
@@ -159,7 +161,7 @@ public final class GradientEngine {
                 emit(Piece(microBatches: block, parameter: index, values: [Float](repeating: 0, count: parameter.value.count)))
             }
             return GradientBlock(microBatches: block, gradients: [], lossSum: loss.item)
-        }
+        } }
     }
 }
 

@@ -118,8 +118,12 @@ public final class LocalGradientSource: GradientSource {
     public func streamBlockSums(step: Int, range: Range<Int>, weights feed: WeightFeed,
                                 emit: (GradientEngine.Piece) -> Void) throws {
         let samples = samples(step: step)
-        try engine.streamBlockSums(range, weights: feed, inputs: { train.batch(plan.microBatch($0, of: samples)) }, emit: emit)
+        try engine.streamBlockSums(range, weights: feed, dropoutSeed: dropoutSeed(step: step),
+                                   inputs: { train.batch(plan.microBatch($0, of: samples)) }, emit: emit)
     }
+
+    /// Dropout's masks for `step`: a function of the job's seed and the step alone.
+    private func dropoutSeed(step: Int) -> UInt64 { plan.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(step) }
 
     /// The sample indices of `step`.
     private func samples(step: Int) -> ArraySlice<Int> {
@@ -134,7 +138,9 @@ public final class LocalGradientSource: GradientSource {
     /// The step's sums at the model's weights, which the trainer keeps equal to `parameters`.
     public func sums(step: Int, parameters: [Float]) throws -> StepSums {
         let samples = samples(step: step)
-        let blocks = try engine.blockSums(0..<plan.microBatches) { train.batch(plan.microBatch($0, of: samples)) }
+        let blocks = try engine.blockSums(0..<plan.microBatches, dropoutSeed: dropoutSeed(step: step)) {
+            train.batch(plan.microBatch($0, of: samples))
+        }
         // 0..<K is one aligned block when K is a power of two; otherwise finish the tree over the blocks.
         let gradient = Trace.span("tree_sum", "step") {
             GradientTree.sum(tensors: blocks.map { ($0.microBatches, $0.gradients) }, leaves: plan.microBatches)

@@ -69,3 +69,22 @@ final class LanguageModelTests: CLITestCase {
                         "/nonexistent (install Debian's fortunes package: apt-get install fortunes): file not found")
     }
 }
+
+extension LanguageModelTests {
+    /// Dropout's masks follow each sample's position in the step, so 1 thread, 2 threads and 3 workers (which split
+    /// the 8 micro-batches 3/3/2) draw the same ones and end with the same weights; the masks do change the weights.
+    func testDropoutIsTheSameForAnyWorkerCount() throws {
+        try requireFortunes()
+        let short = ["--set", "model.dim=32", "--set", "model.layers=1", "--set", "training.max_steps=30",
+                     "--set", "training.eval_every=0", "--set", "training.checkpoint_every=0"]
+        func hash(_ command: [String], dropout: String, _ name: String) throws -> String? {
+            let result = try trainerd(command + [gptConfig, "--run-dir", scratch + "/" + name, "--set", "model.dropout=" + dropout] + short)
+            XCTAssertEqual(result.status, 0, result.stderr)
+            return try doneEvent(scratch + "/" + name)["weights_sha256"] as? String
+        }
+        let train = try hash(["train"], dropout: "0.2", "train")
+        XCTAssertEqual(try hash(["train", "--set", "training.threads=1"], dropout: "0.2", "one-thread"), train)
+        XCTAssertEqual(try hash(["launch", "--workers", "3"], dropout: "0.2", "launch"), train)
+        XCTAssertNotEqual(try hash(["train"], dropout: "0", "no-dropout"), train)
+    }
+}
