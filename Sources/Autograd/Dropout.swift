@@ -9,6 +9,13 @@ public enum DropoutStream {
     static let firstSample = ThreadLocalInt()
 
     public static var isActive: Bool { active.value != 0 }
+
+    /// This thread's stream (active, seed, first sample), to run a recomputation under the same one.
+    static var state: (active: Int, seed: Int, firstSample: Int) { (active.value, seed.value, firstSample.value) }
+
+    static func with<R>(_ state: (active: Int, seed: Int, firstSample: Int), _ body: () throws -> R) rethrows -> R {
+        try active.with(state.active) { try seed.with(state.seed) { try firstSample.with(state.firstSample, body) } }
+    }
 }
 
 /// Runs `body` with dropout on: the mask of element e of sample s (dimension 0 of the dropped tensor) at a

@@ -45,3 +45,16 @@ extension Module {
 func replicate(_ parameter: Parameter) -> Parameter {
     Parameter(parameter.value, frozen: parameter.isFrozen)
 }
+
+/// `module(input)` under activation checkpointing (`Tensor.checkpoint`): its activations are recomputed during
+/// backward instead of kept. The module's trainable parameters are swapped for the checkpoint's leaves while it
+/// runs, so their gradients flow through the checkpoint node, as the plain forward's would.
+public func checkpointed(_ module: Module, _ input: Tensor) -> Tensor {
+    let parameters = module.parameters.filter { !$0.isFrozen }
+    let values = parameters.map(\.value)
+    return Tensor.checkpoint(input, parameters: values) { x, leaves in
+        for (parameter, leaf) in zip(parameters, leaves) { parameter.value = leaf }
+        defer { for (parameter, value) in zip(parameters, values) { parameter.value = value } }
+        return module.forward(x)
+    }
+}

@@ -125,6 +125,9 @@ public final class GPT: Module {
     public let blocks: [TransformerBlock]
     public let lnf: LayerNorm
     public let head: Linear
+    /// Recompute each block's activations during backward instead of keeping them (`checkpointed`): less memory,
+    /// one more forward pass of the blocks, the same gradients bit for bit.
+    public var checkpointsActivations = false
 
     public init(shape: GPTShape, wte: Embedding, wpe: Embedding, blocks: [TransformerBlock], lnf: LayerNorm, head: Linear) {
         self.shape = shape
@@ -163,7 +166,7 @@ public final class GPT: Module {
         precondition(time <= shape.context, "GPT: \(time) tokens exceed the context of \(shape.context)")
         let positions = (0..<batch).flatMap { _ in (0..<time).map(Int32.init) }
         var x = (wte(tokens) + wpe.lookup(positions, shape: [batch, time])).dropout(shape.dropout, site: 0)
-        for block in blocks { x = block(x) }
+        for block in blocks { x = checkpointsActivations ? checkpointed(block, x) : block(x) }
         return head(lnf(x))
     }
 
@@ -179,8 +182,10 @@ public final class GPT: Module {
     }
 
     public func replica() -> Module {
-        GPT(shape: shape, wte: wte.replica() as! Embedding, wpe: wpe.replica() as! Embedding,
-            blocks: blocks.map { $0.replica() as! TransformerBlock }, lnf: lnf.replica() as! LayerNorm,
-            head: head.replica() as! Linear)
+        let copy = GPT(shape: shape, wte: wte.replica() as! Embedding, wpe: wpe.replica() as! Embedding,
+                       blocks: blocks.map { $0.replica() as! TransformerBlock }, lnf: lnf.replica() as! LayerNorm,
+                       head: head.replica() as! Linear)
+        copy.checkpointsActivations = checkpointsActivations
+        return copy
     }
 }

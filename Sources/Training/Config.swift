@@ -38,6 +38,8 @@ public struct JobConfig: Equatable, Sendable {
         public var heads = 4
         public var layers = 4
         public var dropout: Float = 0
+        /// gpt: recompute each block's activations during backward (less memory, the same gradients).
+        public var checkpointActivations = false
     }
 
     public struct OptimizerSection: Equatable, Sendable {
@@ -193,7 +195,9 @@ extension JobConfig {
             }
         }
         if let section = try tree.section("model") {
-            try section.allowOnly(["kind", "sizes", "activation", "residual", "context", "dim", "heads", "layers", "dropout"])
+            try section.allowOnly(["kind", "sizes", "activation", "residual", "context", "dim", "heads", "layers", "dropout",
+                                   "checkpoint_activations"])
+            model.checkpointActivations = try section.bool("checkpoint_activations") ?? model.checkpointActivations
             model.kind = try section.string("kind") ?? model.kind
             guard model.kind == "mlp" || model.kind == "gpt" else {
                 throw section.error("kind", "must be mlp or gpt, got '\(model.kind)'")

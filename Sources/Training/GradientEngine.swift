@@ -10,8 +10,10 @@ public func makeModel(_ model: JobConfig.ModelSection, seed: UInt64, data: (any 
     switch model.kind {
     case "gpt":
         guard let text = data as? TokenDataset else { preconditionFailure("a GPT needs its text dataset for the vocabulary") }
-        return GPT(GPTShape(vocabulary: text.vocabulary.count, context: model.context, dim: model.dim, heads: model.heads,
-                            layers: model.layers, dropout: model.dropout), seed: seed)
+        let gpt = GPT(GPTShape(vocabulary: text.vocabulary.count, context: model.context, dim: model.dim, heads: model.heads,
+                               layers: model.layers, dropout: model.dropout), seed: seed)
+        gpt.checkpointsActivations = model.checkpointActivations
+        return gpt
     default:
         return makeMLP(sizes: model.sizes, activation: model.activation, residual: model.residual, seed: seed)
     }

@@ -100,3 +100,35 @@ final class GPTFixtureTests: XCTestCase {
         }
     }
 }
+
+/// Activation checkpointing recomputes each block during backward: the loss and every gradient must be the plain
+/// run's bits, with dropout on and three micro-batches in the pass, and every parameter must still be reported
+/// to a streaming backward.
+final class ActivationCheckpointTests: XCTestCase {
+    func gradients(checkpointing: Bool) throws -> (loss: Float, gradients: [[Float]], reported: Set<Int>) {
+        let model = GPT(GPTShape(vocabulary: 11, context: 6, dim: 8, heads: 2, layers: 2, dropout: 0.1), seed: 5)
+        model.checkpointsActivations = checkpointing
+        let tokens = (0..<18).map { Float(($0 * 7 + 3) % 11) }
+        let labels = (0..<18).map { Int32(($0 * 5 + 1) % 11) }
+        var reported = Set<Int>()
+        let loss = try withDropoutStream(seed: 9, firstSample: 3) {
+            try withSampleSegments(3) {
+                let logits = model(Tensor(shape: [3, 6], storage: tokens))
+                let loss = try logits.reshaped([-1, 11]).crossEntropy(labels: labels, reduction: .sum)
+                loss.backward(reporting: model.parameters.map(\.value)) { index, _ in reported.insert(index) }
+                return loss.item
+            }
+        }
+        return (loss, model.parameters.map { $0.grad?.storage ?? [] }, reported)
+    }
+
+    func testGradientsAreThePlainRunsBits() throws {
+        let plain = try gradients(checkpointing: false), checkpointed = try gradients(checkpointing: true)
+        XCTAssertEqual(plain.loss.bitPattern, checkpointed.loss.bitPattern)
+        XCTAssertEqual(checkpointed.reported, Set(0..<plain.gradients.count), "every parameter reported")
+        for (index, (a, b)) in zip(plain.gradients, checkpointed.gradients).enumerated() {
+            XCTAssertFalse(a.isEmpty)
+            assertBitIdentical(b, a, "parameter \(index)")
+        }
+    }
+}
