@@ -131,9 +131,14 @@ struct Monitor: ParsableCommand {
 
     /// Parameter names in model order: numeric path components compare as numbers ("10.weight" after "2.bias"),
     /// and a layer's weight comes before its bias.
+    /// Parameter names in forward order: numeric parts by value (`2.weight` before `10.weight`), the GPT's parts as
+    /// a token meets them (`wte`, `wpe`, `blocks`, in each block `ln1` … `out`, then `lnf`, `head`), weight before bias.
     func layerOrder(_ a: String, _ b: String) -> Bool {
         let (x, y) = (a.split(separator: "."), b.split(separator: "."))
-        func rank(_ part: Substring) -> String { part == "weight" ? "0" : part == "bias" ? "1" : "2" + part }
+        let forward = ["weight", "bias", "wte", "wpe", "blocks", "ln1", "qkv", "proj", "ln2", "fc", "out", "lnf", "head"]
+        func rank(_ part: Substring) -> String {
+            forward.firstIndex(of: String(part)).map { String(format: "0%02d", $0) } ?? "1" + part
+        }
         for (p, q) in zip(x, y) where p != q {
             if let i = Int(p), let j = Int(q) { return i < j }
             return rank(p) < rank(q)
