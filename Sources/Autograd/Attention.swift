@@ -5,7 +5,8 @@ extension Tensor {
     /// S = q·kᵀ [T, T] per (batch, head), P = softmax(S/√d) over the keys (with `causal`, only keys j ≤ i),
     /// y = P·v [B, H, T, d].
     /// Backward: dP = dy·vᵀ, dv = Pᵀ·dy, dS = P ⊙ (dP − Σ_j dP·P)/√d, dq = dS·k, dk = dSᵀ·q.
-    /// Each (batch, head) is independent; they run in parallel and nothing is summed across them.
+    /// Each (batch, head) is independent; they run in parallel and nothing is summed across them. The products'
+    /// inputs are in this thread's `MatmulPrecision`.
     public static func scaledDotProductAttention(query: Tensor, key: Tensor, value: Tensor, causal: Bool = true) -> Tensor {
         precondition(query.rank == 4, "attention: query must be [batch, heads, time, headDim], got \(query.shape)")
         precondition(key.shape == query.shape && value.shape == query.shape,
@@ -13,7 +14,7 @@ extension Tensor {
         let time = query.shape[2], headDim = query.shape[3]
         let slices = query.shape[0] * query.shape[1]
         let scale = 1 / Float(headDim).squareRoot()
-        let q = query.storage, k = key.storage, v = value.storage
+        let q = query.storage, k = key.storage, v = value.storage, precision = MatmulPrecision.current
         let vectors = time * headDim, scores = time * time
         var probabilities = uninitializedFloats(slices * scores)
         var out = uninitializedFloats(q.count)
@@ -23,7 +24,8 @@ extension Tensor {
                     let p = pp + slice * scores, qs = pq + slice * vectors, ks = pk + slice * vectors
                     var raw = uninitializedFloats(scores)
                     raw.withUnsafeMutableBufferPointer { s in
-                        GEMM.multiply(GEMMShape(m: time, n: time, k: headDim, transposeB: true), qs, ks, s.baseAddress!)
+                        GEMM.multiply(GEMMShape(m: time, n: time, k: headDim, transposeB: true, precision: precision),
+                                      qs, ks, s.baseAddress!)
                         if causal {
                             tk_causal_softmax(Int32(time), scale, s.baseAddress!, p)
                         } else {
@@ -31,7 +33,8 @@ extension Tensor {
                             tk_softmax_rows(Int32(time), Int32(time), s.baseAddress!, p)
                         }
                     }
-                    GEMM.multiply(GEMMShape(m: time, n: headDim, k: time), p, pv + slice * vectors, po + slice * vectors)
+                    GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, precision: precision), p, pv + slice * vectors,
+                                  po + slice * vectors)
                 }
             }
         }
@@ -45,7 +48,7 @@ extension Tensor {
                         Parallel.forEach(slices) { slice in
                             let offset = slice * vectors, p = pp + slice * scores
                             if needs[2] {  // dv [T, d] = Pᵀ · dy
-                                GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, transposeA: true), p,
+                                GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, transposeA: true, precision: precision), p,
                                               pdy + offset, pdv + offset)
                             }
                             guard needs[0] || needs[1] else { return }
@@ -53,16 +56,16 @@ extension Tensor {
                             dp.withUnsafeMutableBufferPointer { dp in
                                 ds.withUnsafeMutableBufferPointer { ds in
                                     // dP [T, T] = dy · vᵀ; dS = softmax backward, then the 1/√d of the forward.
-                                    GEMM.multiply(GEMMShape(m: time, n: time, k: headDim, transposeB: true),
+                                    GEMM.multiply(GEMMShape(m: time, n: time, k: headDim, transposeB: true, precision: precision),
                                                   pdy + offset, pv + offset, dp.baseAddress!)
                                     tk_softmax_backward_rows(Int32(time), Int32(time), p, dp.baseAddress!, ds.baseAddress!)
                                     tk_scale_inplace(Int64(scores), scale, ds.baseAddress!)
                                     if needs[0] {  // dq = dS · k
-                                        GEMM.multiply(GEMMShape(m: time, n: headDim, k: time), ds.baseAddress!,
+                                        GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, precision: precision), ds.baseAddress!,
                                                       pk + offset, pdq + offset)
                                     }
                                     if needs[1] {  // dk = dSᵀ · q
-                                        GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, transposeA: true),
+                                        GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, transposeA: true, precision: precision),
                                                       ds.baseAddress!, pq + offset, pdk + offset)
                                     }
                                 }

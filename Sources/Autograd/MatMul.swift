@@ -19,7 +19,8 @@ func withPointers<R>(
 }
 
 extension Tensor {
-    /// Matrix product over the last two dimensions: a [..., m, k] · b [..., k, n] → [..., m, n].
+    /// Matrix product over the last two dimensions: a [..., m, k] · b [..., k, n] → [..., m, n], with inputs in
+    /// this thread's `MatmulPrecision` (forward and backward).
     /// b may be 2-D (shared by every batch entry) or carry the same batch dimensions as a.
     /// dA = dC · Bᵀ, dB = Aᵀ · dC (summed over the batch when b is shared).
     public func matmul(_ other: Tensor) -> Tensor {
@@ -33,12 +34,12 @@ extension Tensor {
         precondition(sharedB || Array(other.shape.dropLast(2)) == batchShape,
                      "matmul: batch dimensions differ, \(shape) · \(other.shape)")
         let batches = batchShape.reduce(1, *)
-        let a = storage, b = other.storage
+        let a = storage, b = other.storage, precision = MatmulPrecision.current
         let strideB = sharedB ? 0 : k * n
         var out = [Float](repeating: 0, count: batches * m * n)
         withPointers(a, b, &out) { pa, pb, pc in
             for i in 0..<batches {
-                GEMM.multiply(GEMMShape(m: m, n: n, k: k), pa + i * m * k, pb + i * strideB, pc + i * m * n)
+                GEMM.multiply(GEMMShape(m: m, n: n, k: k, precision: precision), pa + i * m * k, pb + i * strideB, pc + i * m * n)
             }
         }
         return Tensor.recorded(shape: batchShape + [m, n], storage: out, inputs: [self, other]) { upstream, needs in
@@ -47,7 +48,7 @@ extension Tensor {
             if needs[0] {
                 withPointers(upstream, b, &gradA) { dc, pb, da in
                     for i in 0..<batches {  // dA[m, k] = dC[m, n] · B[k, n]ᵀ
-                        GEMM.multiply(GEMMShape(m: m, n: k, k: n, transposeB: true), dc + i * m * n,
+                        GEMM.multiply(GEMMShape(m: m, n: k, k: n, transposeB: true, precision: precision), dc + i * m * n,
                                       pb + i * strideB, da + i * m * k)
                     }
                 }
@@ -55,7 +56,7 @@ extension Tensor {
             if needs[1] {
                 withPointers(a, upstream, &gradB) { pa, dc, db in
                     for i in 0..<batches {  // dB[k, n] = A[m, k]ᵀ · dC[m, n]
-                        GEMM.multiply(GEMMShape(m: k, n: n, k: m, transposeA: true), pa + i * m * k,
+                        GEMM.multiply(GEMMShape(m: k, n: n, k: m, transposeA: true, precision: precision), pa + i * m * k,
                                       dc + i * m * n, db + i * strideB, accumulate: sharedB && i > 0)
                     }
                 }
@@ -64,7 +65,8 @@ extension Tensor {
         }
     }
 
-    /// torch.nn.functional.linear: y = x · Wᵀ + b, x [..., in], W [out, in], b [out] → [..., out].
+    /// torch.nn.functional.linear: y = x · Wᵀ + b, x [..., in], W [out, in], b [out] → [..., out]; the products'
+    /// inputs in this thread's `MatmulPrecision` (bf16 under mixed precision), forward and backward.
     /// dx = dy · W; dW = dyᵀ · x and db = Σ_rows dy, each summed per micro-batch (`SampleSegments`) in row
     /// order and combined in the gradient tree.
     public func linear(weight: Tensor, bias: Tensor? = nil) -> Tensor { linear(weight: weight, bias: bias, relu: false) }
@@ -80,10 +82,11 @@ extension Tensor {
         precondition(shape.last == inFeatures, "linear: input \(shape) does not end in \(inFeatures) features")
         if let bias { precondition(bias.shape == [outFeatures], "linear: bias must be [\(outFeatures)], got \(bias.shape)") }
         let rows = count / max(inFeatures, 1)
-        let x = storage, w = weight.storage
+        let x = storage, w = weight.storage, precision = MatmulPrecision.current
         var out = uninitializedFloats(rows * outFeatures)
         withPointers(x, w, &out) { px, pw, py in
-            GEMM.multiply(GEMMShape(m: rows, n: outFeatures, k: inFeatures, transposeB: true), px, pw, py)
+            GEMM.multiply(GEMMShape(m: rows, n: outFeatures, k: inFeatures, transposeB: true, precision: precision),
+                          px, pw, py)
         }
         if !out.isEmpty {
             out.withUnsafeMutableBufferPointer { y in
@@ -109,7 +112,7 @@ extension Tensor {
             if needs[0] {
                 var dx = uninitializedFloats(x.count)
                 withPointers(dy, w, &dx) { pdy, pw, pdx in
-                    GEMM.multiply(GEMMShape(m: rows, n: inFeatures, k: outFeatures), pdy, pw, pdx)
+                    GEMM.multiply(GEMMShape(m: rows, n: inFeatures, k: outFeatures, precision: precision), pdy, pw, pdx)
                 }
                 grads[0] = dx
             }
@@ -117,7 +120,7 @@ extension Tensor {
                 var dw = uninitializedFloats(w.count)
                 withPointers(dy, x, &dw) { pdy, px, pdw in
                     GEMM.multiplyTransposedSegmented(m: outFeatures, n: inFeatures, segmentRows: segmentRows,
-                                                     segments: segments, pdy, px, pdw)
+                                                     segments: segments, pdy, px, pdw, precision: precision)
                 }
                 grads[1] = dw
             }

@@ -185,6 +185,21 @@ static inline float element_of_B(int transB, const float *B, long ldb, long k, l
 /// operand whose k runs along its rows. Copies only; 8×8 tiles go through AVX registers when the CPU has them.
 static void transpose_copy(const float *src, long lds, int rows, int cols, float *dst, long ldd);
 
+/// x rounded to the nearest bfloat16 (ties to even), as a float: the low 16 bits become zero. NaN stays NaN.
+static inline float round_to_bf16(float x) {
+    union { float f; uint32_t u; } v = { .f = x };
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return x;
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    v.u &= 0xffff0000u;
+    return v.f;
+}
+
+/// Rounds a packed panel's values to bfloat16 in place (mixed precision: the products' inputs are bf16, the sums
+/// float32).
+static void round_panel_to_bf16(float *p, long count) {
+    for (long i = 0; i < count; i++) p[i] = round_to_bf16(p[i]);
+}
+
 /// Packs op(A)[rows, kc] into micro-panels of mr rows, k-major; rows past `rows` are zero.
 static void pack_A(int transA, const float *A, long lda, int rows, int kc, int mr, float *dst) {
     for (int p = 0; p < rows; p += mr) {
@@ -337,9 +352,25 @@ static float *reserve(scratch *s, size_t count) {
     return s->data;
 }
 
+static void sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                  float *C, int ldc, int accumulate, int bf16);
+static void sgemm_reference(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
+                            int ldb, float *C, int ldc, int accumulate, int bf16);
+
 void tk_sgemm(int transA, int transB, int M, int N, int K,
               const float *A, int lda, const float *B, int ldb,
               float *C, int ldc, int accumulate) {
+    sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 0);
+}
+
+void tk_sgemm_bf16(int transA, int transB, int M, int N, int K,
+                   const float *A, int lda, const float *B, int ldb,
+                   float *C, int ldc, int accumulate) {
+    sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 1);
+}
+
+static void sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                  float *C, int ldc, int accumulate, int bf16) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate)
@@ -357,7 +388,7 @@ void tk_sgemm(int transA, int transB, int M, int N, int K,
     float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)kc_max);
     float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)kc_max);
     if (!Ap || !Bp) {
-        tk_sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+        sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bf16);
         return;
     }
     float edge[AVX512_MR * AVX512_NR];
@@ -369,10 +400,12 @@ void tk_sgemm(int transA, int transB, int M, int N, int K,
             int load_c = accumulate || pc > 0;
             const float *Bblock = transB ? B + (long)jc * ldb + pc : B + (long)pc * ldb + jc;
             pack_B(transB, Bblock, ldb, kc, nc, nr, Bp);
+            if (bf16) round_panel_to_bf16(Bp, (long)((nc + nr - 1) / nr * nr) * kc);
             for (int ic = 0; ic < M; ic += mc_max) {
                 int mc = M - ic < mc_max ? M - ic : mc_max;
                 const float *Ablock = transA ? A + (long)pc * lda + ic : A + (long)ic * lda + pc;
                 pack_A(transA, Ablock, lda, mc, kc, mr, Ap);
+                if (bf16) round_panel_to_bf16(Ap, (long)((mc + mr - 1) / mr * mr) * kc);
                 for (int jr = 0; jr < nc; jr += nr) {
                     int cols = nc - jr < nr ? nc - jr : nr;
                     for (int ir = 0; ir < mc; ir += mr) {
@@ -402,11 +435,24 @@ void tk_sgemm(int transA, int transB, int M, int N, int K,
 void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
                         const float *A, int lda, const float *B, int ldb,
                         float *C, int ldc, int accumulate) {
+    sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 0);
+}
+
+void tk_sgemm_bf16_reference(int transA, int transB, int M, int N, int K,
+                             const float *A, int lda, const float *B, int ldb,
+                             float *C, int ldc, int accumulate) {
+    sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 1);
+}
+
+static void sgemm_reference(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
+                            int ldb, float *C, int ldc, int accumulate, int bf16) {
     for (long i = 0; i < M; i++) {
         for (long j = 0; j < N; j++) {
             float c = accumulate ? C[i * ldc + j] : 0.0f;
-            for (long k = 0; k < K; k++)
-                c = fmaf(element_of_A(transA, A, lda, i, k), element_of_B(transB, B, ldb, k, j), c);
+            for (long k = 0; k < K; k++) {
+                float a = element_of_A(transA, A, lda, i, k), b = element_of_B(transB, B, ldb, k, j);
+                c = bf16 ? fmaf(round_to_bf16(a), round_to_bf16(b), c) : fmaf(a, b, c);
+            }
             C[i * ldc + j] = c;
         }
     }
@@ -443,8 +489,23 @@ static void add_tile(float *left, const float *right, int count) {
     add_tile_scalar(left, right, count);
 }
 
+static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                               const float *B, int ldb, float *C, int ldc, int bf16);
+static void sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                                         const float *B, int ldb, float *C, int ldc, int bf16);
+
 void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
                            const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    sgemm_tn_segmented(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 0);
+}
+
+void tk_sgemm_tn_segmented_bf16(int M, int N, int segment_rows, int segments,
+                                const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    sgemm_tn_segmented(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 1);
+}
+
+static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                               const float *B, int ldb, float *C, int ldc, int bf16) {
     if (M <= 0 || N <= 0) return;
     if (segment_rows <= 0 || segments <= 0) {
         for (long i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
@@ -463,7 +524,7 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
     float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)rows);
     float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)rows);
     if (!Ap || !Bp) {
-        tk_sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc);
+        sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, bf16);
         return;
     }
     int tile = mr * nr;
@@ -476,11 +537,13 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
         int ncp = (nc + nr - 1) / nr * nr;
         for (int s = 0; s < segments; s++)
             pack_B(0, B + (long)s * segment_rows * ldb + jc, ldb, segment_rows, nc, nr, Bp + (long)s * segment_rows * ncp);
+        if (bf16) round_panel_to_bf16(Bp, (long)ncp * rows);
         for (int ic = 0; ic < M; ic += mc_max) {
             int mc = M - ic < mc_max ? M - ic : mc_max;
             int mcp = (mc + mr - 1) / mr * mr;
             for (int s = 0; s < segments; s++)
                 pack_A(1, A + (long)s * segment_rows * lda + ic, lda, mc, segment_rows, mr, Ap + (long)s * segment_rows * mcp);
+            if (bf16) round_panel_to_bf16(Ap, (long)mcp * rows);
             for (int jr = 0; jr < nc; jr += nr) {
                 int cols = nc - jr < nr ? nc - jr : nr;
                 for (int ir = 0; ir < mc; ir += mr) {
@@ -513,12 +576,22 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
 
 void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
                                      const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 0);
+}
+
+void tk_sgemm_tn_segmented_bf16_reference(int M, int N, int segment_rows, int segments,
+                                          const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 1);
+}
+
+static void sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                                         const float *B, int ldb, float *C, int ldc, int bf16) {
     // Each segment's product by the reference GEMM, then the tree over segments, bottom-up.
     size_t count = (size_t)M * (size_t)N;
     float *parts = malloc(sizeof(float) * count * (size_t)(segments > 0 ? segments : 1));
     for (int s = 0; s < segments; s++)
-        tk_sgemm_reference(1, 0, M, N, segment_rows, A + (long)s * segment_rows * lda, lda,
-                           B + (long)s * segment_rows * ldb, ldb, parts + count * (size_t)s, N, 0);
+        sgemm_reference(1, 0, M, N, segment_rows, A + (long)s * segment_rows * lda, lda,
+                        B + (long)s * segment_rows * ldb, ldb, parts + count * (size_t)s, N, 0, bf16);
     for (int width = 1; width < segments; width *= 2)
         for (int start = 0; start + width < segments; start += 2 * width)
             add_tile(parts + count * (size_t)start, parts + count * (size_t)(start + width), (int)count);

@@ -310,7 +310,7 @@ public final class Worker {
             let plan = BatchPlan(seed: config.seed, datasetSize: data.train.count, batchSize: config.training.batchSize,
                                  microBatches: config.training.microBatches)
             layout = ParameterLayout(model)
-            source = LocalGradientSource(model: model, plan: plan, train: data.train)
+            source = LocalGradientSource(model: model, plan: plan, train: data.train, precision: config.training.precision)
             cluster = config.cluster
             machine.joined(blockSizes: layout!.entries.map(\.count))
             log("joined job \(config.name) (\(String(jobID, radix: 16)))")

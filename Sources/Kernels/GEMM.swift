@@ -23,15 +23,33 @@ public enum VectorISA: Int32, CaseIterable, Sendable {
 public struct GEMMShape: Sendable, Equatable {
     public var m: Int, n: Int, k: Int
     public var transposeA: Bool, transposeB: Bool
+    public var precision: MatmulPrecision
 
-    public init(m: Int, n: Int, k: Int, transposeA: Bool = false, transposeB: Bool = false) {
+    public init(m: Int, n: Int, k: Int, transposeA: Bool = false, transposeB: Bool = false,
+                precision: MatmulPrecision = .float32) {
         self.m = m; self.n = n; self.k = k
         self.transposeA = transposeA; self.transposeB = transposeB
+        self.precision = precision
     }
 
     var lda: Int { transposeA ? m : k }
     var ldb: Int { transposeB ? k : n }
     public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+}
+
+/// The inputs of a matrix product: float32, or rounded to bfloat16 (mixed precision; the sums stay float32).
+/// `current` is this thread's setting (`withMatmulPrecision`), which ops read when they record.
+public enum MatmulPrecision: String, Sendable, CaseIterable {
+    case float32, bf16
+
+    static let stored = ThreadLocalInt()
+
+    public static var current: MatmulPrecision { stored.value == 1 ? .bf16 : .float32 }
+}
+
+/// Runs `body` with products' inputs in `precision` on this thread.
+public func withMatmulPrecision<R>(_ precision: MatmulPrecision, _ body: () throws -> R) rethrows -> R {
+    try MatmulPrecision.stored.with(precision == .bf16 ? 1 : 0, body)
 }
 
 public enum GEMM {
@@ -73,14 +91,16 @@ public enum GEMM {
     /// writing the per-segment products to memory. Columns of C are spread over threads.
     public static func multiplyTransposedSegmented(
         m: Int, n: Int, segmentRows: Int, segments: Int,
-        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, partitions: Int? = nil
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, partitions: Int? = nil,
+        precision: MatmulPrecision = .float32
     ) {
+        let segmented = precision == .bf16 ? tk_sgemm_tn_segmented_bf16 : tk_sgemm_tn_segmented
         let shape = GEMMShape(m: m, n: n, k: segmentRows * segments, transposeA: true)
         let cuts = cutPoints(extent: n, blocks: partitions ?? defaultPartitions(shape), quantum: 32)
         Parallel.forEach(cuts.count - 1) { block in
             let columns = cuts[block]..<cuts[block + 1]
             guard !columns.isEmpty else { return }
-            tk_sgemm_tn_segmented(Int32(m), Int32(columns.count), Int32(segmentRows), Int32(segments), a, Int32(m),
+            segmented(Int32(m), Int32(columns.count), Int32(segmentRows), Int32(segments), a, Int32(m),
                                   b + columns.lowerBound, Int32(n), c + columns.lowerBound, Int32(n))
         }
     }
@@ -90,7 +110,8 @@ public enum GEMM {
         _ shape: GEMMShape, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
         accumulate: Bool = false
     ) {
-        tk_sgemm_reference(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(shape.m), Int32(shape.n),
+        let reference = shape.precision == .bf16 ? tk_sgemm_bf16_reference : tk_sgemm_reference
+        reference(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(shape.m), Int32(shape.n),
                            Int32(shape.k), a, Int32(shape.lda), b, Int32(shape.ldb), c, Int32(shape.n),
                            accumulate ? 1 : 0)
     }
@@ -114,7 +135,8 @@ public enum GEMM {
         guard !rows.isEmpty, !columns.isEmpty else { return }
         let aStart = shape.transposeA ? rows.lowerBound : rows.lowerBound * shape.lda
         let bStart = shape.transposeB ? columns.lowerBound * shape.ldb : columns.lowerBound
-        tk_sgemm(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(rows.count), Int32(columns.count),
+        let product = shape.precision == .bf16 ? tk_sgemm_bf16 : tk_sgemm
+        product(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(rows.count), Int32(columns.count),
                  Int32(shape.k), a + aStart, Int32(shape.lda), b + bStart, Int32(shape.ldb),
                  c + rows.lowerBound * shape.n + columns.lowerBound, Int32(shape.n), accumulate ? 1 : 0)
     }

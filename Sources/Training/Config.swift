@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import NN
 import Optim
 import Yams
@@ -67,6 +68,9 @@ public struct JobConfig: Equatable, Sendable {
         public var threads = 0
         /// Steps skipped for a non-finite gradient or loss before the job stops with an error.
         public var maxSkippedSteps = 10
+        /// The inputs of matrix products in forward and backward: float32, or bf16 (mixed precision: float32
+        /// sums, weights and optimizer state).
+        public var precision: MatmulPrecision = .float32
     }
 
     /// How the coordinator watches its workers (seconds). See README "Failure modes".
@@ -233,7 +237,7 @@ extension JobConfig {
         }
         if let section = try tree.section("training") {
             try section.allowOnly(["epochs", "max_steps", "batch_size", "micro_batches", "clip_norm", "eval_every",
-                                   "checkpoint_every", "keep_checkpoints", "threads", "max_skipped_steps"])
+                                   "checkpoint_every", "keep_checkpoints", "threads", "max_skipped_steps", "precision"])
             training.epochs = try section.int("epochs") ?? training.epochs
             training.maxSteps = try section.int("max_steps") ?? training.maxSteps
             training.batchSize = try section.int("batch_size") ?? training.batchSize
@@ -244,6 +248,12 @@ extension JobConfig {
             training.keepCheckpoints = try section.int("keep_checkpoints") ?? training.keepCheckpoints
             training.threads = try section.int("threads") ?? training.threads
             training.maxSkippedSteps = try section.int("max_skipped_steps") ?? training.maxSkippedSteps
+            if let name = try section.string("precision") {
+                guard let precision = MatmulPrecision(rawValue: name) else {
+                    throw section.error("precision", "must be float32 or bf16, got '\(name)'")
+                }
+                training.precision = precision
+            }
             let t = training
             guard t.epochs > 0 else { throw section.error("epochs", "must be positive, got \(t.epochs)") }
             guard t.maxSteps >= 0 else { throw section.error("max_steps", "must be 0 or positive, got \(t.maxSteps)") }

@@ -53,9 +53,12 @@ public struct GradientBlock: Sendable {
 public final class GradientEngine {
     public let model: Module
     private let replicas: [Module]
+    /// The inputs of the passes' matrix products (`MatmulPrecision`).
+    public let precision: MatmulPrecision
 
-    public init(model: Module, threads: Int = Parallel.threadCount) {
+    public init(model: Module, threads: Int = Parallel.threadCount, precision: MatmulPrecision = .float32) {
         self.model = model
+        self.precision = precision
         replicas = (0..<max(1, threads)).map { _ in model.replica() }
     }
 
@@ -132,7 +135,8 @@ public final class GradientEngine {
             }
         }
         let firstSample = block.lowerBound * (samples / max(1, block.count))
-        return try withDropoutStream(seed: dropoutSeed, firstSample: firstSample) { try withSampleSegments(block.count) {
+        return try withMatmulPrecision(precision) {
+        try withDropoutStream(seed: dropoutSeed, firstSample: firstSample) { try withSampleSegments(block.count) {
             replica.zeroGrad()
             let loss = try Trace.span("forward", "compute") {
                 let input = Tensor(shape: [samples, x.count / max(samples, 1)], storage: x)
@@ -163,7 +167,7 @@ public final class GradientEngine {
                 emit(Piece(microBatches: block, parameter: index, values: [Float](repeating: 0, count: parameter.value.count)))
             }
             return GradientBlock(microBatches: block, gradients: [], lossSum: loss.item)
-        } }
+        } } }
     }
 }
 

@@ -106,8 +106,8 @@ public final class LocalGradientSource: GradientSource {
     private var cachedEpoch = -1
     private var permutation: [Int] = []
 
-    public init(model: Module, plan: BatchPlan, train: any SampleSource) {
-        engine = GradientEngine(model: model)
+    public init(model: Module, plan: BatchPlan, train: any SampleSource, precision: MatmulPrecision = .float32) {
+        engine = GradientEngine(model: model, precision: precision)
         self.plan = plan
         self.train = train
     }
@@ -189,7 +189,8 @@ public final class Trainer {
         layout = ParameterLayout(model)
         plan = BatchPlan(seed: config.seed, datasetSize: train.count, batchSize: config.training.batchSize,
                          microBatches: config.training.microBatches)
-        source = makeSource?(model, plan, train) ?? LocalGradientSource(model: model, plan: plan, train: train)
+        source = makeSource?(model, plan, train) ?? LocalGradientSource(model: model, plan: plan, train: train,
+                                                                                 precision: config.training.precision)
         let optimizer = Optimizer(config.optimizer.config, parameterCount: layout.totalCount,
                                   trainable: layout.entries.filter(\.trainable).map(\.range))
         state = TrainingState(step: 0, parameters: model.flatValues(), optimizer: optimizer)

@@ -199,4 +199,45 @@ final class SegmentedGEMMTests: XCTestCase {
             }
         }
     }
+
+    /// Mixed precision: on every ISA and form, the bf16 product equals the float32 product of inputs rounded to
+    /// bfloat16 beforehand (rounded here, independently of the kernels: nearest, ties to even), bit for bit, and so
+    /// does the segmented weight-gradient product; and it differs from the float32 product of the raw inputs.
+    func testBF16ProductsAreFloat32ProductsOfRoundedInputs() {
+        func roundedToBF16(_ values: [Float]) -> [Float] {
+            values.map { value in
+                let bits = value.bitPattern
+                let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000
+                return Float(bitPattern: rounded)
+            }
+        }
+        for isa in VectorISA.allCases where isa.rawValue <= VectorISA.detected.rawValue {
+            VectorISA.force(isa)
+            for (m, n, k) in [(1, 1, 1), (7, 1, 300), (9, 33, 257), (17, 65, 3), (64, 10, 256), (100, 70, 530)] {
+                for (transposeA, transposeB) in [(false, false), (false, true), (true, false)] {
+                    let a = testValues(m * k, seed: 3), b = testValues(k * n, seed: 4)
+                    var mixed = [Float](repeating: 0, count: m * n), rounded = mixed, plain = mixed
+                    let shape = GEMMShape(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+                    var bf16 = shape
+                    bf16.precision = .bf16
+                    GEMM.multiply(bf16, a, b, &mixed)
+                    GEMM.multiply(shape, roundedToBF16(a), roundedToBF16(b), &rounded)
+                    GEMM.multiply(shape, a, b, &plain)
+                    assertBitIdentical(mixed, rounded, "\(isa.name) \(shape)")
+                    var reference = [Float](repeating: 0, count: m * n)
+                    GEMM.reference(bf16, a, b, &reference)
+                    assertBitIdentical(reference, rounded, "reference \(shape)")
+                    if k > 8 { XCTAssertNotEqual(mixed, plain, "\(shape): bf16 inputs change the product") }
+                }
+            }
+            let (m, n, segmentRows, segments) = (10, 100, 16, 8)
+            let a = testValues(segmentRows * segments * m, seed: 5), b = testValues(segmentRows * segments * n, seed: 6)
+            var mixed = [Float](repeating: 0, count: m * n), rounded = mixed
+            GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments, a, b, &mixed,
+                                             precision: .bf16)
+            GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments,
+                                             roundedToBF16(a), roundedToBF16(b), &rounded)
+            assertBitIdentical(mixed, rounded, "\(isa.name) segmented")
+        }
+    }
 }

@@ -63,6 +63,8 @@ final class LanguageModelTests: CLITestCase {
                         "\(gptConfig): model.heads must divide dim 128, got 3")
         try assertFails(["train", gptConfig, "--set", "model.dropout=1", "--run-dir", scratch + "/run"],
                         "\(gptConfig): model.dropout must be in [0, 1), got 1.0")
+        try assertFails(["train", gptConfig, "--set", "training.precision=fp8", "--run-dir", scratch + "/run"],
+                        "\(gptConfig): training.precision must be float32 or bf16, got 'fp8'")
         try assertFails(["train", gptConfig, "--set", "data.kind=fashion-mnist", "--run-dir", scratch + "/run"],
                         "\(gptConfig): model.kind gpt cannot train on data.kind fashion-mnist (gpt needs fortunes, mlp images)")
         try assertFails(["train", gptConfig, "--set", "data.directory=/nonexistent", "--run-dir", scratch + "/run"],
@@ -89,5 +91,28 @@ extension LanguageModelTests {
         XCTAssertEqual(try hash(["launch", "--workers", "3", "--set", "model.checkpoint_activations=true"], dropout: "0.2", "launch"),
                        train)
         XCTAssertNotEqual(try hash(["train"], dropout: "0", "no-dropout"), train)
+    }
+}
+
+extension LanguageModelTests {
+    /// training.precision bf16 (matmul inputs rounded to bfloat16, float32 sums, weights and optimizer state):
+    /// `launch --workers 2` ends with `train`'s weights, and the loss stays within 2 % of float32's.
+    func testBF16MixedPrecisionTrainsAndIsTheSameForAnyWorkerCount() throws {
+        try requireFortunes()
+        let short = ["--set", "model.dim=32", "--set", "model.layers=1", "--set", "training.max_steps=60",
+                     "--set", "training.eval_every=0", "--set", "training.checkpoint_every=0"]
+        func done(_ command: [String], precision: String, _ name: String) throws -> [String: Any] {
+            let result = try trainerd(command + [gptConfig, "--run-dir", scratch + "/" + name, "--set", "training.precision=" + precision] + short)
+            XCTAssertEqual(result.status, 0, result.stderr)
+            return try doneEvent(scratch + "/" + name)
+        }
+        let float32 = try done(["train"], precision: "float32", "float32")
+        let bf16 = try done(["train"], precision: "bf16", "bf16")
+        let launched = try done(["launch", "--workers", "2"], precision: "bf16", "launch")
+        XCTAssertEqual(launched["weights_sha256"] as? String, bf16["weights_sha256"] as? String)
+        XCTAssertNotEqual(bf16["weights_sha256"] as? String, float32["weights_sha256"] as? String)
+        let (a, b) = (try XCTUnwrap(float32["test_loss"] as? Double), try XCTUnwrap(bf16["test_loss"] as? Double))
+        print(String(format: "validation loss after 60 steps: float32 %.4f, bf16 %.4f", a, b))
+        XCTAssertEqual(b, a, accuracy: 0.02 * a)
     }
 }

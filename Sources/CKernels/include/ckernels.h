@@ -43,6 +43,19 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
 void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
                                      const float *A, int lda, const float *B, int ldb, float *C, int ldc);
 
+/// Mixed precision: the same products with every element of op(A) and op(B) rounded to bfloat16 (nearest, ties
+/// to even) and the sums kept in float32; each C element is the fma chain of `tk_sgemm` over the rounded inputs.
+void tk_sgemm_bf16(int transA, int transB, int M, int N, int K,
+                   const float *A, int lda, const float *B, int ldb,
+                   float *C, int ldc, int accumulate);
+void tk_sgemm_bf16_reference(int transA, int transB, int M, int N, int K,
+                             const float *A, int lda, const float *B, int ldb,
+                             float *C, int ldc, int accumulate);
+/// `tk_sgemm_tn_segmented` over inputs rounded to bfloat16.
+void tk_sgemm_tn_segmented_bf16(int M, int N, int segment_rows, int segments,
+                                const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+void tk_sgemm_tn_segmented_bf16_reference(int M, int N, int segment_rows, int segments,
+                                          const float *A, int lda, const float *B, int ldb, float *C, int ldc);
 // MARK: elementwise, [n]
 
 /// y = max(x, 0)
