@@ -17,7 +17,7 @@ let package = Package(
         // C micro-kernels, compiled optimised in every configuration; the ISA is chosen at start-up.
         .target(
             name: "CKernels",
-            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off", "-fno-math-errno"])]
+            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing"])]
         ),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),

@@ -5,6 +5,7 @@
 // zero-padded copy. So the result is the same bits for every ISA, block size and partition of C.
 
 #include "ckernels.h"
+#include "clones.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -25,7 +26,7 @@ tk_isa tk_isa_detected(void) {
 #ifdef HAVE_X86_KERNELS
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
-            detected_isa = TK_ISA_AVX512;
+            detected_isa = __builtin_cpu_supports("avx512bf16") ? TK_ISA_AVX512_BF16 : TK_ISA_AVX512;
         } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
             detected_isa = TK_ISA_AVX2;
         }
@@ -47,6 +48,7 @@ tk_isa tk_isa_force(tk_isa isa) {
 
 const char *tk_isa_name(tk_isa isa) {
     switch (isa) {
+    case TK_ISA_AVX512_BF16: return "avx512-bf16";
     case TK_ISA_AVX512: return "avx512";
     case TK_ISA_AVX2: return "avx2";
     default: return "scalar";
@@ -164,10 +166,89 @@ typedef struct {
 static kernel_shape active_kernel(void) {
     switch (tk_isa_active()) {
 #ifdef HAVE_X86_KERNELS
+    case TK_ISA_AVX512_BF16:
     case TK_ISA_AVX512: return (kernel_shape){micro_kernel_avx512_12, AVX512_MR, AVX512_NR, avx512_kernels};
     case TK_ISA_AVX2: return (kernel_shape){micro_kernel_avx2_6, AVX2_MR, AVX2_NR, avx2_kernels};
 #endif
     default: return (kernel_shape){micro_kernel_scalar, SCALAR_MR, SCALAR_NR, NULL};
+    }
+}
+
+// MARK: bfloat16 pair micro-kernels (mixed precision)
+// Ap: MR × ⌈kc/2⌉ pairs, Bp: ⌈kc/2⌉ × NR pairs (panel_to_bf16_pairs); the first argument counts pairs. Each C
+// element is the chain c = fma(a_odd, b_odd, c); c = fma(a_even, b_even, c), pair by pair (see tk_sgemm_bf16).
+
+static inline float bf16_low(uint32_t pair) { uint32_t u = pair << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline float bf16_high(uint32_t pair) { uint32_t u = pair & 0xffff0000u; float f; memcpy(&f, &u, 4); return f; }
+
+#define PAIR_KERNEL_BODY(MR, NR)                                                                                \
+    float acc[MR][NR];                                                                                         \
+    for (int i = 0; i < MR; i++)                                                                               \
+        for (int j = 0; j < NR; j++) acc[i][j] = load_c ? C[i * ldc + j] : 0.0f;                               \
+    const uint32_t *a = (const uint32_t *)Ap, *b = (const uint32_t *)Bp;                                       \
+    for (int p = 0; p < pairs; p++) {                                                                          \
+        float b_low[NR], b_high[NR];                                                                           \
+        for (int j = 0; j < NR; j++) { b_low[j] = bf16_low(b[p * NR + j]); b_high[j] = bf16_high(b[p * NR + j]); } \
+        for (int i = 0; i < MR; i++) {                                                                         \
+            float a_low = bf16_low(a[p * MR + i]), a_high = bf16_high(a[p * MR + i]);                          \
+            for (int j = 0; j < NR; j++) {                                                                     \
+                acc[i][j] = fmaf(a_high, b_high[j], acc[i][j]);                                                \
+                acc[i][j] = fmaf(a_low, b_low[j], acc[i][j]);                                                  \
+            }                                                                                                  \
+        }                                                                                                      \
+    }                                                                                                          \
+    for (int i = 0; i < MR; i++)                                                                               \
+        for (int j = 0; j < NR; j++) C[i * ldc + j] = acc[i][j];
+
+static void pair_kernel_scalar(int pairs, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    PAIR_KERNEL_BODY(SCALAR_MR, SCALAR_NR)
+}
+
+#ifdef HAVE_X86_KERNELS
+__attribute__((target("avx2,fma")))
+static void pair_kernel_avx2(int pairs, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    PAIR_KERNEL_BODY(AVX2_MR, AVX2_NR)
+}
+
+__attribute__((target("avx512f,fma")))
+static void pair_kernel_avx512(int pairs, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    PAIR_KERNEL_BODY(AVX512_MR, AVX512_NR)
+}
+
+/// 12×32 on vdpbf16ps: per pair, two loads of B (32 columns), and for each row a broadcast of its pair and two
+/// dot-product accumulations into 24 registers.
+__attribute__((target("avx512f,avx512bf16")))
+static void pair_kernel_avx512_bf16(int pairs, const float *Ap, const float *Bp, float *C, long ldc, int load_c) {
+    __m512 c[AVX512_MR][2];
+    for (int i = 0; i < AVX512_MR; i++) {
+        c[i][0] = load_c ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();
+        c[i][1] = load_c ? _mm512_loadu_ps(C + i * ldc + 16) : _mm512_setzero_ps();
+    }
+    const int *a = (const int *)Ap;
+    for (int p = 0; p < pairs; p++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + (long)p * AVX512_NR);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bp + (long)p * AVX512_NR + 16);
+        for (int i = 0; i < AVX512_MR; i++) {
+            __m512bh ai = (__m512bh)_mm512_set1_epi32(a[p * AVX512_MR + i]);
+            c[i][0] = _mm512_dpbf16_ps(c[i][0], ai, b0);
+            c[i][1] = _mm512_dpbf16_ps(c[i][1], ai, b1);
+        }
+    }
+    for (int i = 0; i < AVX512_MR; i++) {
+        _mm512_storeu_ps(C + i * ldc, c[i][0]);
+        _mm512_storeu_ps(C + i * ldc + 16, c[i][1]);
+    }
+}
+#endif
+
+static kernel_shape active_pair_kernel(void) {
+    switch (tk_isa_active()) {
+#ifdef HAVE_X86_KERNELS
+    case TK_ISA_AVX512_BF16: return (kernel_shape){pair_kernel_avx512_bf16, AVX512_MR, AVX512_NR, NULL};
+    case TK_ISA_AVX512: return (kernel_shape){pair_kernel_avx512, AVX512_MR, AVX512_NR, NULL};
+    case TK_ISA_AVX2: return (kernel_shape){pair_kernel_avx2, AVX2_MR, AVX2_NR, NULL};
+#endif
+    default: return (kernel_shape){pair_kernel_scalar, SCALAR_MR, SCALAR_NR, NULL};
     }
 }
 
@@ -185,19 +266,38 @@ static inline float element_of_B(int transB, const float *B, long ldb, long k, l
 /// operand whose k runs along its rows. Copies only; 8×8 tiles go through AVX registers when the CPU has them.
 static void transpose_copy(const float *src, long lds, int rows, int cols, float *dst, long ldd);
 
-/// x rounded to the nearest bfloat16 (ties to even), as a float: the low 16 bits become zero. NaN stays NaN.
-static inline float round_to_bf16(float x) {
-    union { float f; uint32_t u; } v = { .f = x };
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return x;
-    v.u += 0x7fffu + ((v.u >> 16) & 1u);
-    v.u &= 0xffff0000u;
-    return v.f;
+/// The bfloat16 nearest to the float32 with bits u (ties to even), as its 16 bits. NaN stays NaN.
+static inline uint32_t bf16_bits_of(uint32_t u) {
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
-/// Rounds a packed panel's values to bfloat16 in place (mixed precision: the products' inputs are bf16, the sums
-/// float32).
-static void round_panel_to_bf16(float *p, long count) {
-    for (long i = 0; i < count; i++) p[i] = round_to_bf16(p[i]);
+static inline uint32_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return bf16_bits_of(u);
+}
+
+/// Rewrites a packed panel [kc, width ≤ 32] (k-major floats) in place as [⌈kc/2⌉, width] bfloat16 pairs: 32 bits per
+/// (pair, column), k = 2p in the low half and k = 2p + 1 in the high half (0 past kc). The panel's start does not
+/// move, so the packed offsets stay valid.
+CLONES
+static void panel_to_bf16_pairs(float *panel, int kc, int width) {
+    uint32_t row[32];
+    for (int p = 0; p < (kc + 1) / 2; p++) {
+        const uint32_t *even = (const uint32_t *)(panel + (long)(2 * p) * width);
+        const uint32_t *odd = even + width;
+        if (2 * p + 1 < kc) {
+            for (int i = 0; i < width; i++) row[i] = bf16_bits_of(even[i]) | (bf16_bits_of(odd[i]) << 16);
+        } else {
+            for (int i = 0; i < width; i++) row[i] = bf16_bits_of(even[i]);
+        }
+        memcpy(panel + (long)p * width, row, sizeof(uint32_t) * (size_t)width);
+    }
+}
+
+/// Converts every panel of a packed block (panels of `width` rows or columns, `kc` deep each) to bf16 pairs.
+static void block_to_bf16_pairs(float *packed, int panels, int kc, int width) {
+    for (int q = 0; q < panels; q++) panel_to_bf16_pairs(packed + (long)q * kc * width, kc, width);
 }
 
 /// Packs op(A)[rows, kc] into micro-panels of mr rows, k-major; rows past `rows` are zero.
@@ -377,13 +477,15 @@ static void sgemm(int transA, int transB, int M, int N, int K, const float *A, i
             for (long i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
         return;
     }
-    kernel_shape ks = active_kernel();
+    kernel_shape ks = bf16 ? active_pair_kernel() : active_kernel();
     int mr = ks.mr, nr = ks.nr;
     int mc_max = BLOCK_MC / mr * mr;
     int nc_max = N < BLOCK_NC ? N : BLOCK_NC;
-    // Equal K blocks (784 = 4 × 196, not 3 × 256 + 16): a short last block would reload C for little work.
+    // Equal K blocks (784 = 4 × 196, not 3 × 256 + 16): a short last block would reload C for little work. With
+    // bf16 pairs the blocks are even, so that only the chain's end can hold a padding zero.
     int k_blocks = (K + BLOCK_KC - 1) / BLOCK_KC;
     int kc_max = (K + k_blocks - 1) / k_blocks;
+    if (bf16) kc_max += kc_max & 1;
     int mc_alloc = M < mc_max ? M : mc_max;
     float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)kc_max);
     float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)kc_max);
@@ -400,12 +502,13 @@ static void sgemm(int transA, int transB, int M, int N, int K, const float *A, i
             int load_c = accumulate || pc > 0;
             const float *Bblock = transB ? B + (long)jc * ldb + pc : B + (long)pc * ldb + jc;
             pack_B(transB, Bblock, ldb, kc, nc, nr, Bp);
-            if (bf16) round_panel_to_bf16(Bp, (long)((nc + nr - 1) / nr * nr) * kc);
+            if (bf16) block_to_bf16_pairs(Bp, (nc + nr - 1) / nr, kc, nr);
+            int chain = bf16 ? (kc + 1) / 2 : kc;  // what the micro-kernel steps through
             for (int ic = 0; ic < M; ic += mc_max) {
                 int mc = M - ic < mc_max ? M - ic : mc_max;
                 const float *Ablock = transA ? A + (long)pc * lda + ic : A + (long)ic * lda + pc;
                 pack_A(transA, Ablock, lda, mc, kc, mr, Ap);
-                if (bf16) round_panel_to_bf16(Ap, (long)((mc + mr - 1) / mr * mr) * kc);
+                if (bf16) block_to_bf16_pairs(Ap, (mc + mr - 1) / mr, kc, mr);
                 for (int jr = 0; jr < nc; jr += nr) {
                     int cols = nc - jr < nr ? nc - jr : nr;
                     for (int ir = 0; ir < mc; ir += mr) {
@@ -414,14 +517,14 @@ static void sgemm(int transA, int transB, int M, int N, int K, const float *A, i
                         const float *Apanel = Ap + (long)ir * kc;
                         const float *Bpanel = Bp + (long)jr * kc;
                         if (rows == mr && cols == nr) {
-                            ks.kernel(kc, Apanel, Bpanel, Ctile, ldc, load_c);
+                            ks.kernel(chain, Apanel, Bpanel, Ctile, ldc, load_c);
                         } else if (cols == nr && ks.by_rows) {
-                            ks.by_rows[rows](kc, Apanel, Bpanel, Ctile, ldc, load_c);
+                            ks.by_rows[rows](chain, Apanel, Bpanel, Ctile, ldc, load_c);
                         } else {
                             for (int i = 0; i < mr; i++)
                                 for (int j = 0; j < nr; j++)
                                     edge[i * nr + j] = (load_c && i < rows && j < cols) ? Ctile[(long)i * ldc + j] : 0.0f;
-                            ks.kernel(kc, Apanel, Bpanel, edge, nr, load_c);
+                            ks.kernel(chain, Apanel, Bpanel, edge, nr, load_c);
                             for (int i = 0; i < rows; i++)
                                 for (int j = 0; j < cols; j++) Ctile[(long)i * ldc + j] = edge[i * nr + j];
                         }
@@ -449,9 +552,18 @@ static void sgemm_reference(int transA, int transB, int M, int N, int K, const f
     for (long i = 0; i < M; i++) {
         for (long j = 0; j < N; j++) {
             float c = accumulate ? C[i * ldc + j] : 0.0f;
-            for (long k = 0; k < K; k++) {
-                float a = element_of_A(transA, A, lda, i, k), b = element_of_B(transB, B, ldb, k, j);
-                c = bf16 ? fmaf(round_to_bf16(a), round_to_bf16(b), c) : fmaf(a, b, c);
+            if (!bf16) {
+                for (long k = 0; k < K; k++)
+                    c = fmaf(element_of_A(transA, A, lda, i, k), element_of_B(transB, B, ldb, k, j), c);
+            } else {
+                for (long k = 0; k < K; k += 2) {
+                    uint32_t a_even = bf16_bits(element_of_A(transA, A, lda, i, k)) << 16;
+                    uint32_t b_even = bf16_bits(element_of_B(transB, B, ldb, k, j)) << 16;
+                    uint32_t a_odd = k + 1 < K ? bf16_bits(element_of_A(transA, A, lda, i, k + 1)) << 16 : 0;
+                    uint32_t b_odd = k + 1 < K ? bf16_bits(element_of_B(transB, B, ldb, k + 1, j)) << 16 : 0;
+                    c = fmaf(bf16_high(a_odd), bf16_high(b_odd), c);
+                    c = fmaf(bf16_high(a_even), bf16_high(b_even), c);
+                }
             }
             C[i * ldc + j] = c;
         }
@@ -511,8 +623,9 @@ static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, con
         for (long i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
         return;
     }
-    kernel_shape ks = active_kernel();
+    kernel_shape ks = bf16 ? active_pair_kernel() : active_kernel();
     int mr = ks.mr, nr = ks.nr;
+    int chain = bf16 ? (segment_rows + 1) / 2 : segment_rows;  // what the micro-kernel steps through
     long rows = (long)segment_rows * segments;
     int mc_max = BLOCK_MC / mr * mr;
     // Keep the packed B block (all segments' rows × nc) around 256 KB.
@@ -537,13 +650,16 @@ static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, con
         int ncp = (nc + nr - 1) / nr * nr;
         for (int s = 0; s < segments; s++)
             pack_B(0, B + (long)s * segment_rows * ldb + jc, ldb, segment_rows, nc, nr, Bp + (long)s * segment_rows * ncp);
-        if (bf16) round_panel_to_bf16(Bp, (long)ncp * rows);
+        if (bf16)
+            for (int s = 0; s < segments; s++) block_to_bf16_pairs(Bp + (long)s * segment_rows * ncp, ncp / nr, segment_rows, nr);
         for (int ic = 0; ic < M; ic += mc_max) {
             int mc = M - ic < mc_max ? M - ic : mc_max;
             int mcp = (mc + mr - 1) / mr * mr;
             for (int s = 0; s < segments; s++)
                 pack_A(1, A + (long)s * segment_rows * lda + ic, lda, mc, segment_rows, mr, Ap + (long)s * segment_rows * mcp);
-            if (bf16) round_panel_to_bf16(Ap, (long)mcp * rows);
+            if (bf16)
+                for (int s = 0; s < segments; s++)
+                    block_to_bf16_pairs(Ap + (long)s * segment_rows * mcp, mcp / mr, segment_rows, mr);
             for (int jr = 0; jr < nc; jr += nr) {
                 int cols = nc - jr < nr ? nc - jr : nr;
                 for (int ir = 0; ir < mc; ir += mr) {
@@ -552,7 +668,7 @@ static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, con
                     for (int s = 0; s < segments; s++) {
                         const float *Apanel = Ap + (long)s * segment_rows * mcp + (long)ir * segment_rows;
                         const float *Bpanel = Bp + (long)s * segment_rows * ncp + (long)jr * segment_rows;
-                        ks.kernel(segment_rows, Apanel, Bpanel, stack[depth], nr, 0);
+                        ks.kernel(chain, Apanel, Bpanel, stack[depth], nr, 0);
                         int size = 1;
                         // Node (start, 2w) = node(start, w) + node(start + w, w): merge equal-sized neighbours.
                         while (depth > 0 && sizes[depth - 1] == size) {

@@ -3,6 +3,8 @@ import CKernels
 /// The vector instruction set of the GEMM micro-kernel, chosen at start-up from the CPU.
 public enum VectorISA: Int32, CaseIterable, Sendable {
     case scalar = 0, avx2 = 1, avx512 = 2
+    /// AVX-512 with AVX512-BF16: mixed-precision products on vdpbf16ps.
+    case avx512bf16 = 3
 
     public var name: String { String(cString: tk_isa_name(tk_isa(rawValue: UInt32(rawValue)))) }
 

@@ -242,6 +242,16 @@ struct Bench: ParsableCommand {
                             reference: theirs.isEmpty ? nil : ("OpenBLAS", median(theirs)),
                             ratio: medianRatio(mine, theirs),
                             target: n >= 256 ? .ratioAtLeast(0.9) : nil)
+        } + [512, 1024].map { n in
+            // Mixed precision beside trainerd's own float32 product.
+            var mixed: [Double] = [], float32: [Double] = []
+            for _ in 0..<repeats {
+                mixed.append(measureGEMM(n) { a, b, c in GEMM.multiply(GEMMShape(m: n, n: n, k: n, precision: .bf16), a, b, c) })
+                float32.append(measureGEMM(n) { a, b, c in GEMM.multiply(GEMMShape(m: n, n: n, k: n), a, b, c) })
+            }
+            return BenchRow(what: "GEMM \(n)×\(n)×\(n), bf16 inputs (\(VectorISA.active.name))", unit: "GFLOP/s",
+                            value: median(mixed), reference: ("float32", median(float32)), ratio: medianRatio(mixed, float32),
+                            target: nil)
         }
     }
 

@@ -200,44 +200,67 @@ final class SegmentedGEMMTests: XCTestCase {
         }
     }
 
-    /// Mixed precision: on every ISA and form, the bf16 product equals the float32 product of inputs rounded to
-    /// bfloat16 beforehand (rounded here, independently of the kernels: nearest, ties to even), bit for bit, and so
-    /// does the segmented weight-gradient product; and it differs from the float32 product of the raw inputs.
-    func testBF16ProductsAreFloat32ProductsOfRoundedInputs() {
-        func roundedToBF16(_ values: [Float]) -> [Float] {
-            values.map { value in
-                let bits = value.bitPattern
-                let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000
-                return Float(bitPattern: rounded)
-            }
+    /// Mixed precision: on every ISA (AVX512-BF16's vdpbf16ps included) and form, the bf16 product is the chain
+    /// over k pairs that an independent implementation here computes, c = fma(a_odd, b_odd, c) then
+    /// fma(a_even, b_even, c), inputs rounded to bfloat16 (nearest, ties to even; a missing odd element is 0), bit
+    /// for bit; the segmented weight-gradient product equals per-segment products in the tree.
+    func testBF16ProductsFollowThePairChainOnEveryISA() {
+        func bf16(_ value: Float) -> Float {
+            let bits = value.bitPattern
+            return Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
         }
-        for isa in VectorISA.allCases where isa.rawValue <= VectorISA.detected.rawValue {
-            VectorISA.force(isa)
-            for (m, n, k) in [(1, 1, 1), (7, 1, 300), (9, 33, 257), (17, 65, 3), (64, 10, 256), (100, 70, 530)] {
-                for (transposeA, transposeB) in [(false, false), (false, true), (true, false)] {
-                    let a = testValues(m * k, seed: 3), b = testValues(k * n, seed: 4)
-                    var mixed = [Float](repeating: 0, count: m * n), rounded = mixed, plain = mixed
-                    let shape = GEMMShape(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
-                    var bf16 = shape
-                    bf16.precision = .bf16
-                    GEMM.multiply(bf16, a, b, &mixed)
-                    GEMM.multiply(shape, roundedToBF16(a), roundedToBF16(b), &rounded)
-                    GEMM.multiply(shape, a, b, &plain)
-                    assertBitIdentical(mixed, rounded, "\(isa.name) \(shape)")
-                    var reference = [Float](repeating: 0, count: m * n)
-                    GEMM.reference(bf16, a, b, &reference)
-                    assertBitIdentical(reference, rounded, "reference \(shape)")
-                    if k > 8 { XCTAssertNotEqual(mixed, plain, "\(shape): bf16 inputs change the product") }
+        func pairChain(_ shape: GEMMShape, _ a: [Float], _ b: [Float]) -> [Float] {
+            func at(_ x: [Float], _ transposed: Bool, _ row: Int, _ column: Int, _ rows: Int, _ columns: Int) -> Float {
+                transposed ? x[column * rows + row] : x[row * columns + column]
+            }
+            var c = [Float](repeating: 0, count: shape.m * shape.n)
+            for i in 0..<shape.m {
+                for j in 0..<shape.n {
+                    var sum: Float = 0
+                    for k in stride(from: 0, to: shape.k, by: 2) {
+                        let aEven = bf16(at(a, shape.transposeA, i, k, shape.m, shape.k))
+                        let bEven = bf16(at(b, shape.transposeB, k, j, shape.k, shape.n))
+                        let aOdd = k + 1 < shape.k ? bf16(at(a, shape.transposeA, i, k + 1, shape.m, shape.k)) : 0
+                        let bOdd = k + 1 < shape.k ? bf16(at(b, shape.transposeB, k + 1, j, shape.k, shape.n)) : 0
+                        sum = sum.addingProduct(aOdd, bOdd).addingProduct(aEven, bEven)
+                    }
+                    c[i * shape.n + j] = sum
                 }
             }
-            let (m, n, segmentRows, segments) = (10, 100, 16, 8)
-            let a = testValues(segmentRows * segments * m, seed: 5), b = testValues(segmentRows * segments * n, seed: 6)
-            var mixed = [Float](repeating: 0, count: m * n), rounded = mixed
-            GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments, a, b, &mixed,
-                                             precision: .bf16)
-            GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments,
-                                             roundedToBF16(a), roundedToBF16(b), &rounded)
-            assertBitIdentical(mixed, rounded, "\(isa.name) segmented")
+            return c
         }
+        let isas = VectorISA.allCases.filter { $0.rawValue <= VectorISA.detected.rawValue }
+        print("bf16 ISAs tested: \(isas.map(\.name))")
+        for isa in isas {
+            VectorISA.force(isa)
+            for (m, n, k) in [(1, 1, 1), (7, 1, 301), (9, 33, 257), (17, 65, 3), (64, 10, 256), (100, 70, 530), (13, 40, 600)] {
+                for (transposeA, transposeB) in [(false, false), (false, true), (true, false)] {
+                    let a = testValues(m * k, seed: 3), b = testValues(k * n, seed: 4)
+                    let shape = GEMMShape(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB, precision: .bf16)
+                    let expected = pairChain(shape, a, b)
+                    for partitions in [1, 3] {
+                        var c = [Float](repeating: .nan, count: m * n)
+                        GEMM.multiply(shape, a, b, &c, partitions: partitions)
+                        assertBitIdentical(c, expected, "\(isa.name) \(shape) partitions \(partitions)")
+                    }
+                    var reference = [Float](repeating: 0, count: m * n)
+                    GEMM.reference(shape, a, b, &reference)
+                    assertBitIdentical(reference, expected, "reference \(shape)")
+                }
+            }
+            for (m, n, segmentRows, segments) in [(10, 100, 16, 8), (33, 40, 3, 5)] {
+                let a = testValues(segmentRows * segments * m, seed: 5), b = testValues(segmentRows * segments * n, seed: 6)
+                var parts = (0..<segments).map { s in
+                    pairChain(GEMMShape(m: m, n: n, k: segmentRows, transposeA: true, precision: .bf16),
+                              Array(a[(s * segmentRows * m)..<((s + 1) * segmentRows * m)]),
+                              Array(b[(s * segmentRows * n)..<((s + 1) * segmentRows * n)]))
+                }
+                var c = [Float](repeating: .nan, count: m * n)
+                GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments, a, b, &c,
+                                                 precision: .bf16)
+                assertBitIdentical(c, GradientTree.sum(consuming: &parts), "\(isa.name) segmented \(segments)×\(segmentRows)")
+            }
+        }
+        VectorISA.force(VectorISA.detected)
     }
 }

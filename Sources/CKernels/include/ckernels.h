@@ -9,6 +9,8 @@ typedef enum {
     TK_ISA_SCALAR = 0,
     TK_ISA_AVX2 = 1,
     TK_ISA_AVX512 = 2,
+    /// AVX-512 with AVX512-BF16: the same float32 kernels; mixed-precision products on `vdpbf16ps`.
+    TK_ISA_AVX512_BF16 = 3,
 } tk_isa;
 
 /// The best ISA this CPU supports (detected once).
@@ -43,8 +45,11 @@ void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
 void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
                                      const float *A, int lda, const float *B, int ldb, float *C, int ldc);
 
-/// Mixed precision: the same products with every element of op(A) and op(B) rounded to bfloat16 (nearest, ties
-/// to even) and the sums kept in float32; each C element is the fma chain of `tk_sgemm` over the rounded inputs.
+/// Mixed precision: every element of op(A) and op(B) rounded to bfloat16 (nearest, ties to even), the sums in
+/// float32. Each C element is one chain over k in pairs (2p, 2p + 1), a missing last odd element being 0:
+/// c = fma(a₂ₚ₊₁, b₂ₚ₊₁, c); c = fma(a₂ₚ, b₂ₚ, c) — the order of AVX512-BF16's vdpbf16ps, which runs it where the CPU
+/// has it (products of bfloat16 values are exact in float32, so each step rounds once there too; that instruction
+/// also flushes denormals, which the other ISAs do not).
 void tk_sgemm_bf16(int transA, int transB, int M, int N, int K,
                    const float *A, int lda, const float *B, int ldb,
                    float *C, int ldc, int accumulate);
