@@ -1,8 +1,9 @@
 // Packed, cache-blocked SGEMM with one register-tiled micro-kernel per ISA (GotoBLAS/BLIS loop order).
 //
 // Determinism: every output element is the single chain c = fma(a_k, b_k, c), k ascending, starting from 0 or
-// from C. K-blocking stores c and reloads it, which changes nothing; edge tiles run the same micro-kernel on a
-// zero-padded copy. So the result is the same bits for every ISA, block size and partition of C.
+// from C (in bf16 mode, over bfloat16 pairs: see tk_sgemm). K-blocking stores c and reloads it, which changes
+// nothing; edge tiles run the same micro-kernel on a zero-padded copy. So the result is the same bits for every
+// ISA, block size and partition of C.
 
 #include "ckernels.h"
 #include "clones.h"
@@ -176,7 +177,7 @@ static kernel_shape active_kernel(void) {
 
 // MARK: bfloat16 pair micro-kernels (mixed precision)
 // Ap: MR × ⌈kc/2⌉ pairs, Bp: ⌈kc/2⌉ × NR pairs (panel_to_bf16_pairs); the first argument counts pairs. Each C
-// element is the chain c = fma(a_odd, b_odd, c); c = fma(a_even, b_even, c), pair by pair (see tk_sgemm_bf16).
+// element is the chain c = fma(a_odd, b_odd, c); c = fma(a_even, b_even, c), pair by pair (see tk_sgemm).
 
 static inline float bf16_low(uint32_t pair) { uint32_t u = pair << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline float bf16_high(uint32_t pair) { uint32_t u = pair & 0xffff0000u; float f; memcpy(&f, &u, 4); return f; }
@@ -452,25 +453,8 @@ static float *reserve(scratch *s, size_t count) {
     return s->data;
 }
 
-static void sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                  float *C, int ldc, int accumulate, int bf16);
-static void sgemm_reference(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
-                            int ldb, float *C, int ldc, int accumulate, int bf16);
-
-void tk_sgemm(int transA, int transB, int M, int N, int K,
-              const float *A, int lda, const float *B, int ldb,
-              float *C, int ldc, int accumulate) {
-    sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 0);
-}
-
-void tk_sgemm_bf16(int transA, int transB, int M, int N, int K,
-                   const float *A, int lda, const float *B, int ldb,
-                   float *C, int ldc, int accumulate) {
-    sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 1);
-}
-
-static void sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                  float *C, int ldc, int accumulate, int bf16) {
+void tk_sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+              float *C, int ldc, int accumulate, int bf16) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate)
@@ -490,7 +474,7 @@ static void sgemm(int transA, int transB, int M, int N, int K, const float *A, i
     float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)kc_max);
     float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)kc_max);
     if (!Ap || !Bp) {
-        sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bf16);
+        tk_sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bf16);
         return;
     }
     float edge[AVX512_MR * AVX512_NR];
@@ -535,20 +519,8 @@ static void sgemm(int transA, int transB, int M, int N, int K, const float *A, i
     }
 }
 
-void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
-                        const float *A, int lda, const float *B, int ldb,
-                        float *C, int ldc, int accumulate) {
-    sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 0);
-}
-
-void tk_sgemm_bf16_reference(int transA, int transB, int M, int N, int K,
-                             const float *A, int lda, const float *B, int ldb,
-                             float *C, int ldc, int accumulate) {
-    sgemm_reference(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate, 1);
-}
-
-static void sgemm_reference(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
-                            int ldb, float *C, int ldc, int accumulate, int bf16) {
+void tk_sgemm_reference(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
+                        int ldb, float *C, int ldc, int accumulate, int bf16) {
     for (long i = 0; i < M; i++) {
         for (long j = 0; j < N; j++) {
             float c = accumulate ? C[i * ldc + j] : 0.0f;
@@ -601,23 +573,8 @@ static void add_tile(float *left, const float *right, int count) {
     add_tile_scalar(left, right, count);
 }
 
-static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, const float *A, int lda,
-                               const float *B, int ldb, float *C, int ldc, int bf16);
-static void sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments, const float *A, int lda,
-                                         const float *B, int ldb, float *C, int ldc, int bf16);
-
-void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
-                           const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    sgemm_tn_segmented(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 0);
-}
-
-void tk_sgemm_tn_segmented_bf16(int M, int N, int segment_rows, int segments,
-                                const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    sgemm_tn_segmented(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 1);
-}
-
-static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, const float *A, int lda,
-                               const float *B, int ldb, float *C, int ldc, int bf16) {
+void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                           const float *B, int ldb, float *C, int ldc, int bf16) {
     if (M <= 0 || N <= 0) return;
     if (segment_rows <= 0 || segments <= 0) {
         for (long i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
@@ -637,7 +594,7 @@ static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, con
     float *Ap = reserve(&packed_a_scratch, (size_t)((mc_alloc + mr - 1) / mr * mr) * (size_t)rows);
     float *Bp = reserve(&packed_b_scratch, (size_t)((nc_max + nr - 1) / nr * nr) * (size_t)rows);
     if (!Ap || !Bp) {
-        sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, bf16);
+        tk_sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, bf16);
         return;
     }
     int tile = mr * nr;
@@ -690,23 +647,13 @@ static void sgemm_tn_segmented(int M, int N, int segment_rows, int segments, con
     }
 }
 
-void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
-                                     const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 0);
-}
-
-void tk_sgemm_tn_segmented_bf16_reference(int M, int N, int segment_rows, int segments,
-                                          const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    sgemm_tn_segmented_reference(M, N, segment_rows, segments, A, lda, B, ldb, C, ldc, 1);
-}
-
-static void sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments, const float *A, int lda,
-                                         const float *B, int ldb, float *C, int ldc, int bf16) {
+void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                                     const float *B, int ldb, float *C, int ldc, int bf16) {
     // Each segment's product by the reference GEMM, then the tree over segments, bottom-up.
     size_t count = (size_t)M * (size_t)N;
     float *parts = malloc(sizeof(float) * count * (size_t)(segments > 0 ? segments : 1));
     for (int s = 0; s < segments; s++)
-        sgemm_reference(1, 0, M, N, segment_rows, A + (long)s * segment_rows * lda, lda,
+        tk_sgemm_reference(1, 0, M, N, segment_rows, A + (long)s * segment_rows * lda, lda,
                         B + (long)s * segment_rows * ldb, ldb, parts + count * (size_t)s, N, 0, bf16);
     for (int width = 1; width < segments; width *= 2)
         for (int start = 0; start + width < segments; start += 2 * width)

@@ -47,6 +47,9 @@ public enum MatmulPrecision: String, Sendable, CaseIterable {
     static let stored = ThreadLocalInt()
 
     public static var current: MatmulPrecision { stored.value == 1 ? .bf16 : .float32 }
+
+    /// The C kernels' flag.
+    var isBF16: Int32 { self == .bf16 ? 1 : 0 }
 }
 
 /// Runs `body` with products' inputs in `precision` on this thread.
@@ -96,14 +99,13 @@ public enum GEMM {
         _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, partitions: Int? = nil,
         precision: MatmulPrecision = .float32
     ) {
-        let segmented = precision == .bf16 ? tk_sgemm_tn_segmented_bf16 : tk_sgemm_tn_segmented
         let shape = GEMMShape(m: m, n: n, k: segmentRows * segments, transposeA: true)
         let cuts = cutPoints(extent: n, blocks: partitions ?? defaultPartitions(shape), quantum: 32)
         Parallel.forEach(cuts.count - 1) { block in
             let columns = cuts[block]..<cuts[block + 1]
             guard !columns.isEmpty else { return }
-            segmented(Int32(m), Int32(columns.count), Int32(segmentRows), Int32(segments), a, Int32(m),
-                                  b + columns.lowerBound, Int32(n), c + columns.lowerBound, Int32(n))
+            tk_sgemm_tn_segmented(Int32(m), Int32(columns.count), Int32(segmentRows), Int32(segments), a, Int32(m),
+                                  b + columns.lowerBound, Int32(n), c + columns.lowerBound, Int32(n), precision.isBF16)
         }
     }
 
@@ -112,10 +114,9 @@ public enum GEMM {
         _ shape: GEMMShape, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
         accumulate: Bool = false
     ) {
-        let reference = shape.precision == .bf16 ? tk_sgemm_bf16_reference : tk_sgemm_reference
-        reference(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(shape.m), Int32(shape.n),
+        tk_sgemm_reference(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(shape.m), Int32(shape.n),
                            Int32(shape.k), a, Int32(shape.lda), b, Int32(shape.ldb), c, Int32(shape.n),
-                           accumulate ? 1 : 0)
+                           accumulate ? 1 : 0, shape.precision.isBF16)
     }
 
     static func defaultPartitions(_ shape: GEMMShape) -> Int {
@@ -137,9 +138,9 @@ public enum GEMM {
         guard !rows.isEmpty, !columns.isEmpty else { return }
         let aStart = shape.transposeA ? rows.lowerBound : rows.lowerBound * shape.lda
         let bStart = shape.transposeB ? columns.lowerBound * shape.ldb : columns.lowerBound
-        let product = shape.precision == .bf16 ? tk_sgemm_bf16 : tk_sgemm
-        product(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(rows.count), Int32(columns.count),
+        tk_sgemm(shape.transposeA ? 1 : 0, shape.transposeB ? 1 : 0, Int32(rows.count), Int32(columns.count),
                  Int32(shape.k), a + aStart, Int32(shape.lda), b + bStart, Int32(shape.ldb),
-                 c + rows.lowerBound * shape.n + columns.lowerBound, Int32(shape.n), accumulate ? 1 : 0)
+                 c + rows.lowerBound * shape.n + columns.lowerBound, Int32(shape.n), accumulate ? 1 : 0,
+                 shape.precision.isBF16)
     }
 }

@@ -214,7 +214,7 @@ final class CLITests: CLITestCase {
         try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "optimizer.lr=-1"],
                         "\(config): optimizer.lr must be positive, got -1.0")
         try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "training.batchsize=3"],
-                        "\(config): unknown field 'training.batchsize' (expected one of: batch_size, checkpoint_every, clip_norm, epochs, eval_every, keep_checkpoints, max_skipped_steps, max_steps, micro_batches, threads)")
+                        "\(config): unknown field 'training.batchsize' (expected one of: batch_size, checkpoint_every, clip_norm, epochs, eval_every, keep_checkpoints, max_skipped_steps, max_steps, micro_batches, precision, threads)")
         try requireDataset()
         try assertFails(["train", config, "--run-dir", scratch + "/run", "--set", "model.sizes=[100, 10]"],
                         "model.sizes[0] is 100 but \(Self.dataset) has 784 features per sample")

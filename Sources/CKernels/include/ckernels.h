@@ -25,42 +25,30 @@ const char *tk_isa_name(tk_isa isa);
 /// op(A) = A ([M,K], lda) or, with transA, Aᵀ where A is [K,M]; op(B) = B ([K,N], ldb) or, with transB, Bᵀ
 /// where B is [N,K]. Each C element is one chain c = fma(a_k, b_k, c) for k = 0..K-1 starting from its initial
 /// value, whatever the ISA, blocking or caller's partition of C.
-void tk_sgemm(int transA, int transB, int M, int N, int K,
-              const float *A, int lda, const float *B, int ldb,
-              float *C, int ldc, int accumulate);
+///
+/// With bf16 (mixed precision), every element of op(A) and op(B) is rounded to bfloat16 (nearest, ties to even)
+/// and the sums stay float32: the chain runs over k in pairs (2p, 2p + 1), a missing last odd element being 0,
+/// c = fma(a₂ₚ₊₁, b₂ₚ₊₁, c); c = fma(a₂ₚ, b₂ₚ, c) — the order of AVX512-BF16's vdpbf16ps, which runs it where the
+/// CPU has it (a product of bfloat16 values is exact in float32, so each step rounds once there too; that
+/// instruction also flushes denormals, which the other ISAs do not).
+void tk_sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+              float *C, int ldc, int accumulate, int bf16);
 
-/// The plain triple loop with the same fma chain: the reference the fast path is tested against.
-void tk_sgemm_reference(int transA, int transB, int M, int N, int K,
-                        const float *A, int lda, const float *B, int ldb,
-                        float *C, int ldc, int accumulate);
+/// The plain triple loop with the same chain: the reference the fast path is tested against.
+void tk_sgemm_reference(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
+                        int ldb, float *C, int ldc, int accumulate, int bf16);
 
 /// Weight gradients summed per micro-batch and combined in the gradient tree, without materialising the
 /// per-micro-batch products: C[M,N] = tree over s of A_sᵀ · B_s, where A_s and B_s are rows
-/// [s·segment_rows, (s+1)·segment_rows) of A [rows, M] and B [rows, N]. Each A_sᵀ·B_s is the same fma chain
-/// as `tk_sgemm` with transA; the tree is node(start, 2w) = node(start, w) + node(start + w, w) over segments
-/// 0..<segments (a missing right half leaves the left unchanged). Bit-identical to
+/// [s·segment_rows, (s+1)·segment_rows) of A [rows, M] and B [rows, N]. Each A_sᵀ·B_s is the same chain
+/// as `tk_sgemm` with transA (and bf16); the tree is node(start, 2w) = node(start, w) + node(start + w, w) over
+/// segments 0..<segments (a missing right half leaves the left unchanged). Bit-identical to
 /// `tk_sgemm_tn_segmented_reference`, for any ISA and any partition of C's columns.
-void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments,
-                           const float *A, int lda, const float *B, int ldb, float *C, int ldc);
-void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments,
-                                     const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+void tk_sgemm_tn_segmented(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                           const float *B, int ldb, float *C, int ldc, int bf16);
+void tk_sgemm_tn_segmented_reference(int M, int N, int segment_rows, int segments, const float *A, int lda,
+                                     const float *B, int ldb, float *C, int ldc, int bf16);
 
-/// Mixed precision: every element of op(A) and op(B) rounded to bfloat16 (nearest, ties to even), the sums in
-/// float32. Each C element is one chain over k in pairs (2p, 2p + 1), a missing last odd element being 0:
-/// c = fma(a₂ₚ₊₁, b₂ₚ₊₁, c); c = fma(a₂ₚ, b₂ₚ, c) — the order of AVX512-BF16's vdpbf16ps, which runs it where the CPU
-/// has it (products of bfloat16 values are exact in float32, so each step rounds once there too; that instruction
-/// also flushes denormals, which the other ISAs do not).
-void tk_sgemm_bf16(int transA, int transB, int M, int N, int K,
-                   const float *A, int lda, const float *B, int ldb,
-                   float *C, int ldc, int accumulate);
-void tk_sgemm_bf16_reference(int transA, int transB, int M, int N, int K,
-                             const float *A, int lda, const float *B, int ldb,
-                             float *C, int ldc, int accumulate);
-/// `tk_sgemm_tn_segmented` over inputs rounded to bfloat16.
-void tk_sgemm_tn_segmented_bf16(int M, int N, int segment_rows, int segments,
-                                const float *A, int lda, const float *B, int ldb, float *C, int ldc);
-void tk_sgemm_tn_segmented_bf16_reference(int M, int N, int segment_rows, int segments,
-                                          const float *A, int lda, const float *B, int ldb, float *C, int ldc);
 // MARK: elementwise, [n]
 
 /// y = max(x, 0)
