@@ -135,8 +135,7 @@ public final class GradientEngine {
             }
         }
         let firstSample = block.lowerBound * (samples / max(1, block.count))
-        return try withMatmulPrecision(precision) {
-        try withDropoutStream(seed: dropoutSeed, firstSample: firstSample) { try withSampleSegments(block.count) {
+        return try inPassContext(segments: block.count, dropoutSeed: dropoutSeed, firstSample: firstSample) {
             replica.zeroGrad()
             let loss = try Trace.span("forward", "compute") {
                 let input = Tensor(shape: [samples, x.count / max(samples, 1)], storage: x)
@@ -167,7 +166,14 @@ public final class GradientEngine {
                 emit(Piece(microBatches: block, parameter: index, values: [Float](repeating: 0, count: parameter.value.count)))
             }
             return GradientBlock(microBatches: block, gradients: [], lossSum: loss.item)
-        } } }
+        }
+    }
+
+    /// Runs a pass's forward and backward with its micro-batch segmentation, dropout stream and matmul precision.
+    private func inPassContext<R>(segments: Int, dropoutSeed: UInt64, firstSample: Int, _ body: () throws -> R) rethrows -> R {
+        try withMatmulPrecision(precision) {
+            try withDropoutStream(seed: dropoutSeed, firstSample: firstSample) { try withSampleSegments(segments, body) }
+        }
     }
 }
 

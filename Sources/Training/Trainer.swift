@@ -178,7 +178,7 @@ public final class Trainer {
     }
 
     /// `makeSource` nil computes gradients in this process.
-    public init(config: JobConfig, runDirectory: String?, data: (train: any SampleSource, test: any SampleSource)? = nil,
+    public init(config: JobConfig, runDirectory: String?, data: JobDatasets? = nil,
                 makeSource: ((Module, BatchPlan, any SampleSource) -> GradientSource)? = nil) throws {
         self.config = config
         self.runDirectory = runDirectory
