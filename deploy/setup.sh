@@ -2,7 +2,8 @@
 # Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
 # C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, Fashion-MNIST from Debian's dataset package, and
 # the text of Debian's fortunes package (the character-level language model's corpus).
-# With --tests it also makes sure Python has NumPy (the tests' independent evaluator).
+# With --tests it also makes sure Python has NumPy (the tests' independent evaluator) and prometheus-client (its
+# parser checks the metrics file).
 set -euo pipefail
 
 packages=(pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist fortunes)
@@ -26,4 +27,8 @@ fi
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import numpy" 2>/dev/null; then
     echo "setup: installing NumPy for the independent evaluator" >&2
     python3 -m pip install --quiet numpy || echo "setup: NumPy unavailable; the independent-evaluation test will be skipped" >&2
+fi
+if [ "${1:-}" = "--tests" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
+    echo "setup: installing prometheus-client, whose parser checks the metrics file" >&2
+    python3 -m pip install --quiet prometheus-client || echo "setup: prometheus-client unavailable; the metrics test checks the format itself" >&2
 fi

@@ -9,7 +9,7 @@ import Transport
 /// gradients from workers, exactly as `train` runs it. `configure` runs once the sockets are bound, with the
 /// workers' endpoint (`launch` starts its workers there).
 func coordinate(options: JobOptions, bind: String, logBind: String?, startWorkers: Int?, runDir: String, resume: Bool,
-                configure: (Coordinator, _ endpoint: String, CoordinatorSecurity?) throws -> Void = { _, _, _ in }) throws -> Int32 {
+                metricsFile: String?, configure: (Coordinator, _ endpoint: String, CoordinatorSecurity?) throws -> Void = { _, _, _ in }) throws -> Int32 {
     let yaml = try String(contentsOfFile: options.config, encoding: .utf8)
     let job = JobDescription(yaml: yaml, overrides: options.overrides)
     let config = try options.load()
@@ -40,7 +40,7 @@ func coordinate(options: JobOptions, bind: String, logBind: String?, startWorker
     }
     if let security { coordinator!.whileWaiting = reportingRefusals(of: security.gatekeeper, to: trainer.events, then: coordinator!.whileWaiting) }
     try configure(coordinator!, endpoint, security)
-    return try runTraining(trainer, runDir: runDir, resume: resume) {
+    return try runTraining(trainer, runDir: runDir, resume: resume, metricsFile: metricsFile) {
         FileHandle.standardError.write(Data("coordinator on \(endpoint)\(security == nil ? "" : " (CURVE)"), job \(String(coordinator!.jobID, radix: 16)), waiting for \(max(startWorkers ?? 0, config.cluster.minWorkers)) worker(s)\n".utf8))
     }
 }
@@ -67,6 +67,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Endpoint for workers, e.g. tcp://0.0.0.0:5555.") var bind: String
     @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://0.0.0.0:5556.") var logBind: String?
     @Option(help: "Workers to wait for before the first step (default: cluster.min_workers).") var workers: Int?
+    @Option(help: metricsHelp) var metricsFile: String?
     @Option(help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir = "runs/coordinator"
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
     @Option(help: traceHelp) var trace: String?
@@ -75,7 +76,8 @@ struct CoordinatorCommand: ParsableCommand {
         let status: Int32
         do {
             status = try tracing(to: trace, as: "coordinator") {
-                try coordinate(options: options, bind: bind, logBind: logBind, startWorkers: workers, runDir: runDir, resume: resume)
+                try coordinate(options: options, bind: bind, logBind: logBind, startWorkers: workers, runDir: runDir, resume: resume,
+                               metricsFile: metricsFile)
             }
         } catch {
             fail(error)
@@ -136,6 +138,7 @@ struct Launch: ParsableCommand {
     @Option(help: "Endpoint for the log stream (PUB), e.g. tcp://127.0.0.1:5556.") var logBind: String?
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
     @Option(help: "Worker processes started in place of ones that exit during the run.") var maxRestarts = 3
+    @Option(help: metricsHelp) var metricsFile: String?
     @Option(help: ArgumentHelp("Write a Chrome trace of the coordinator and every worker (chrome://tracing, Perfetto) to this file."))
     var trace: String?
 
@@ -155,7 +158,7 @@ struct Launch: ParsableCommand {
                 children.forEach { $0.waitForExit(timeout: 30) }
                 return children.map { "\(trace!).\($0.name)" }
             }) { try coordinate(options: options, bind: "tcp://127.0.0.1:*", logBind: logBind, startWorkers: workers,
-                                    runDir: runDir, resume: resume) { coordinator, endpoint, security in
+                                    runDir: runDir, resume: resume, metricsFile: metricsFile) { coordinator, endpoint, security in
                 func startWorker(_ name: String) throws -> LocalWorker {
                     var environment: [String: String] = [:]
                     if let security {

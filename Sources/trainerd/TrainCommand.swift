@@ -9,13 +9,14 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Directory for events.jsonl, checkpoints/ and final.safetensors.") var runDir: String = "runs/train"
     @Flag(help: "Continue from the newest valid checkpoint in the run directory.") var resume = false
     @Option(help: traceHelp) var trace: String?
+    @Option(help: metricsHelp) var metricsFile: String?
 
     func run() throws {
         let status: Int32
         do {
             status = try tracing(to: trace, as: "train") {
                 let trainer = try Trainer(config: try options.load(), runDirectory: runDir)
-                return try runTraining(trainer, runDir: runDir, resume: resume)
+                return try runTraining(trainer, runDir: runDir, resume: resume, metricsFile: metricsFile)
             }
         } catch {
             fail(error)
@@ -25,6 +26,7 @@ struct Train: ParsableCommand {
 }
 
 let traceHelp = ArgumentHelp("Write a Chrome trace (chrome://tracing, Perfetto) of the run's spans to this file.")
+let metricsHelp = ArgumentHelp("Keep a Prometheus text-format file of the run's metrics here (rewritten atomically, for node_exporter's textfile collector: name it *.prom).")
 
 /// Runs `body` recording a Chrome trace into `path` (when given) for process `name`; the files of `merging`
 /// (written by the job's other processes) are merged in.
@@ -40,7 +42,8 @@ func tracing<T>(to path: String?, as name: String, merging: () -> [String] = { [
 
 /// Resumes or refuses to overwrite checkpoints, runs `trainer` with a progress line and Ctrl-C handling, and
 /// prints how it ended. Returns the exit status: 0 finished, 130 stopped by a signal.
-func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, beforeRun: () throws -> Void = {}) throws -> Int32 {
+func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, metricsFile: String? = nil,
+                 beforeRun: () throws -> Void = {}) throws -> Int32 {
     if !resume, !(trainer.checkpoints?.checkpointFiles().isEmpty ?? true) {
         throw ConfigError("\(runDir) already holds checkpoints; pass --resume to continue or choose another --run-dir")
     }
@@ -49,6 +52,18 @@ func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, beforeRun: ()
     }
     let progress = ProgressLine()
     trainer.events.observers.append(progress.observe)
+    if let metricsFile {
+        let metrics = MetricsFile(path: metricsFile)
+        try metrics.write()  // an unwritable path fails here, before training
+        var reported = false
+        trainer.events.observers.append { event, fields in
+            metrics.observe(event, fields)
+            if let failure = metrics.failure, !reported {
+                reported = true
+                FileHandle.standardError.write(Data("warning: metrics file not written: \(failure)\n".utf8))
+            }
+        }
+    }
     installStopHandler()
     try beforeRun()
     let summary = try trainer.run()
@@ -120,13 +135,7 @@ final class ProgressLine {
         }
     }
 
-    private func number(_ value: JSONValue?) -> Double {
-        switch value {
-        case let .int(i)?: return Double(i)
-        case let .number(d)?: return d
-        default: return .nan
-        }
-    }
+    private func number(_ value: JSONValue?) -> Double { value?.numberValue ?? .nan }
 
     private func duration(_ seconds: Double) -> String {
         guard seconds.isFinite else { return "?" }
