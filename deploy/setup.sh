@@ -2,22 +2,24 @@
 # Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
 # C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, Fashion-MNIST from Debian's dataset package, and
 # the text of Debian's fortunes package (the character-level language model's corpus).
-# With --tests it also makes sure Python has NumPy (the tests' independent evaluator) and prometheus-client (its
-# parser checks the metrics file).
+# With --tests it also makes sure there are systemd-analyze (the unit files' test) and, in Python, NumPy (the tests'
+# independent evaluator) and prometheus-client (its parser checks the metrics file).
 set -euo pipefail
 
-packages=(pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist fortunes)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-    sudo=""
+# Installs the Debian packages named that are not installed yet (root or sudo).
+install_missing() {
+    local missing=() package sudo=""
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    ((${#missing[@]})) || return 0
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "setup: installing ${missing[*]}" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+}
+
+install_missing pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist fortunes
 
 if ! command -v swift >/dev/null 2>&1; then
     echo "setup: the Swift 6 toolchain is needed (https://www.swift.org/install/linux/) and 'swift' is not on PATH" >&2
@@ -27,6 +29,9 @@ fi
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import numpy" 2>/dev/null; then
     echo "setup: installing NumPy for the independent evaluator" >&2
     python3 -m pip install --quiet numpy || echo "setup: NumPy unavailable; the independent-evaluation test will be skipped" >&2
+fi
+if [ "${1:-}" = "--tests" ] && ! command -v systemd-analyze >/dev/null 2>&1; then
+    install_missing systemd  # systemd-analyze, for the unit files' test
 fi
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
     echo "setup: installing prometheus-client, whose parser checks the metrics file" >&2
