@@ -37,11 +37,10 @@ extension Tensor {
         guard probability > 0, DropoutStream.isActive, rank >= 1 else { return self }
         let samples = shape[0], perSample = samples == 0 ? 0 : count / samples
         let seed = UInt64(UInt(bitPattern: DropoutStream.seed.value)), first = DropoutStream.firstSample.value
-        let siteKey = mix(seed ^ mix(site &+ 0x5851_F42D_4C95_7F2D))
         let threshold = UInt64((Double(probability) * Double(1 << 24)).rounded())
         let keep = 1 / (1 - probability)
         var mask = uninitializedFloats(count)
-        tk_dropout_mask(samples, perSample, siteKey, first, UInt32(threshold), keep, &mask)
+        tk_dropout_mask(samples, perSample, seed, site, first, UInt32(threshold), keep, &mask)
         var out = storage
         tk_mul_inplace(Int64(out.count), mask, &out)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
@@ -50,13 +49,4 @@ extension Tensor {
             return [grad]
         }
     }
-}
-
-/// SplitMix64's finaliser: a bijection on 64 bits whose outputs look independent for consecutive inputs.
-@inline(__always)
-private func mix(_ value: UInt64) -> UInt64 {
-    var z = value &+ 0x9E37_79B9_7F4A_7C15
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
 }

@@ -24,26 +24,18 @@ extension Tensor {
             }
         }
         let positions = indices.count
-        let segments = positions % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segments = SampleSegments.count(forRows: positions)
         let segmentPositions = positions / max(segments, 1)
         return Tensor.recorded(shape: indexShape + [dim], storage: out, inputs: [self]) { upstream, _ in
             guard positions > 0, dim > 0 else { return [[Float](repeating: 0, count: vocabulary * dim)] }
-            var parts = [[Float]](repeating: [], count: segments)
-            parts.withUnsafeMutableBufferPointer { slots in
-                Parallel.forEach(segments) { segment in
-                    var part = [Float](repeating: 0, count: vocabulary * dim)
-                    upstream.withUnsafeBufferPointer { dy in
-                        part.withUnsafeMutableBufferPointer { part in
-                            for position in (segment * segmentPositions)..<((segment + 1) * segmentPositions) {
-                                tk_add_inplace(Int64(dim), dy.baseAddress! + position * dim,
-                                               part.baseAddress! + Int(indices[position]) * dim)
-                            }
-                        }
+            return [upstream.withUnsafeBufferPointer { dy in
+                segmentedReduction(segments: segments, length: vocabulary * dim) { segment, part in
+                    part.initialize(repeating: 0, count: vocabulary * dim)
+                    for position in (segment * segmentPositions)..<((segment + 1) * segmentPositions) {
+                        tk_add_inplace(Int64(dim), dy.baseAddress! + position * dim, part + Int(indices[position]) * dim)
                     }
-                    slots[segment] = part
                 }
-            }
-            return [GradientTree.sum(consuming: &parts)]
+            }]
         }
     }
 }

@@ -29,7 +29,7 @@ extension Tensor {
         let badRow = tk_cross_entropy_forward(Int32(rows), Int32(classes), storage, labels, &probabilities, &losses)
         if badRow >= 0 { throw LossError.labelOutOfRange(row: Int(badRow), label: labels[Int(badRow)], classes: classes) }
         // Summed per micro-batch and combined in the tree, like every reduction over samples.
-        let segments = rows % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segments = SampleSegments.count(forRows: rows)
         let segmentRows = rows / segments
         let total = segmentedReduction(segments: segments, length: 1) { segment, sum in
             sum.pointee = 0

@@ -99,7 +99,7 @@ extension Tensor {
             }
         }
         let activated = relu ? out : []
-        let segments = rows % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segments = SampleSegments.count(forRows: rows)
         let segmentRows = rows / segments
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
         return Tensor.recorded(shape: shape.dropLast() + [outFeatures], storage: out, inputs: inputs) { upstream, needs in

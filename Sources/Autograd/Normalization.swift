@@ -12,7 +12,7 @@ extension Tensor {
         let x = storage, gamma = weight?.storage, beta = bias?.storage
         var out = uninitializedFloats(count), mean = uninitializedFloats(rows), rstd = uninitializedFloats(rows)
         tk_layernorm_forward(Int32(rows), Int32(columns), x, gamma, beta, eps, &out, &mean, &rstd)
-        let segments = rows % SampleSegments.current == 0 ? SampleSegments.current : 1
+        let segments = SampleSegments.count(forRows: rows)
         let segmentRows = rows / segments
         var inputs = [self]
         if let weight { inputs.append(weight) }

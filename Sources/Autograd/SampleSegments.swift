@@ -10,6 +10,9 @@ public enum SampleSegments {
     static let stored = ThreadLocalInt()
 
     public static var current: Int { max(1, stored.value) }
+
+    /// Micro-batches among `rows` sample rows: the current count when it divides them, else 1 (one segment).
+    static func count(forRows rows: Int) -> Int { rows % current == 0 ? current : 1 }
 }
 
 /// Runs `body` (forward and backward) with the sample rows cut into `count` micro-batches.

@@ -165,8 +165,9 @@ static inline uint64_t splitmix_finalize(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-void tk_dropout_mask(long samples, long per_sample, uint64_t site_key, long first_sample, uint32_t threshold,
-                     float keep, float *mask) {
+void tk_dropout_mask(long samples, long per_sample, uint64_t seed, uint64_t site, long first_sample,
+                     uint32_t threshold, float keep, float *mask) {
+    uint64_t site_key = splitmix_finalize(seed ^ splitmix_finalize(site + 0x5851F42D4C957F2Dull));
     for (long s = 0; s < samples; s++) {
         uint64_t sample_key = splitmix_finalize(site_key ^ (uint64_t)(first_sample + s));
         for (long e = 0; e < per_sample; e++) {

@@ -54,26 +54,19 @@ struct Monitor: ParsableCommand {
 
     func run() throws {
         do {
-            let (socket, monitor) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: try keys.load())
-            try socket.subscribe()
+            let subscription = try LogSubscription(endpoint: endpoint, keys: keys)
             var lastEvent = Date()
             var lastStepShown = Date.distantPast
             while true {
-                if let refused = monitor?.nextFailure() {
-                    throw CoordinatorError("\(endpoint): the coordinator \(refused.reason); add this monitor's public key to its allowed_keys")
-                }
-                guard let frames = try socket.receive(timeout: 1), let line = frames.first else {
+                guard let (line, event, name) = try subscription.next(timeout: 1) else {
                     if idleTimeout > 0 && Date().timeIntervalSince(lastEvent) > idleTimeout {
                         throw CoordinatorError("\(endpoint): no events for \(Int(idleTimeout)) s")
                     }
                     continue
                 }
                 lastEvent = Date()
-                let text = String(decoding: line, as: UTF8.self)
-                guard let event = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                      let name = event["event"] as? String else { continue }
                 if json {
-                    print(text)
+                    print(String(decoding: line, as: UTF8.self))
                 } else if name != "step" || Date().timeIntervalSince(lastStepShown) >= every {
                     if name == "step" { lastStepShown = Date() }
                     show(name, event)
@@ -144,5 +137,31 @@ struct Monitor: ParsableCommand {
             return rank(p) < rank(q)
         }
         return x.count < y.count
+    }
+}
+
+/// A subscription to a coordinator's log stream (its --log-bind), with CURVE when keys are given: what `monitor`
+/// and `status` read.
+struct LogSubscription {
+    let endpoint: String
+    private let socket: ZMQSocket
+    private let handshakes: HandshakeMonitor?
+
+    init(endpoint: String, keys: ClientKeyOptions) throws {
+        self.endpoint = endpoint
+        (socket, handshakes) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: try keys.load())
+        try socket.subscribe()
+    }
+
+    /// The next event within `timeout` seconds (its line, fields and name), or nil; throws when the coordinator
+    /// refused this client's key.
+    func next(timeout: Double) throws -> (line: [UInt8], event: [String: Any], name: String)? {
+        if let refused = handshakes?.nextFailure() {
+            throw CoordinatorError("\(endpoint): the coordinator \(refused.reason); add this monitor's public key to its allowed_keys")
+        }
+        guard let frames = try socket.receive(timeout: timeout), let line = frames.first,
+              let event = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+              let name = event["event"] as? String else { return nil }
+        return (Array(line), event, name)
     }
 }

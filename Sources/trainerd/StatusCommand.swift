@@ -21,16 +21,10 @@ struct Status: ParsableCommand {
 
     func run() throws {
         do {
-            let (socket, monitor) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: try keys.load())
-            try socket.subscribe()
+            let subscription = try LogSubscription(endpoint: endpoint, keys: keys)
             let deadline = Date().addingTimeInterval(timeout)
             while Date() < deadline {
-                if let refused = monitor?.nextFailure() {
-                    throw CoordinatorError("\(endpoint): the coordinator \(refused.reason); add this key to its allowed_keys")
-                }
-                guard let frames = try socket.receive(timeout: 0.2), let line = frames.first,
-                      let event = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                      event["event"] as? String == "snapshot" else { continue }
+                guard let (line, event, name) = try subscription.next(timeout: 0.2), name == "snapshot" else { continue }
                 print(json ? String(decoding: line, as: UTF8.self) : Self.summary(event))
                 return
             }

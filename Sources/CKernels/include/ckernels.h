@@ -137,8 +137,9 @@ void tk_gelu_erf_backward(int64_t n, const float *x, const float *dy, float *dx)
 void tk_causal_softmax(int T, float scale, const float *scores, float *probs);
 /// y = x with axes 1 and 3 of the view [outer, n1, mid, n2, inner] swapped: y[o, j, m, i, r] = x[o, i, m, j, r].
 void tk_swap_axes(long outer, long n1, long mid, long n2, long inner, const float *x, float *y);
-/// Dropout mask for element e of sample s: h = F(F(site_key ^ (first_sample + s)) ^ F(e)) with F SplitMix64's
-/// finaliser; mask = 0 where the top 24 bits of h are below threshold (p·2²⁴), else keep (1/(1 − p)).
-void tk_dropout_mask(long samples, long per_sample, uint64_t site_key, long first_sample, uint32_t threshold,
-                     float keep, float *mask);
+/// Dropout mask for element e of sample s: with F SplitMix64's finaliser, k = F(seed ^ F(site + 0x5851F42D4C957F2D))
+/// and h = F(F(k ^ (first_sample + s)) ^ F(e)); mask = 0 where the top 24 bits of h are below threshold (p·2²⁴),
+/// else keep (1/(1 − p)).
+void tk_dropout_mask(long samples, long per_sample, uint64_t seed, uint64_t site, long first_sample,
+                     uint32_t threshold, float keep, float *mask);
 #endif
