@@ -2,8 +2,9 @@
 # Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
 # C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, Fashion-MNIST from Debian's dataset package, and
 # the text of Debian's fortunes package (the character-level language model's corpus).
-# With --tests it also makes sure there are systemd-analyze (the unit files' test) and, in Python, NumPy (the tests'
-# independent evaluator) and prometheus-client (its parser checks the metrics file).
+# With --tests it also makes sure there are systemd-analyze (the unit files' test), Slurm and munge (the Slurm test's
+# one-node cluster) and, in Python, NumPy (the tests' independent evaluator), prometheus-client (its parser checks
+# the metrics file) and kubernetes-validate (Kubernetes' own schemas check the manifests).
 set -euo pipefail
 
 # Installs the Debian packages named that are not installed yet (root or sudo).
@@ -30,8 +31,9 @@ if [ "${1:-}" = "--tests" ] && ! python3 -c "import numpy" 2>/dev/null; then
     echo "setup: installing NumPy for the independent evaluator" >&2
     python3 -m pip install --quiet numpy || echo "setup: NumPy unavailable; the independent-evaluation test will be skipped" >&2
 fi
-if [ "${1:-}" = "--tests" ] && ! command -v systemd-analyze >/dev/null 2>&1; then
-    install_missing systemd  # systemd-analyze, for the unit files' test
+if [ "${1:-}" = "--tests" ]; then
+    install_missing slurm-wlm munge
+    command -v systemd-analyze >/dev/null 2>&1 || install_missing systemd  # systemd-analyze, for the unit files' test
 fi
 if [ "${1:-}" = "--tests" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
     echo "setup: installing prometheus-client, whose parser checks the metrics file" >&2

@@ -30,10 +30,14 @@ class CLITestCase: XCTestCase {
         return try run(executable, arguments, timeout: timeout)
     }
 
-    func run(_ program: String, _ arguments: [String], timeout: TimeInterval) throws -> Result {
+    /// Runs `program` to its end (terminated after `timeout`), with `environment` added to this process's.
+    func run(_ program: String, _ arguments: [String], timeout: TimeInterval, environment: [String: String] = [:]) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

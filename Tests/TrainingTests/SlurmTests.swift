@@ -1,0 +1,120 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// deploy/slurm/trainerd.sbatch on a real one-node Slurm cluster (Debian's slurm-wlm and munge, started by
+/// deploy/slurm/one-node-cluster.sh in the scratch directory): the job ends with the weights of a single-process run,
+/// and a job requeued after its first checkpoint resumes and ends with them too.
+final class SlurmTests: CLITestCase {
+    var clusterScript: String { repository.appendingPathComponent("deploy/slurm/one-node-cluster.sh").path }
+    var batchScript: String { repository.appendingPathComponent("deploy/slurm/trainerd.sbatch").path }
+    var clusterDirectory: String { scratch + "/slurm" }
+    var slurmEnvironment: [String: String] { ["SLURM_CONF": clusterDirectory + "/slurm.conf"] }
+    let job = ["--set", "training.eval_every=0", "--set", "training.threads=1", "--set", "cluster.heartbeat_interval=0.5"]
+
+    /// Starts the cluster, or skips the test saying why it cannot run here.
+    func startCluster() throws {
+        try requireDataset()
+        try XCTSkipUnless(getuid() == 0, "the Slurm test starts slurmd, which needs root")
+        for program in ["/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/sbatch"] {
+            try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: program),
+                              "\(program) is not installed (deploy/setup.sh --tests installs slurm-wlm and munge)")
+        }
+        let port = try freePort()
+        let started = try run("/bin/bash", [clusterScript, "start", clusterDirectory, String(port)], timeout: 90)
+        if started.status != 0 {
+            _ = try? run("/bin/bash", [clusterScript, "stop", clusterDirectory], timeout: 60)
+            throw XCTSkip("the one-node Slurm cluster did not start here: \(started.stderr)")
+        }
+        addTeardownBlock { [self] in
+            let stopped = try? run("/bin/bash", [clusterScript, "stop", clusterDirectory], timeout: 90)
+            XCTAssertEqual(stopped?.status, 0, "one-node-cluster.sh stop: \(stopped?.stderr ?? "did not run")")
+        }
+    }
+
+    /// Submits trainerd.sbatch with `tasks` workers and returns the job id.
+    func submit(tasks: Int, runDirectory: String, extra: [String]) throws -> String {
+        let environment = slurmEnvironment.merging(["TRAINERD": executable, "TRAINERD_RUN": runDirectory,
+                                                    "TRAINERD_PORT": String(try freePort())]) { $1 }
+        let submitted = try run("/usr/bin/sbatch", ["--parsable", "--ntasks=\(tasks)", "--chdir=\(scratch!)",
+                                                    "--output=\(scratch!)/slurm-%j.out", batchScript, config] + job + extra,
+                                timeout: 30, environment: environment)
+        XCTAssertEqual(submitted.status, 0, submitted.stderr)
+        return submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The job's `JobState`, `ExitCode` and `Restarts` from `scontrol show job`.
+    func jobFields(_ id: String) throws -> [String: String] {
+        let shown = try run("/usr/bin/scontrol", ["show", "job", "--oneliner", id], timeout: 30, environment: slurmEnvironment)
+        var fields: [String: String] = [:]
+        for field in shown.stdout.split(whereSeparator: \.isWhitespace) {
+            let parts = field.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
+        }
+        return fields
+    }
+
+    /// Polls the job until it leaves the pending and running states (or `timeout` passes); returns its fields.
+    func waitForEnd(_ id: String, timeout: TimeInterval) throws -> [String: String] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var fields = try jobFields(id)
+        while ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", nil].contains(fields["JobState"]) && Date() < deadline {
+            usleep(500_000)
+            fields = try jobFields(id)
+        }
+        return fields
+    }
+
+    func jobOutput(_ id: String) -> String {
+        (try? String(contentsOfFile: "\(scratch!)/slurm-\(id).out", encoding: .utf8)) ?? "(no output file)"
+    }
+
+    func singleProcessHash(_ extra: [String]) throws -> String {
+        let local = scratch + "/local"
+        let result = try trainerd(["train", config, "--run-dir", local] + job + extra)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        return try XCTUnwrap(try doneEvent(local)["weights_sha256"] as? String)
+    }
+
+    func testBatchScriptWithTwoWorkerTasksMatchesASingleProcess() throws {
+        try startCluster()
+        let steps = ["--set", "training.max_steps=150", "--set", "training.checkpoint_every=0"]
+        let runDirectory = scratch + "/slurm-run"
+        let id = try submit(tasks: 2, runDirectory: runDirectory, extra: steps)
+        let fields = try waitForEnd(id, timeout: 300)
+        XCTAssertEqual(fields["JobState"], "COMPLETED", jobOutput(id))
+        XCTAssertEqual(fields["ExitCode"], "0:0")
+        let workers = Set(events(runDirectory).filter { $0["event"] as? String == "worker_joined" }.compactMap { $0["worker"] as? String })
+        XCTAssertEqual(workers, ["slurm-\(id)-0", "slurm-\(id)-1"], "one worker per task, named after job and task")
+        let hash = try XCTUnwrap(try doneEvent(runDirectory)["weights_sha256"] as? String, jobOutput(id))
+        XCTAssertEqual(hash, try singleProcessHash(steps))
+        print("Slurm job \(id) (2 worker tasks): \(fields["JobState"] ?? "?"), weights_sha256 \(hash)")
+    }
+
+    func testRequeuedJobResumesFromItsCheckpoint() throws {
+        try startCluster()
+        let steps = ["--set", "training.max_steps=400", "--set", "training.checkpoint_every=50"]
+        let runDirectory = scratch + "/slurm-run"
+        let id = try submit(tasks: 2, runDirectory: runDirectory, extra: steps)
+        let deadline = Date().addingTimeInterval(180)
+        while !events(runDirectory).contains(where: { $0["event"] as? String == "checkpoint" }) && Date() < deadline {
+            usleep(100_000)
+        }
+        XCTAssertTrue(events(runDirectory).contains { $0["event"] as? String == "checkpoint" }, jobOutput(id))
+        let requeue = try run("/usr/bin/scontrol", ["requeue", id], timeout: 30, environment: slurmEnvironment)
+        XCTAssertEqual(requeue.status, 0, requeue.stderr)
+        // A requeued job waits for a begin time about two minutes ahead; let it start again now.
+        let pendingDeadline = Date().addingTimeInterval(60)
+        while try jobFields(id)["JobState"] != "PENDING" && Date() < pendingDeadline { usleep(200_000) }
+        let release = try run("/usr/bin/scontrol", ["update", "JobId=\(id)", "StartTime=now"], timeout: 30, environment: slurmEnvironment)
+        XCTAssertEqual(release.status, 0, release.stderr)
+        let fields = try waitForEnd(id, timeout: 300)
+        XCTAssertEqual(fields["JobState"], "COMPLETED", jobOutput(id))
+        XCTAssertEqual(fields["Restarts"], "1")
+        XCTAssertTrue(jobOutput(id).contains("trainerd.sbatch: resuming from \(runDirectory) (restart 1)"), jobOutput(id))
+        let resumed = try XCTUnwrap(events(runDirectory).first { $0["event"] as? String == "resumed" }, "a resumed event")
+        let hash = try XCTUnwrap(try doneEvent(runDirectory)["weights_sha256"] as? String, jobOutput(id))
+        XCTAssertEqual(hash, try singleProcessHash(steps))
+        print("Slurm job \(id) requeued, resumed at step \(resumed["step"] ?? "?"): weights_sha256 \(hash)")
+    }
+}
