@@ -39,3 +39,7 @@ if [ "${1:-}" = "--tests" ] && ! python3 -c "import prometheus_client" 2>/dev/nu
     echo "setup: installing prometheus-client, whose parser checks the metrics file" >&2
     python3 -m pip install --quiet prometheus-client || echo "setup: prometheus-client unavailable; the metrics test checks the format itself" >&2
 fi
+if [ "${1:-}" = "--tests" ] && ! command -v kubernetes-validate >/dev/null 2>&1; then
+    echo "setup: installing kubernetes-validate, whose schemas check the Kubernetes manifests" >&2
+    python3 -m pip install --quiet kubernetes-validate || echo "setup: kubernetes-validate unavailable; the schema test will be skipped" >&2
+fi
