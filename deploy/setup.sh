@@ -27,19 +27,18 @@ if ! command -v swift >/dev/null 2>&1; then
     exit 1
 fi
 
-if [ "${1:-}" = "--tests" ] && ! python3 -c "import numpy" 2>/dev/null; then
-    echo "setup: installing NumPy for the independent evaluator" >&2
-    python3 -m pip install --quiet numpy || echo "setup: NumPy unavailable; the independent-evaluation test will be skipped" >&2
-fi
+# Installs a package from PyPI unless its module imports already.
+install_python_package() {
+    local module=$1 package=$2 purpose=$3
+    python3 -c "import $module" 2>/dev/null && return 0
+    echo "setup: installing $package ($purpose)" >&2
+    python3 -m pip install --quiet "$package" || echo "setup: $package unavailable; the tests that need it say so" >&2
+}
+
 if [ "${1:-}" = "--tests" ]; then
-    install_missing slurm-wlm munge
+    install_missing slurm-wlm munge  # the Slurm test's one-node cluster
     command -v systemd-analyze >/dev/null 2>&1 || install_missing systemd  # systemd-analyze, for the unit files' test
-fi
-if [ "${1:-}" = "--tests" ] && ! python3 -c "import prometheus_client" 2>/dev/null; then
-    echo "setup: installing prometheus-client, whose parser checks the metrics file" >&2
-    python3 -m pip install --quiet prometheus-client || echo "setup: prometheus-client unavailable; the metrics test checks the format itself" >&2
-fi
-if [ "${1:-}" = "--tests" ] && ! command -v kubernetes-validate >/dev/null 2>&1; then
-    echo "setup: installing kubernetes-validate, whose schemas check the Kubernetes manifests" >&2
-    python3 -m pip install --quiet kubernetes-validate || echo "setup: kubernetes-validate unavailable; the schema test will be skipped" >&2
+    install_python_package numpy numpy "the independent evaluator of trained weights"
+    install_python_package prometheus_client prometheus-client "its parser checks the metrics file"
+    install_python_package kubernetes_validate kubernetes-validate "Kubernetes' schemas check the manifests"
 fi

@@ -41,11 +41,11 @@ final class ManifestTests: CLITestCase {
             XCTAssertEqual(built.status, 0, built.stderr)
             XCTAssertEqual(built.stdout.split(separator: "\n").filter { $0.hasPrefix("kind: ") }.count, try objects().count)
         }
-        guard let validator = findOnPath("kubernetes-validate") else {
-            throw XCTSkip("kubernetes-validate is not installed (deploy/setup.sh --tests installs it from PyPI)")
-        }
+        let installed = try run("/usr/bin/env", ["python3", "-c", "import kubernetes_validate"], timeout: 60)
+        try XCTSkipUnless(installed.status == 0, "kubernetes-validate is not installed (deploy/setup.sh --tests installs it from PyPI)")
         // --strict: an unknown or misspelt field is an error, not silently dropped as the API server would.
-        let validated = try run(validator, ["--strict", "--kubernetes-version", "1.33.0"] + manifestFiles().map(\.path), timeout: 120)
+        let validated = try run("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.33.0"]
+                                    + manifestFiles().map(\.path), timeout: 120)
         XCTAssertEqual(validated.status, 0, validated.stdout + validated.stderr)
         XCTAssertEqual(validated.stdout.split(separator: "\n").filter { $0.contains(" passed ") }.count, try objects().count,
                        validated.stdout)
@@ -119,7 +119,7 @@ final class ManifestTests: CLITestCase {
         XCTAssertEqual(option("--bind", in: arguments), "tcp://0.0.0.0:\(containerPorts["train"] ?? -1)")
         XCTAssertEqual(option("--log-bind", in: arguments), "tcp://0.0.0.0:\(containerPorts["log"] ?? -1)")
         XCTAssertTrue(arguments.contains("--resume"), "a restarted or moved coordinator resumes")
-        let mounts = mountPaths(coordinator, in: coordinatorSet)
+        let mounts = mountPaths(coordinator)
         let runDirectory = try XCTUnwrap(option("--run-dir", in: arguments))
         XCTAssertEqual(volume(containing: runDirectory, mounts), "run")
         XCTAssertNotNil((coordinatorSet[path: "spec.volumeClaimTemplates"] as? [[String: Any]])?.first { $0[path: "metadata.name"] as? String == "run" },
@@ -151,7 +151,7 @@ final class ManifestTests: CLITestCase {
         XCTAssertEqual(option("--connect", in: workerArguments),
                        "tcp://\(service[path: "metadata.name"] as! String):\(servicePorts["train"] ?? -1)")
         XCTAssertEqual(option("--threads", in: workerArguments), worker[path: "resources.limits.cpu"] as? String)
-        let workerMounts = mountPaths(worker, in: workers)
+        let workerMounts = mountPaths(worker)
         for key in ["--key", "--server-key"] {
             XCTAssertEqual(volume(containing: option(key, in: workerArguments) ?? "", workerMounts), "keys", key)
         }
@@ -248,7 +248,7 @@ final class ManifestTests: CLITestCase {
     }
 
     /// A container's mounts: path → volume name.
-    func mountPaths(_ container: [String: Any], in workload: [String: Any]) -> [String: String] {
+    func mountPaths(_ container: [String: Any]) -> [String: String] {
         Dictionary(uniqueKeysWithValues: ((container["volumeMounts"] as? [[String: Any]]) ?? []).map {
             ($0["mountPath"] as! String, $0["name"] as! String)
         })
@@ -257,11 +257,6 @@ final class ManifestTests: CLITestCase {
     /// The volume whose mount holds `path` (the longest mount path that is a prefix of it).
     func volume(containing path: String, _ mounts: [String: String]) -> String? {
         mounts.filter { path.hasPrefix($0.key + "/") }.max { $0.key.count < $1.key.count }?.value
-    }
-
-    func findOnPath(_ program: String) -> String? {
-        (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/\(program)" }
-            .first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 }
 
