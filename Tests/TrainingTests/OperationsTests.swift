@@ -47,7 +47,7 @@ final class OperationsTests: CLITestCase {
 
         let gone = try trainerd(["status", endpoint, "--timeout", "1"])
         XCTAssertEqual(gone.status, 1)
-        XCTAssertEqual(gone.stderr, "trainerd: error: \(endpoint): no answer within 1.0 s (is the coordinator running, with --log-bind there?)\n")
+        XCTAssertEqual(gone.stderr, "trainerd: error: \(endpoint): no answer within 1.0 s (is the coordinator running, with --log-bind there?); if it uses CURVE, give --key and --server-key\n")
     }
 
     func testAnUnwritableMetricsFileStopsTheJobBeforeItStarts() throws {
