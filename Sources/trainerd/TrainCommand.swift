@@ -72,8 +72,10 @@ func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, metricsFile: 
         print("stopped at step \(summary.steps); continue with --resume and the same --run-dir \(runDir)")
         return 130
     }
-    print(String(format: "done: %d steps, loss %.4f, test accuracy %.2f%%, %.0f samples/s, %.1f s",
-                 summary.steps, summary.loss, summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
+    // The last loss is NaN only when no step was trained in this run (a resumed run that had already finished).
+    let loss = summary.loss.isNaN ? "no step trained in this run" : String(format: "loss %.4f", summary.loss)
+    print("done: \(summary.steps) steps, \(loss), " + String(format: "test accuracy %.2f%%, %.0f samples/s, %.1f s",
+                 summary.testAccuracy * 100, summary.samplesPerSecond, summary.seconds))
     print("weights_sha256 \(summary.weightsSHA256)")
     print("run directory \(runDir)")
     return 0
