@@ -43,7 +43,7 @@ final class SlurmTests: CLITestCase {
         return submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// The job's `JobState`, `ExitCode` and `Restarts` from `scontrol show job`.
+    /// The job's fields (`JobState`, `ExitCode`, `Restarts`, …) from `scontrol show job`.
     func jobFields(_ id: String) throws -> [String: String] {
         let shown = try run("/usr/bin/scontrol", ["show", "job", "--oneliner", id], timeout: 30, environment: slurmEnvironment)
         var fields: [String: String] = [:]
