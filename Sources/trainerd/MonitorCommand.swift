@@ -144,12 +144,16 @@ struct Monitor: ParsableCommand {
 /// and `status` read.
 struct LogSubscription {
     let endpoint: String
+    /// Whether this subscription uses CURVE (keys were given).
+    let encrypted: Bool
     private let socket: ZMQSocket
     private let handshakes: HandshakeMonitor?
 
     init(endpoint: String, keys: ClientKeyOptions) throws {
         self.endpoint = endpoint
-        (socket, handshakes) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: try keys.load())
+        let curve = try keys.load()
+        encrypted = curve != nil
+        (socket, handshakes) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: curve)
         try socket.subscribe()
     }
 

@@ -28,7 +28,7 @@ struct Status: ParsableCommand {
                 print(json ? String(decoding: line, as: UTF8.self) : Self.summary(event))
                 return
             }
-            let curveHint = try keys.load() == nil ? "; if it uses CURVE, give --key and --server-key" : ""
+            let curveHint = subscription.encrypted ? "" : "; if it uses CURVE, give --key and --server-key"
             throw CoordinatorError("\(endpoint): no answer within \(timeout) s (is the coordinator running, with --log-bind there?)\(curveHint)")
         } catch {
             fail(error)

@@ -124,6 +124,16 @@ class CLITestCase: XCTestCase {
         return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
     }
 
+    /// Waits (at most `timeout` s, or until `process` exits) for an event in `run`'s log that satisfies `match`.
+    func waitForEvent(_ run: String, while process: Process? = nil, timeout: Double = 120, _ match: ([String: Any]) -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline && process?.isRunning ?? true {
+            if events(run).contains(where: match) { return }
+            usleep(20_000)
+        }
+        XCTFail("no matching event in \(run) within \(timeout) s")
+    }
+
     /// Starts trainerd, sends it SIGINT once its first checkpoint is logged (or after 120 s), and returns its exit status.
     func interruptAfterFirstCheckpoint(_ arguments: [String], _ runDirectory: String) throws -> Int32 {
         let process = try start(arguments)

@@ -18,16 +18,6 @@ final class FaultToleranceTests: CLITestCase {
         return try XCTUnwrap(try doneEvent(run)["weights_sha256"] as? String)
     }
 
-    /// Waits (at most `timeout` s, or until `process` exits) for an event that satisfies `match`.
-    func waitForEvent(_ run: String, while process: Process, timeout: Double = 120, _ match: ([String: Any]) -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline && process.isRunning {
-            if events(run).contains(where: match) { return }
-            usleep(20_000)
-        }
-        XCTFail("no matching event in \(run) within \(timeout) s")
-    }
-
     func step(atLeast step: Int) -> ([String: Any]) -> Bool {
         { $0["event"] as? String == "step" && ($0["step"] as? Int ?? 0) >= step }
     }

@@ -36,10 +36,11 @@ final class ManifestTests: CLITestCase {
         let kustomization = try Yams.load(yaml: String(contentsOf: kubernetes.appendingPathComponent("kustomization.yaml"), encoding: .utf8))
         XCTAssertEqual(Set(((kustomization as? [String: Any])?["resources"] as? [String]) ?? []),
                        Set(try manifestFiles().map(\.lastPathComponent)), "kustomization.yaml lists every manifest")
+        let objectCount = try objects().count
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/kubectl") {
             let built = try run("/usr/bin/kubectl", ["kustomize", kubernetes.path], timeout: 60)
             XCTAssertEqual(built.status, 0, built.stderr)
-            XCTAssertEqual(built.stdout.split(separator: "\n").filter { $0.hasPrefix("kind: ") }.count, try objects().count)
+            XCTAssertEqual(built.stdout.split(separator: "\n").filter { $0.hasPrefix("kind: ") }.count, objectCount)
         }
         let installed = try run("/usr/bin/env", ["python3", "-c", "import kubernetes_validate"], timeout: 60)
         try XCTSkipUnless(installed.status == 0, "kubernetes-validate is not installed (deploy/setup.sh --tests installs it from PyPI)")
@@ -47,7 +48,7 @@ final class ManifestTests: CLITestCase {
         let validated = try run("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.33.0"]
                                     + manifestFiles().map(\.path), timeout: 120)
         XCTAssertEqual(validated.status, 0, validated.stdout + validated.stderr)
-        XCTAssertEqual(validated.stdout.split(separator: "\n").filter { $0.contains(" passed ") }.count, try objects().count,
+        XCTAssertEqual(validated.stdout.split(separator: "\n").filter { $0.contains(" passed ") }.count, objectCount,
                        validated.stdout)
     }
 
@@ -58,6 +59,7 @@ final class ManifestTests: CLITestCase {
         let workers = try XCTUnwrap(objects["Deployment/trainerd-worker"])
         let jobMap = try XCTUnwrap(objects["ConfigMap/trainerd-job"])
         let secretsInReadme = try documentedSecrets()
+        let user = try imageUser(), image = try composeImage()
 
         for workload in [coordinatorSet, workers] {
             let name = workload[path: "metadata.name"] as! String
@@ -66,8 +68,8 @@ final class ManifestTests: CLITestCase {
             XCTAssertTrue(selector.allSatisfy { labels[$0.key] == $0.value }, "\(name): the selector matches its pods")
             let pod = try XCTUnwrap(workload[path: "spec.template.spec"] as? [String: Any])
             XCTAssertEqual(pod[path: "securityContext.runAsNonRoot"] as? Bool, true, name)
-            XCTAssertEqual(pod[path: "securityContext.runAsUser"] as? Int, try imageUser(), "\(name) runs as the image's user")
-            XCTAssertEqual(pod[path: "securityContext.fsGroup"] as? Int, try imageUser(), "\(name): volumes writable by that user")
+            XCTAssertEqual(pod[path: "securityContext.runAsUser"] as? Int, user, "\(name) runs as the image's user")
+            XCTAssertEqual(pod[path: "securityContext.fsGroup"] as? Int, user, "\(name): volumes writable by that user")
             let volumes = Set(((pod["volumes"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String })
                 .union(((workload[path: "spec.volumeClaimTemplates"] as? [[String: Any]]) ?? []).compactMap { $0[path: "metadata.name"] as? String })
             for volume in (pod["volumes"] as? [[String: Any]]) ?? [] {
@@ -81,7 +83,7 @@ final class ManifestTests: CLITestCase {
             let containers = try XCTUnwrap(pod["containers"] as? [[String: Any]])
             XCTAssertEqual(containers.count, 1)
             for container in containers {
-                XCTAssertEqual(container["image"] as? String, try composeImage(), "\(name): the image compose builds")
+                XCTAssertEqual(container["image"] as? String, image, "\(name): the image compose builds")
                 for key in ["requests.cpu", "requests.memory", "limits.cpu", "limits.memory"] {
                     XCTAssertNotNil(container[path: "resources." + key], "\(name): resources.\(key)")
                 }

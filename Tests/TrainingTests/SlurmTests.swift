@@ -96,11 +96,7 @@ final class SlurmTests: CLITestCase {
         let steps = ["--set", "training.max_steps=400", "--set", "training.checkpoint_every=50"]
         let runDirectory = scratch + "/slurm-run"
         let id = try submit(tasks: 2, runDirectory: runDirectory, extra: steps)
-        let deadline = Date().addingTimeInterval(180)
-        while !events(runDirectory).contains(where: { $0["event"] as? String == "checkpoint" }) && Date() < deadline {
-            usleep(100_000)
-        }
-        XCTAssertTrue(events(runDirectory).contains { $0["event"] as? String == "checkpoint" }, jobOutput(id))
+        try waitForEvent(runDirectory, timeout: 180) { $0["event"] as? String == "checkpoint" }
         let requeue = try run("/usr/bin/scontrol", ["requeue", id], timeout: 30, environment: slurmEnvironment)
         XCTAssertEqual(requeue.status, 0, requeue.stderr)
         // A requeued job waits for a begin time about two minutes ahead; let it start again now.
