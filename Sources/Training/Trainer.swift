@@ -357,10 +357,11 @@ public final class Trainer {
         let overall = Double((state.step - startStep) * plan.batchSize) / max(seconds, 1e-9)
         if state.step < total {
             // Interrupted: the checkpoint is the output; nothing may look like a finished run.
-            events.emit("stopped", [("step", .int(state.step)), ("loss", JSONValue(lastLoss)), ("elapsed_s", .number(seconds))])
+            let hash = weightsSHA256(state.parameters)
+            events.emit("stopped", [("step", .int(state.step)), ("loss", JSONValue(lastLoss)), ("weights_sha256", .string(hash)),
+                                    ("elapsed_s", .number(seconds))])
             let summary = RunSummary(steps: state.step, loss: lastLoss, testLoss: .nan, testAccuracy: .nan,
-                                     weightsSHA256: weightsSHA256(state.parameters), seconds: seconds,
-                                     samplesPerSecond: overall, finished: false)
+                                     weightsSHA256: hash, seconds: seconds, samplesPerSecond: overall, finished: false)
             source.finish(summary: summary)
             return summary
         }

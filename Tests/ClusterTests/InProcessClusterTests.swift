@@ -131,7 +131,9 @@ final class InProcessClusterTests: XCTestCase {
             }
         }
         missing.start()
+        // The good worker says hello only once the other has failed, so its refusal is in before the first step.
         let worker = Thread {
+            while !missing.isFinished { usleep(1_000) }
             try? Worker(connect: { router.connect(identity: "good") }, name: "good", loadDatasets: { Self.data($0) }).run()
         }
         worker.start()

@@ -102,20 +102,56 @@ class CLITestCase: XCTestCase {
         return port
     }
 
-    /// Starts trainerd; its stderr goes to the file `log` when given (to read when a check fails), else nowhere.
-    func start(_ arguments: [String], log: String? = nil) throws -> Process {
+    /// Starts trainerd; its stderr goes to the file `log` and its stdout to `output` when given, else nowhere.
+    func start(_ arguments: [String], log: String? = nil, output: String? = nil) throws -> Process {
+        func file(_ path: String?) throws -> FileHandle {
+            guard let path else { return FileHandle.nullDevice }
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+            return try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        if let log {
-            FileManager.default.createFile(atPath: log, contents: nil)
-            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        } else {
-            process.standardError = FileHandle.nullDevice
-        }
+        process.standardOutput = try file(output)
+        process.standardError = try file(log)
         try process.run()
         return process
+    }
+
+    /// Waits for `process` to exit (at most `timeout` s, then kills it) and returns its status.
+    @discardableResult
+    func finish(_ process: Process, timeout: Double = 180) -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            XCTFail("\(process.arguments ?? []) still running after \(timeout) s")
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// Overrides that make the default job longer than any test waits (10⁵ epochs, constant learning rate), so
+    /// that no disturbance a test makes can come after the job's end: the test stops the job with `interrupt`
+    /// once it has seen what it waits for, and compares the weights it stopped with to `train`'s at that step.
+    let openEnded = ["--set", "training.epochs=100000"]
+
+    /// Ctrl-C to a running job (`train`, `launch` or `coordinator` writing to `run`): it finishes the step, writes a
+    /// checkpoint and exits with 130. Returns the step it stopped at and the weights it stopped with.
+    func interrupt(_ process: Process, _ run: String, logs: @autoclosure () -> String = "") throws -> (step: Int, hash: String) {
+        process.interrupt()
+        XCTAssertEqual(finish(process), 130, logs())
+        let stopped = try doneEvent(run)
+        XCTAssertEqual(stopped["event"] as? String, "stopped", logs())
+        return (try XCTUnwrap(stopped["step"] as? Int), try XCTUnwrap(stopped["weights_sha256"] as? String))
+    }
+
+    /// The weights of an undisturbed `train` of the job with `overrides`, run to `step` (a fresh run directory).
+    func trainedHash(_ overrides: [String], to step: Int) throws -> String {
+        let run = scratch + "/train-\(step)-\(UUID().uuidString)"
+        let result = try trainerd(["train", config, "--run-dir", run] + overrides + ["--set", "training.max_steps=\(step)"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        return try XCTUnwrap(try doneEvent(run)["weights_sha256"] as? String)
     }
 
     /// The events logged so far in `run`'s events.jsonl.
@@ -124,27 +160,59 @@ class CLITestCase: XCTestCase {
         return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
     }
 
-    /// Waits (at most `timeout` s, or until `process` exits) for an event in `run`'s log that satisfies `match`.
-    func waitForEvent(_ run: String, while process: Process? = nil, timeout: Double = 120, _ match: ([String: Any]) -> Bool) throws {
+    /// Waits (at most `timeout` s, or until `process` exits) for an event in `run`'s log that satisfies `match`
+    /// (with `after`, one that comes after the last event satisfying `after`).
+    func waitForEvent(_ run: String, while process: Process? = nil, timeout: Double = 120,
+                      after: (([String: Any]) -> Bool)? = nil, _ match: ([String: Any]) -> Bool) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline && process?.isRunning ?? true {
-            if events(run).contains(where: match) { return }
+            var logged = events(run)[...]
+            if let after { logged = logged.lastIndex(where: after).map { logged[($0 + 1)...] } ?? [] }
+            if logged.contains(where: match) { return }
             usleep(20_000)
         }
         XCTFail("no matching event in \(run) within \(timeout) s")
     }
 
-    /// Starts trainerd, sends it SIGINT once its first checkpoint is logged (or after 120 s), and returns its exit status.
-    func interruptAfterFirstCheckpoint(_ arguments: [String], _ runDirectory: String) throws -> Int32 {
-        let process = try start(arguments)
-        let deadline = Date().addingTimeInterval(120)
-        while process.isRunning && Date() < deadline
-            && !((try? String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8))?.contains("\"checkpoint\"") ?? false) {
+    /// Waits (at most `timeout` s, or until `process` exits) until the file at `path` has some text; returns it.
+    @discardableResult
+    func waitForOutput(_ path: String, while process: Process, timeout: Double = 60) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline && process.isRunning {
+            if let text = try? String(contentsOfFile: path, encoding: .utf8), !text.isEmpty { return text }
             usleep(20_000)
         }
-        process.interrupt()
-        process.waitUntilExit()
-        return process.terminationStatus
+        XCTFail("nothing written to \(path) within \(timeout) s")
+        return ""
+    }
+
+    /// A `coordinator` of `config` with `arguments` and a log stream, a `monitor` with `monitorArguments`
+    /// subscribed to it before any worker starts (it has printed the snapshot of the waiting job), then `workers`
+    /// workers of one thread each. Returns the monitor's output once all have ended.
+    func monitoredRun(_ arguments: [String], config: String? = nil, monitor monitorArguments: [String], workers: Int) throws -> String {
+        let endpoint = "tcp://127.0.0.1:\(try freePort())", logEndpoint = "tcp://127.0.0.1:\(try freePort())"
+        let id = UUID().uuidString, log = scratch + "/coordinator-\(id).log", output = scratch + "/monitor-\(id).out"
+        let coordinator = try start(["coordinator", config ?? self.config, "--bind", endpoint, "--log-bind", logEndpoint] + arguments,
+                                    log: log)
+        defer { if coordinator.isRunning { kill(coordinator.processIdentifier, SIGKILL) } }
+        let monitor = try start(["monitor", logEndpoint, "--idle-timeout", "120"] + monitorArguments, output: output)
+        defer { if monitor.isRunning { kill(monitor.processIdentifier, SIGKILL) } }
+        try waitForOutput(output, while: monitor)
+        let started = try (0..<workers).map {
+            try start(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"])
+        }
+        XCTAssertEqual(finish(monitor), 0, "monitor")
+        XCTAssertEqual(finish(coordinator), 0, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        XCTAssertEqual(started.map { finish($0, timeout: 30) }, Array(repeating: 0, count: workers), "workers")
+        return try String(contentsOfFile: output, encoding: .utf8)
+    }
+
+    /// Starts an open-ended job writing to `run`, stops it with Ctrl-C once its first checkpoint is logged, and
+    /// returns where it stopped.
+    func interruptAfterFirstCheckpoint(_ arguments: [String], _ run: String) throws -> (step: Int, hash: String) {
+        let process = try start(arguments + openEnded)
+        try waitForEvent(run, while: process) { $0["event"] as? String == "checkpoint" }
+        return try interrupt(process, run)
     }
 
     func assertFails(_ arguments: [String], _ expected: String, line: UInt = #line) throws {

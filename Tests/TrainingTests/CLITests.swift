@@ -54,22 +54,22 @@ final class CLITests: CLITestCase {
     }
 
     /// Ctrl-C: the step finishes, a checkpoint is written, exit status 130, no final.safetensors and no `done`;
-    /// `--resume` then ends with the weights of an uninterrupted run.
+    /// `--resume` to a later step then ends with the weights of an uninterrupted run to that step.
     func testInterruptedRunResumesToTheUninterruptedWeights() throws {
         try requireDataset()
-        let steps = ["--set", "training.max_steps=400", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=50"]
-        let straight = scratch + "/straight", interrupted = scratch + "/interrupted"
-        XCTAssertEqual(try trainerd(["train", config, "--run-dir", straight] + steps).status, 0)
-        XCTAssertEqual(try interruptAfterFirstCheckpoint(["train", config, "--run-dir", interrupted] + steps, interrupted), 130)
+        let steps = ["--set", "training.eval_every=0", "--set", "training.checkpoint_every=50"]
+        let interrupted = scratch + "/interrupted"
+        let stop = try interruptAfterFirstCheckpoint(["train", config, "--run-dir", interrupted] + steps, interrupted)
         XCTAssertFalse(FileManager.default.fileExists(atPath: interrupted + "/final.safetensors"))
-        XCTAssertEqual(try doneEvent(interrupted)["event"] as? String, "stopped")
-        let refused = try trainerd(["train", config, "--run-dir", interrupted] + steps)
+        XCTAssertGreaterThanOrEqual(stop.step, 50)
+        let end = ["--set", "training.max_steps=\(stop.step + 100)"]
+        let refused = try trainerd(["train", config, "--run-dir", interrupted] + steps + end)
         XCTAssertEqual(refused.status, 1)
         XCTAssertTrue(refused.stderr.contains("already holds checkpoints; pass --resume"), refused.stderr)
-        let resumed = try trainerd(["train", config, "--run-dir", interrupted, "--resume"] + steps)
+        let resumed = try trainerd(["train", config, "--run-dir", interrupted, "--resume"] + steps + end)
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
-        XCTAssertEqual(try doneEvent(interrupted)["weights_sha256"] as? String,
-                       try doneEvent(straight)["weights_sha256"] as? String)
+        XCTAssertEqual(try doneEvent(interrupted)["weights_sha256"] as? String, try trainedHash(steps, to: stop.step + 100))
+        XCTAssertEqual(stop.hash, try trainedHash(steps, to: stop.step), "the stopped event's weights are the checkpoint's")
     }
 
     /// `launch` with 1 to 4 worker processes over ZeroMQ ends with the weights of `train`, bit for bit.
@@ -148,39 +148,35 @@ final class CLITests: CLITestCase {
     }
 
     /// Ctrl-C on `launch` stops after the step with a checkpoint (exit 130, workers told bye); `launch --resume`
-    /// then ends with the weights of an uninterrupted `train`.
+    /// to a later step then ends with the weights of an uninterrupted `train` to that step.
     func testInterruptedLaunchResumesToTheUninterruptedWeights() throws {
         try requireDataset()
-        let steps = ["--set", "training.max_steps=300", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=40"]
-        XCTAssertEqual(try trainerd(["train", config, "--run-dir", scratch + "/straight"] + steps).status, 0)
+        let steps = ["--set", "training.eval_every=0", "--set", "training.checkpoint_every=40"]
         let runDirectory = scratch + "/launch"
-        XCTAssertEqual(try interruptAfterFirstCheckpoint(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps,
-                                                         runDirectory), 130)
-        XCTAssertEqual(try doneEvent(runDirectory)["event"] as? String, "stopped")
-        let resumed = try trainerd(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--resume"] + steps)
+        let stop = try interruptAfterFirstCheckpoint(["launch", config, "--workers", "2", "--run-dir", runDirectory] + steps,
+                                                     runDirectory)
+        let end = ["--set", "training.max_steps=\(stop.step + 60)"]
+        let resumed = try trainerd(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--resume"] + steps + end)
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
-        XCTAssertEqual(try doneEvent(runDirectory)["weights_sha256"] as? String,
-                       try doneEvent(scratch + "/straight")["weights_sha256"] as? String)
+        XCTAssertEqual(try doneEvent(runDirectory)["weights_sha256"] as? String, try trainedHash(steps, to: stop.step + 60))
     }
 
-    /// `monitor --json` follows the log stream to the end and sees the same final weights.
+    /// `monitor --json` follows the log stream to the end and sees the same final weights. The workers start only
+    /// once the monitor has its first event (the snapshot of the waiting job), so it sees every step.
     func testMonitorFollowsTheLogStream() throws {
         try requireDataset()
-        let endpoint = "tcp://127.0.0.1:\(try freePort())"
         let runDirectory = scratch + "/monitored"
-        let launch = try start(["launch", config, "--workers", "2", "--run-dir", runDirectory, "--log-bind", endpoint,
-                                "--set", "training.max_steps=150", "--set", "training.eval_every=50"])
-        defer { if launch.isRunning { launch.terminate() } }
-        let monitor = try trainerd(["monitor", endpoint, "--json", "--idle-timeout", "120"], timeout: 180)
-        XCTAssertEqual(monitor.status, 0, monitor.stderr)
-        let events = monitor.stdout.split(separator: "\n").compactMap {
+        let output = try monitoredRun(["--workers", "2", "--run-dir", runDirectory, "--set", "training.max_steps=150",
+                                       "--set", "training.eval_every=50"], monitor: ["--json"], workers: 2)
+        let events = output.split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
+        XCTAssertEqual(events.first?["event"] as? String, "snapshot")
+        XCTAssertEqual(Set(events.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }), Set(1...150))
         XCTAssertTrue(events.contains { $0["event"] as? String == "step" && $0["grad_norms"] is [String: Any] })
         XCTAssertTrue(events.contains { $0["event"] as? String == "eval" })
         let done = try XCTUnwrap(events.last)
         XCTAssertEqual(done["event"] as? String, "done")
-        launch.waitUntilExit()
         XCTAssertEqual(done["weights_sha256"] as? String, try doneEvent(runDirectory)["weights_sha256"] as? String)
     }
 

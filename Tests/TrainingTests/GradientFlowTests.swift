@@ -18,16 +18,10 @@ final class GradientFlowTests: CLITestCase {
         return norms.mapValues(\.doubleValue)
     }
 
-    /// `monitor`'s report of a `launch` with one worker, every step shown.
+    /// `monitor`'s report of a job with one worker, every step shown.
     func monitorOutput(_ config: String) throws -> String {
-        let endpoint = "tcp://127.0.0.1:\(try freePort())"
-        let launch = try start(["launch", config, "--workers", "1", "--run-dir", scratch + "/" + UUID().uuidString,
-                                "--log-bind", endpoint, "--set", "training.max_steps=40", "--set", "optimizer.lr=1e-5"])
-        defer { if launch.isRunning { launch.terminate() } }
-        let monitor = try trainerd(["monitor", endpoint, "--every", "0", "--idle-timeout", "120"], timeout: 180)
-        XCTAssertEqual(monitor.status, 0, monitor.stderr)
-        launch.waitUntilExit()
-        return monitor.stdout
+        try monitoredRun(["--workers", "1", "--run-dir", scratch + "/" + UUID().uuidString, "--set", "training.max_steps=40",
+                          "--set", "optimizer.lr=1e-5"], config: config, monitor: ["--every", "0"], workers: 1)
     }
 
     func testSkipConnectionsKeepTheFirstLayersGradientsAlive() throws {

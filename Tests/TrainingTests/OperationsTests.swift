@@ -12,7 +12,7 @@ final class OperationsTests: CLITestCase {
         let endpoint = "tcp://127.0.0.1:\(try freePort())"
         let run = scratch + "/ops", metrics = scratch + "/trainerd.prom"
         let launch = try start(["launch", config, "--workers", "2", "--run-dir", run, "--log-bind", endpoint,
-                                "--metrics-file", metrics])
+                                "--metrics-file", metrics] + openEnded)
         defer { if launch.isRunning { launch.terminate() } }
         var status: Result?
         let deadline = Date().addingTimeInterval(120)

@@ -34,14 +34,19 @@ final class SecurityTests: CLITestCase {
         XCTAssertEqual(spy.status, 1)
         XCTAssertTrue(spy.stderr.contains("the coordinator refused this key"), spy.stderr)
 
-        let watcher = try start(["monitor", logEndpoint, "--json", "--key", allowed + "/watcher.key", "--idle-timeout", "60"] + server)
+        // The worker starts once the watcher has the snapshot of the waiting job, so the watcher sees the whole run.
+        let watched = scratch + "/watcher.out"
+        let watcher = try start(["monitor", logEndpoint, "--json", "--key", allowed + "/watcher.key", "--idle-timeout", "60"] + server,
+                                output: watched)
         defer { if watcher.isRunning { watcher.terminate() } }
+        XCTAssertTrue(try waitForOutput(watched, while: watcher).contains("\"snapshot\""))
         let good = try trainerd(["worker", "--connect", endpoint, "--key", allowed + "/good.key", "--name", "good"] + server, timeout: 120)
         XCTAssertEqual(good.status, 0, good.stderr)
         coordinator.waitUntilExit()
         watcher.waitUntilExit()
         XCTAssertEqual(coordinator.terminationStatus, 0)
         XCTAssertEqual(watcher.terminationStatus, 0, "the allowed monitor follows the run to its end")
+        XCTAssertTrue(try String(contentsOfFile: watched, encoding: .utf8).contains("\"event\":\"done\""))
         XCTAssertEqual(try doneEvent(run)["weights_sha256"] as? String, expected)
 
         let refusals = events(run).filter { $0["event"] as? String == "peer_refused" }

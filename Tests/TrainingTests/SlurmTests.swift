@@ -33,11 +33,11 @@ final class SlurmTests: CLITestCase {
     }
 
     /// Submits trainerd.sbatch with `tasks` workers and returns the job id.
-    func submit(tasks: Int, runDirectory: String, extra: [String]) throws -> String {
+    func submit(tasks: Int, runDirectory: String, config: String? = nil, extra: [String]) throws -> String {
         let environment = slurmEnvironment.merging(["TRAINERD": executable, "TRAINERD_RUN": runDirectory,
                                                     "TRAINERD_PORT": String(try freePort())]) { $1 }
         let submitted = try run("/usr/bin/sbatch", ["--parsable", "--ntasks=\(tasks)", "--chdir=\(scratch!)",
-                                                    "--output=\(scratch!)/slurm-%j.out", batchScript, config] + job + extra,
+                                                    "--output=\(scratch!)/slurm-%j.out", batchScript, config ?? self.config] + job + extra,
                                 timeout: 30, environment: environment)
         XCTAssertEqual(submitted.status, 0, submitted.stderr)
         return submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -91,17 +91,31 @@ final class SlurmTests: CLITestCase {
         print("Slurm job \(id) (2 worker tasks): \(fields["JobState"] ?? "?"), weights_sha256 \(hash)")
     }
 
+    /// The job's config file is open-ended (10⁵ epochs) until the requeue has stopped it, so the requeue always
+    /// lands while it trains; then the file gets `max_steps` 100 past the newest checkpoint, and the restarted
+    /// job resumes there and finishes.
     func testRequeuedJobResumesFromItsCheckpoint() throws {
         try startCluster()
-        let steps = ["--set", "training.max_steps=400", "--set", "training.checkpoint_every=50"]
-        let runDirectory = scratch + "/slurm-run"
-        let id = try submit(tasks: 2, runDirectory: runDirectory, extra: steps)
+        let steps = ["--set", "training.checkpoint_every=50"]
+        let runDirectory = scratch + "/slurm-run", jobConfig = scratch + "/job.yaml"
+        let yaml = try String(contentsOfFile: config, encoding: .utf8)
+        XCTAssertTrue(yaml.contains("\n  epochs: 10\n"))
+        func writeConfig(_ training: String) throws {
+            try yaml.replacingOccurrences(of: "\n  epochs: 10\n", with: "\n  epochs: 100000\n\(training)")
+                .write(toFile: jobConfig, atomically: true, encoding: .utf8)
+        }
+        try writeConfig("")
+        let id = try submit(tasks: 2, runDirectory: runDirectory, config: jobConfig, extra: steps)
         try waitForEvent(runDirectory, timeout: 180) { $0["event"] as? String == "checkpoint" }
         let requeue = try run("/usr/bin/scontrol", ["requeue", id], timeout: 30, environment: slurmEnvironment)
         XCTAssertEqual(requeue.status, 0, requeue.stderr)
         // A requeued job waits for a begin time about two minutes ahead; let it start again now.
         let pendingDeadline = Date().addingTimeInterval(60)
         while try jobFields(id)["JobState"] != "PENDING" && Date() < pendingDeadline { usleep(200_000) }
+        let checkpoints = try FileManager.default.contentsOfDirectory(atPath: runDirectory + "/checkpoints")
+        let newest = try XCTUnwrap(checkpoints.compactMap { Int($0.dropFirst("step-".count).prefix(8)) }.max())
+        let end = newest + 100
+        try writeConfig("  max_steps: \(end)\n")
         let release = try run("/usr/bin/scontrol", ["update", "JobId=\(id)", "StartTime=now"], timeout: 30, environment: slurmEnvironment)
         XCTAssertEqual(release.status, 0, release.stderr)
         let fields = try waitForEnd(id, timeout: 300)
@@ -109,8 +123,11 @@ final class SlurmTests: CLITestCase {
         XCTAssertEqual(fields["Restarts"], "1")
         XCTAssertTrue(jobOutput(id).contains("trainerd.sbatch: resuming from \(runDirectory) (restart 1)"), jobOutput(id))
         let resumed = try XCTUnwrap(events(runDirectory).first { $0["event"] as? String == "resumed" }, "a resumed event")
-        let hash = try XCTUnwrap(try doneEvent(runDirectory)["weights_sha256"] as? String, jobOutput(id))
-        XCTAssertEqual(hash, try singleProcessHash(steps))
-        print("Slurm job \(id) requeued, resumed at step \(resumed["step"] ?? "?"): weights_sha256 \(hash)")
+        XCTAssertEqual(resumed["step"] as? Int, newest)
+        let done = try doneEvent(runDirectory)
+        XCTAssertEqual(done["step"] as? Int, end)
+        let hash = try XCTUnwrap(done["weights_sha256"] as? String, jobOutput(id))
+        XCTAssertEqual(hash, try singleProcessHash(steps + ["--set", "training.max_steps=\(end)"]))
+        print("Slurm job \(id) requeued, resumed at step \(newest), finished at step \(end): weights_sha256 \(hash)")
     }
 }
