@@ -1,4 +1,3 @@
-import Foundation
 import NN
 import Training
 import Wire
@@ -25,50 +24,79 @@ extension JobConfig.ClusterSection.WireDType {
 public struct CoordinatorMachine {
     public enum Action: Equatable {
         case send(peer: [UInt8], Message)
-        /// An event for the run's log (`warning`, `worker_joined`, `worker_lost`, `straggler`, …).
-        case log(String, [(String, JSONValue)])
-
-        public static func == (a: Action, b: Action) -> Bool {
-            switch (a, b) {
-            case let (.send(p, m), .send(q, n)): return p == q && m == n
-            case let (.log(e, f), .log(g, h)): return e == g && JSONValue.object(f) == JSONValue.object(h)
-            default: return false
-            }
-        }
-    }
-
-    struct Peer {
-        var identity: [UInt8]
-        var name: String
-        var host: String
-        /// Set by the worker's first heartbeat after the welcome: its model and data are loaded.
-        var ready = false
-        var lastHeard: Double
-        var lastSent: Double
+        case log(ClusterEvent)
     }
 
     /// Micro-batches given to one worker at one time, minus those it has returned.
-    struct Task {
+    struct Task: Equatable {
         var ranges: [Range<Int>]
         var assigned: Double
         /// Already given to idle workers as well (a straggler's work is re-issued once).
         var reissued = false
     }
 
+    /// One worker as the coordinator knows it: who it is, where it is in the job, and what it owes.
+    struct WorkerRecord {
+        enum Phase: Equatable {
+            /// Welcomed; loading the job's model and data.
+            case loading
+            /// Loaded (its first heartbeat after the welcome came): admitted at the start of the next step.
+            case ready
+            /// In the job, owing nothing in the step in flight; `finished` is when it returned its last result.
+            case idle(finished: Double?)
+            /// In the job, owing the micro-batches of `tasks`.
+            case working([Task])
+        }
+
+        let identity: [UInt8]
+        let name: String
+        let host: String
+        var phase: Phase
+        var lastHeard: Double
+        var lastSent: Double
+        /// Gradient bytes received from it in the step in flight.
+        var bytes = 0
+        /// Whether it has the step in flight's weights.
+        var hasWeights = false
+        /// Pieces of gradients per range of the step in flight, until the range's every block and its loss are in.
+        var staged: [Range<Int>: [[Float]?]] = [:]
+
+        var isMember: Bool {
+            switch phase {
+            case .idle, .working: return true
+            case .loading, .ready: return false
+            }
+        }
+
+        var tasks: [Task] {
+            if case let .working(tasks) = phase { return tasks }
+            return []
+        }
+
+        /// Starts a step: nothing owed, sent or received yet.
+        mutating func reset() {
+            phase = .idle(finished: nil)
+            bytes = 0
+            hasWeights = false
+            staged = [:]
+        }
+    }
+
+    /// How a worker leaves the job.
+    enum Departure {
+        /// It said bye.
+        case left(String)
+        /// It fell silent, missed the deadline, failed, or said hello again.
+        case lost(String)
+    }
+
     /// The step in flight.
     struct Round {
         var step: Int
-        /// The step's weights, one message per parameter tensor in canonical order.
+        /// The step's weights, one message per run of parameter tensors (`weightGroups`).
         var weights: [Message]
         var reducer: StepReducer
         var started: Double
-        var tasks: [[UInt8]: [Task]] = [:]
-        /// Workers that have this step's weights.
-        var haveWeights: Set<[UInt8]> = []
-        var finished: [[UInt8]: Double] = [:]
-        var bytes: [[UInt8]: Int] = [:]
-        /// Pieces of gradients per worker and range, until the range's every block and its loss are in.
-        var staged: [[UInt8]: [Range<Int>: [[Float]?]]] = [:]
         /// Names of the workers that sent non-finite values, by parameter block (nil: the loss).
         var nonFinite: [Int?: Set<String>] = [:]
         var lost: [String] = []
@@ -80,9 +108,8 @@ public struct CoordinatorMachine {
     public let cluster: JobConfig.ClusterSection
     let layout: ParameterLayout
     let microBatches: Int
-    var peers: [Peer] = []
-    /// Welcomed workers; once ready they get work from the next step.
-    var joining: [Peer] = []
+    /// Every worker: the members in the order they were admitted, then the welcomed ones in the order they came.
+    var workers: [WorkerRecord] = []
     var round: Round?
 
     public init(job: JobDescription, layout: ParameterLayout, microBatches: Int, cluster: JobConfig.ClusterSection = .init()) {
@@ -93,9 +120,10 @@ public struct CoordinatorMachine {
         self.cluster = cluster
     }
 
-    public var workerCount: Int { peers.count }
-    public var workerNames: [String] { peers.map(\.name) }
-    public var readyToJoin: Int { joining.filter(\.ready).count }
+    var members: [WorkerRecord] { workers.filter(\.isMember) }
+    public var workerCount: Int { members.count }
+    public var workerNames: [String] { members.map(\.name) }
+    public var readyToJoin: Int { workers.filter { $0.phase == .ready }.count }
     public var isStepComplete: Bool { round?.reducer.isComplete ?? false }
     /// Micro-batches of the step in flight that no live worker is computing (all workers were lost).
     public var hasOrphanedWork: Bool { round.map { !orphaned($0).isEmpty } ?? false }
@@ -111,25 +139,26 @@ public struct CoordinatorMachine {
     /// Admits ready workers and starts `step` at weights `parameters`.
     public mutating func startStep(_ step: Int, parameters: [Float], now: Double) -> [Action] {
         var actions = admitReadyWorkers()
-        var next = Round(step: step,
-                         weights: Self.weightGroups(layout).map { group in
-                             Message(type: .weights, jobID: jobID, step: UInt64(step), block: UInt32(group.lowerBound),
-                                     tensors: group.map { Array(parameters[layout.entries[$0].range]) },
-                                     tensorType: cluster.wireDType.tensorType)
-                         },
-                         reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)),
-                         started: now)
-        let ranges = Self.assignments(microBatches: microBatches, workers: peers.count)
+        round = Round(step: step,
+                      weights: Self.weightGroups(layout).map { group in
+                          Message(type: .weights, jobID: jobID, step: UInt64(step), block: UInt32(group.lowerBound),
+                                  tensors: group.map { Array(parameters[layout.entries[$0].range]) },
+                                  tensorType: cluster.wireDType.tensorType)
+                      },
+                      reducer: StepReducer(step: UInt64(step), microBatches: microBatches, blockSizes: layout.entries.map(\.count)),
+                      started: now)
+        for index in workers.indices where workers[index].isMember { workers[index].reset() }
+        let memberIdentities = members.map(\.identity)
+        let ranges = Self.assignments(microBatches: microBatches, workers: memberIdentities.count)
         var perWorker: [[Action]] = []
-        for (index, range) in ranges.enumerated() where !range.isEmpty {
-            perWorker.append(assign([range], to: peers[index].identity, in: &next, now: now))
+        for (identity, range) in zip(memberIdentities, ranges) where !range.isEmpty {
+            perWorker.append(assign([range], to: identity, now: now))
         }
         // Round-robin over the workers (every assignment, then every first layer, …), so that the last worker's
         // first layer does not wait behind everyone's whole model.
         for position in 0..<(perWorker.map(\.count).max() ?? 0) {
             actions += perWorker.compactMap { position < $0.count ? $0[position] : nil }
         }
-        round = next
         return actions
     }
 
@@ -151,15 +180,15 @@ public struct CoordinatorMachine {
         return groups
     }
 
-    /// Admits workers that reported ready.
+    /// Admits workers that reported ready, after the members, in the order they came.
     public mutating func admitReadyWorkers() -> [Action] {
         var actions: [Action] = []
-        for peer in joining where peer.ready {
-            peers.append(peer)
-            actions.append(.log("worker_joined", [("worker", .string(peer.name)), ("host", .string(peer.host)),
-                                                  ("workers", .int(peers.count))]))
+        while let index = workers.firstIndex(where: { $0.phase == .ready }) {
+            var record = workers.remove(at: index)
+            record.phase = .idle(finished: nil)
+            workers.insert(record, at: workers.lastIndex(where: \.isMember).map { $0 + 1 } ?? 0)
+            actions.append(.log(.workerJoined(worker: record.name, host: record.host, workers: workerCount)))
         }
-        joining.removeAll(where: \.ready)
         return actions
     }
 
@@ -168,13 +197,16 @@ public struct CoordinatorMachine {
     public mutating func finishStep(now: Double) -> StepSums? {
         guard let round, let (gradientSum, lossSum) = round.reducer.reduced() else { return nil }
         self.round = nil
-        let seconds = peers.compactMap { peer in round.finished[peer.identity].map { (peer.name, $0 - round.started) } }
+        let seconds = members.compactMap { worker -> (String, Double)? in
+            guard case let .idle(finished?) = worker.phase else { return nil }
+            return (worker.name, finished - round.started)
+        }
         let slowest = seconds.max { $0.1 < $1.1 }
         let fastest = seconds.map(\.1).min() ?? 0
         var fields: [(String, JSONValue)] = [
-            ("workers", .int(peers.count)),
+            ("workers", .int(workerCount)),
             ("worker_s", .object(seconds.map { ($0.0, .number($0.1)) })),
-            ("worker_bytes", .object(peers.compactMap { peer in round.bytes[peer.identity].map { (peer.name, .int($0)) } })),
+            ("worker_bytes", .object(members.filter { $0.bytes > 0 }.map { ($0.name, .int($0.bytes)) })),
             ("slowest_worker", slowest.map { .string($0.0) } ?? .null),
             ("waited_for_slowest_s", .number((slowest?.1 ?? 0) - fastest)),
         ]
@@ -185,7 +217,7 @@ public struct CoordinatorMachine {
     }
 
     /// Everyone to say bye to at the end.
-    public var allPeers: [[UInt8]] { (peers + joining).map(\.identity) }
+    public var allPeers: [[UInt8]] { workers.map(\.identity) }
 
     /// Handles one received message (`frames` after the sender's identity).
     public mutating func receive<Frame: FrameBytes>(from identity: [UInt8], _ frames: [Frame], now: Double) -> [Action] {
@@ -194,73 +226,70 @@ public struct CoordinatorMachine {
         do {
             message = try Message.decode(frames, maximumTensorBytes: maximumTensorBytes)
         } catch {
-            return [drop(from: name, "\(error)"), refuse(identity, "\(error)")]
+            return [.log(.messageDropped(from: name, reason: "\(error)")), refuse(identity, "\(error)")]
         }
         if message.type != .hello && message.jobID != jobID {
-            return [drop(from: name, "job id \(String(message.jobID, radix: 16)), expected \(String(jobID, radix: 16))")]
+            return [.log(.messageDropped(from: name, reason: "job id \(String(message.jobID, radix: 16)), expected \(String(jobID, radix: 16))"))]
         }
-        let known = peers.contains { $0.identity == identity } || joining.contains { $0.identity == identity }
-        if known { heard(from: identity, now: now) }
+        let index = workers.firstIndex { $0.identity == identity }
+        if let index { workers[index].lastHeard = now }
         switch message.type {
         case .hello:
             return welcome(identity, name: name, message, now: now)
         case .gradients:
-            guard known else { return rejoin(identity) }
-            return accept(gradients: message, from: identity, name: name, now: now)
+            guard let index else { return rejoin(identity) }
+            return accept(gradients: message, from: index, now: now)
         case .heartbeat:
-            guard known else { return rejoin(identity) }
-            if let index = joining.firstIndex(where: { $0.identity == identity }) { joining[index].ready = true }
+            guard let index else { return rejoin(identity) }
+            if workers[index].phase == .loading { workers[index].phase = .ready }
             return admitIntoOrphanedWork(now: now)
         case .bye:
-            return remove(identity, event: "worker_left", reason: "said bye", now: now)
+            return remove(identity, .left("said bye"), now: now)
         case .error:
-            return remove(identity, event: "worker_lost", reason: "failed: \(errorText(message))", now: now, tellPeer: false)
+            let reason = (try? message.payload(Refusal.self).reason) ?? "no reason given"
+            return remove(identity, .lost("failed: \(reason)"), now: now, tellPeer: false)
         case .welcome, .assignment, .weights:
-            return [drop(from: name, "a \(message.type) message, which only the coordinator sends")]
+            return [.log(.messageDropped(from: name, reason: "a \(message.type) message, which only the coordinator sends"))]
         }
     }
 
     /// Sends due heartbeats, declares silent and overdue workers lost, and re-issues stragglers' work.
     public mutating func tick(now: Double) -> [Action] {
         var actions: [Action] = []
-        for peer in peers + joining where now - peer.lastHeard > cluster.heartbeatTimeout {
-            actions += remove(peer.identity, event: "worker_lost",
-                              reason: "no heartbeat for \(format(now - peer.lastHeard)) s (heartbeat_timeout \(format(cluster.heartbeatTimeout)) s)",
+        for worker in workers where now - worker.lastHeard > cluster.heartbeatTimeout {
+            actions += remove(worker.identity, .lost("no heartbeat for \(format(now - worker.lastHeard)) s (heartbeat_timeout \(format(cluster.heartbeatTimeout)) s)"),
                               now: now)
         }
-        for peer in peers {
-            guard let round, let tasks = round.tasks[peer.identity], let oldest = tasks.map(\.assigned).min(),
-                  now - oldest > cluster.stepDeadline else { continue }
-            actions += remove(peer.identity, event: "worker_lost",
-                              reason: "no gradients for micro-batches \(describe(tasks.flatMap(\.ranges))) of step \(round.step) within step_deadline \(format(cluster.stepDeadline)) s",
-                              now: now)
+        if let round {
+            for worker in members {
+                guard let oldest = worker.tasks.map(\.assigned).min(), now - oldest > cluster.stepDeadline else { continue }
+                actions += remove(worker.identity, .lost("no gradients for micro-batches \(describe(worker.tasks.flatMap(\.ranges))) of step \(round.step) within step_deadline \(format(cluster.stepDeadline)) s"),
+                                  now: now)
+            }
         }
         actions += reissueStragglers(now: now)
-        for index in peers.indices where now - peers[index].lastSent >= cluster.heartbeatInterval {
-            actions.append(send(Message(type: .heartbeat, jobID: jobID), to: peers[index].identity, now: now))
-        }
-        for index in joining.indices where now - joining[index].lastSent >= cluster.heartbeatInterval {
-            actions.append(send(Message(type: .heartbeat, jobID: jobID), to: joining[index].identity, now: now))
+        for index in workers.indices where now - workers[index].lastSent >= cluster.heartbeatInterval {
+            actions.append(send(Message(type: .heartbeat, jobID: jobID), to: index, now: now))
         }
         return actions
     }
 
     /// Declares the worker named `name` lost (its process is known to have exited).
     public mutating func declareLost(name: String, reason: String, now: Double) -> [Action] {
-        guard let peer = (peers + joining).first(where: { $0.name == name }) else { return [] }
-        return remove(peer.identity, event: "worker_lost", reason: reason, now: now)
+        guard let worker = workers.first(where: { $0.name == name }) else { return [] }
+        return remove(worker.identity, .lost(reason), now: now)
     }
 
     /// Why the job cannot go on yet, if it cannot: fewer than `required` workers, or orphaned work and no worker.
     public func waitingReason(required: Int) -> String? {
-        let available = peers.count + readyToJoin
+        let available = workerCount + readyToJoin
         if round == nil && available < required {
-            let loading = joining.filter { !$0.ready }.map(\.name)
+            let loading = workers.filter { $0.phase == .loading }.map(\.name)
             return "waiting for workers: \(available) of \(required) (cluster.min_workers) ready"
                 + (loading.isEmpty ? "" : "; loading the job: \(loading.joined(separator: ", "))")
         }
-        if hasOrphanedWork {
-            return "waiting for a worker: every worker of step \(round!.step) was lost"
+        if let round, hasOrphanedWork {
+            return "waiting for a worker: every worker of step \(round.step) was lost"
         }
         return nil
     }
@@ -270,18 +299,20 @@ public struct CoordinatorMachine {
     private mutating func welcome(_ identity: [UInt8], name: String, _ hello: Message, now: Double) -> [Action] {
         if hello.jobID != 0 && hello.jobID != jobID {
             let reason = "this coordinator runs job \(String(jobID, radix: 16)), not \(String(hello.jobID, radix: 16))"
-            return [drop(from: name, reason), refuse(identity, reason)]
+            return [.log(.messageDropped(from: name, reason: reason)), refuse(identity, reason)]
         }
         var actions: [Action] = []
-        joining.removeAll { $0.identity == identity }  // a repeated hello while joining is answered again
-        if peers.contains(where: { $0.identity == identity }) {
-            // The worker restarted or reconnected without our noticing: what it owed is lost with its old self.
-            actions += remove(identity, event: "worker_lost", reason: "said hello again (restarted or reconnected)",
-                              now: now, tellPeer: false)
+        if let index = workers.firstIndex(where: { $0.identity == identity }) {
+            if workers[index].isMember {
+                // The worker restarted or reconnected without our noticing: what it owed is lost with its old self.
+                actions += remove(identity, .lost("said hello again (restarted or reconnected)"), now: now, tellPeer: false)
+            } else {
+                workers.remove(at: index)  // a repeated hello while joining is answered again
+            }
         }
-        let host = (try? JSONSerialization.jsonObject(with: Data(hello.metadata)) as? [String: Any])?["host"] as? String
-        joining.append(Peer(identity: identity, name: name, host: host ?? "unknown", lastHeard: now, lastSent: now))
-        actions.append(.send(peer: identity, Message(type: .welcome, jobID: jobID, metadata: job.metadata)))
+        let host = (try? hello.payload(Hello.self).host) ?? "unknown"
+        workers.append(WorkerRecord(identity: identity, name: name, host: host, phase: .loading, lastHeard: now, lastSent: now))
+        actions.append(.send(peer: identity, Message(job.welcome, jobID: jobID)))
         return actions
     }
 
@@ -289,190 +320,170 @@ public struct CoordinatorMachine {
     /// until every parameter block and the loss are in; then they are checked together on a copy of the reducer,
     /// so a bad piece changes nothing. A result for micro-batches another worker has already returned (a
     /// re-issued straggler's) is not used.
-    private mutating func accept(gradients message: Message, from identity: [UInt8], name: String, now: Double) -> [Action] {
-        guard var round else { return [drop(from: name, "gradients while no step is running")] }
+    private mutating func accept(gradients message: Message, from index: Int, now: Double) -> [Action] {
+        var worker = workers[index]
+        func drop(_ reason: String) -> [Action] { [.log(.messageDropped(from: worker.name, reason: reason))] }
+        guard var round else { return drop("gradients while no step is running") }
         guard message.step == UInt64(round.step) else {
-            return [drop(from: name, "gradients for step \(message.step) during step \(round.step)")]
+            return drop("gradients for step \(message.step) during step \(round.step)")
         }
         let range = message.microBatches
-        let owned = round.tasks[identity, default: []].flatMap(\.ranges)
+        let owned = worker.tasks.flatMap(\.ranges)
         guard !range.isEmpty, range.allSatisfy({ index in owned.contains { $0.contains(index) } }) else {
-            return [drop(from: name, "gradients for micro-batches \(range) it was not assigned")]
+            return drop("gradients for micro-batches \(range) it was not assigned")
         }
         let blockCount = layout.entries.count + 1
         let first = Int(message.block)
         guard !message.tensors.isEmpty, first + message.tensors.count <= blockCount else {
-            return [drop(from: name, "\(message.tensors.count) tensors from block \(first), expected blocks within 0..<\(blockCount) (\(layout.entries.count) parameter blocks, then the loss)")]
+            return drop("\(message.tensors.count) tensors from block \(first), expected blocks within 0..<\(blockCount) (\(layout.entries.count) parameter blocks, then the loss)")
         }
-        var slots = round.staged[identity, default: [:]][range] ?? Array(repeating: nil, count: blockCount)
+        var slots = worker.staged[range] ?? Array(repeating: nil, count: blockCount)
         for (offset, values) in message.tensors.enumerated() {
             let block = first + offset
             let expected = block < layout.entries.count ? layout.entries[block].count : 1
-            guard values.count == expected else {
-                return [drop(from: name, "block \(block) has \(values.count) values, expected \(expected)")]
-            }
-            guard slots[block] == nil else {
-                return [drop(from: name, "duplicate block \(block) for micro-batches \(range) of step \(round.step)")]
-            }
+            guard values.count == expected else { return drop("block \(block) has \(values.count) values, expected \(expected)") }
+            guard slots[block] == nil else { return drop("duplicate block \(block) for micro-batches \(range) of step \(round.step)") }
             slots[block] = values
         }
-        round.bytes[identity, default: 0] += message.tensors.reduce(0) { $0 + message.tensorType.bytesPerValue * $1.count }
+        worker.bytes += message.tensors.reduce(0) { $0 + message.tensorType.bytesPerValue * $1.count }
+        defer { workers[index] = worker }
         guard slots.allSatisfy({ $0 != nil }) else {
-            round.staged[identity, default: [:]][range] = slots
-            self.round = round
+            worker.staged[range] = slots
             return []
         }
-        round.staged[identity]?[range] = nil
+        worker.staged[range] = nil
         if !round.reducer.received.contains(where: { $0.overlaps(range) }) {
             var reducer = round.reducer
             do {
                 for block in 0..<layout.entries.count { try reducer.add(block: block, range: range, values: slots[block]!) }
                 try reducer.addLoss(range: range, sum: slots[layout.entries.count]![0])
             } catch {
-                self.round = round
-                return [drop(from: name, "\(error)")]
+                return drop("\(error)")
             }
             for entry in reducer.nonFinite.dropFirst(round.reducer.nonFinite.count) {
-                round.nonFinite[entry.block, default: []].insert(name)
+                round.nonFinite[entry.block, default: []].insert(worker.name)
             }
             round.reducer = reducer
+            self.round = round
         }
-        var tasks = round.tasks[identity, default: []]
-        for index in tasks.indices { tasks[index].ranges = tasks[index].ranges.flatMap { subtract(range, from: $0) } }
+        var tasks = worker.tasks
+        for task in tasks.indices { tasks[task].ranges = tasks[task].ranges.flatMap { subtract(range, from: $0) } }
         tasks.removeAll { $0.ranges.isEmpty }
-        round.tasks[identity] = tasks.isEmpty ? nil : tasks
-        if tasks.isEmpty { round.finished[identity] = now }
-        self.round = round
+        worker.phase = tasks.isEmpty ? .idle(finished: now) : .working(tasks)
         return []
     }
 
-    /// Removes a peer; the micro-batches it still owed go to the remaining workers.
-    private mutating func remove(_ identity: [UInt8], event: String, reason: String, now: Double,
-                                 tellPeer: Bool = true) -> [Action] {
-        let name = Self.peerName(identity)
-        if let index = joining.firstIndex(where: { $0.identity == identity }) {
-            let peer = joining.remove(at: index)
-            if event == "worker_left" {
-                return [.log(event, [("worker", .string(name)), ("host", .string(peer.host)), ("workers", .int(peers.count))])]
+    /// Removes a worker; the micro-batches it still owed go to the remaining members.
+    private mutating func remove(_ identity: [UInt8], _ departure: Departure, now: Double, tellPeer: Bool = true) -> [Action] {
+        guard let index = workers.firstIndex(where: { $0.identity == identity }) else { return [] }
+        let worker = workers.remove(at: index)
+        guard worker.isMember else {
+            switch departure {
+            case let .left(reason):
+                return [.log(.workerLeft(worker: worker.name, host: worker.host, reason: reason, step: nil, workers: workerCount))]
+            case let .lost(reason):
+                return [.log(.workerNotJoined(worker: worker.name, host: worker.host, reason: reason))]
             }
-            return [.log("warning", [("message", .string("worker \(name) on \(peer.host) did not join: \(reason)")),
-                                     ("worker", .string(name)), ("host", .string(peer.host))])]
         }
-        guard let index = peers.firstIndex(where: { $0.identity == identity }) else { return [] }
-        let peer = peers.remove(at: index)
-        var actions: [Action] = [
-            .log(event, [("worker", .string(name)), ("host", .string(peer.host)), ("reason", .string(reason)),
-                         ("step", round.map { .int($0.step) } ?? .null), ("workers", .int(peers.count))]),
-        ]
-        // If it is alive after all (stuck, cut off), it learns it must say hello again.
-        if event == "worker_lost" && tellPeer { actions += rejoin(identity, reason: "declared lost: \(reason)") }
+        var actions: [Action]
+        switch departure {
+        case let .left(reason):
+            actions = [.log(.workerLeft(worker: worker.name, host: worker.host, reason: reason, step: round?.step, workers: workerCount))]
+        case let .lost(reason):
+            actions = [.log(.workerLost(worker: worker.name, host: worker.host, reason: reason, step: round?.step, workers: workerCount))]
+            // If it is alive after all (stuck, cut off), it learns it must say hello again.
+            if tellPeer { actions += rejoin(identity, reason: "declared lost: \(reason)") }
+        }
         guard var round else { return actions }
-        round.tasks[identity] = nil
-        round.finished[identity] = nil
-        round.staged[identity] = nil
-        round.haveWeights.remove(identity)  // if it comes back in this step, it needs them again
-        round.lost.append(name)
-        actions += distribute(orphaned(round), to: peers.map(\.identity), in: &round, now: now)
+        round.lost.append(worker.name)
         self.round = round
+        actions += distribute(orphaned(round), to: members.map(\.identity), now: now)
         return actions
     }
 
     /// When every worker of the step was lost, a worker that becomes ready takes the work at once.
     private mutating func admitIntoOrphanedWork(now: Double) -> [Action] {
-        guard var round, peers.isEmpty, readyToJoin > 0, !orphaned(round).isEmpty else { return [] }
+        guard let round, members.isEmpty, readyToJoin > 0, !orphaned(round).isEmpty else { return [] }
         let actions = admitReadyWorkers()
-        let work = distribute(orphaned(round), to: peers.map(\.identity), in: &round, now: now)
-        self.round = round
-        return actions + work
+        return actions + distribute(orphaned(round), to: members.map(\.identity), now: now)
     }
 
     /// Gives work still outstanding `straggler_delay` after its assignment to idle workers as well.
     private mutating func reissueStragglers(now: Double) -> [Action] {
-        guard cluster.stragglerDelay > 0, var round else { return [] }
+        guard cluster.stragglerDelay > 0, let step = round?.step else { return [] }
         var actions: [Action] = []
-        for peer in peers {
-            for (taskIndex, task) in round.tasks[peer.identity, default: []].enumerated()
-            where !task.reissued && now - task.assigned > cluster.stragglerDelay {
-                let idle = peers.map(\.identity).filter { round.tasks[$0] == nil }
-                guard !idle.isEmpty else { break }
-                round.tasks[peer.identity]![taskIndex].reissued = true
-                let work = task.ranges.flatMap { subtracting(round.reducer.received, from: $0) }
-                round.reissued += work.reduce(0) { $0 + $1.count }
-                actions.append(.log("straggler", [
-                    ("worker", .string(peer.name)), ("step", .int(round.step)), ("micro_batches", .string(describe(work))),
-                    ("reissued_to", .array(idle.prefix(work.reduce(0) { $0 + $1.count }).map { .string(Self.peerName($0)) })),
-                ]))
-                actions += distribute(work, to: idle, in: &round, now: now)
+        for straggler in members.map(\.identity) {
+            guard let index = workers.firstIndex(where: { $0.identity == straggler }) else { continue }
+            for (taskIndex, task) in workers[index].tasks.enumerated() where !task.reissued && now - task.assigned > cluster.stragglerDelay {
+                let idle = members.filter { $0.tasks.isEmpty }.map(\.identity)
+                guard !idle.isEmpty, let received = round?.reducer.received else { break }
+                var tasks = workers[index].tasks
+                tasks[taskIndex].reissued = true
+                workers[index].phase = .working(tasks)
+                let work = task.ranges.flatMap { subtracting(received, from: $0) }
+                let count = work.reduce(0) { $0 + $1.count }
+                round?.reissued += count
+                actions.append(.log(.straggler(worker: workers[index].name, step: step, microBatches: work,
+                                               reissuedTo: idle.prefix(count).map(Self.peerName))))
+                actions += distribute(work, to: idle, now: now)
             }
         }
-        self.round = round
         return actions
     }
 
     // MARK: work distribution
 
-    /// Micro-batches of `round` that are neither received nor held by a live worker.
+    /// Micro-batches of `round` that are neither received nor owed by a member.
     private func orphaned(_ round: Round) -> [Range<Int>] {
         var open = [Bool](repeating: true, count: microBatches)
-        for range in round.reducer.received + round.tasks.values.flatMap({ $0.flatMap(\.ranges) }) {
+        for range in round.reducer.received + members.flatMap({ $0.tasks.flatMap(\.ranges) }) {
             for index in range { open[index] = false }
         }
         return runs(open)
     }
 
-    /// Splits `work` into near-equal contiguous shares for `workers` and assigns them.
-    private mutating func distribute(_ work: [Range<Int>], to workers: [[UInt8]], in round: inout Round, now: Double) -> [Action] {
+    /// Splits `work` into near-equal contiguous shares for `identities` and assigns them.
+    private mutating func distribute(_ work: [Range<Int>], to identities: [[UInt8]], now: Double) -> [Action] {
         let indices = work.flatMap { Array($0) }
-        guard !indices.isEmpty, !workers.isEmpty else { return [] }
+        guard !indices.isEmpty, !identities.isEmpty else { return [] }
         var actions: [Action] = []
-        for (worker, share) in zip(workers, Self.assignments(microBatches: indices.count, workers: workers.count)) where !share.isEmpty {
+        for (identity, share) in zip(identities, Self.assignments(microBatches: indices.count, workers: identities.count)) where !share.isEmpty {
             var open = [Bool](repeating: false, count: microBatches)
             for index in indices[share] { open[index] = true }
-            actions += assign(runs(open), to: worker, in: &round, now: now)
+            actions += assign(runs(open), to: identity, now: now)
         }
         return actions
     }
 
-    /// Sends `worker` one assignment per range, then (once a step) the weights a tensor at a time, first layer
+    /// Sends a member one assignment per range, then (once a step) the weights a tensor at a time, first layer
     /// first: the worker starts the forward pass as soon as the first layer's tensors are in.
-    private mutating func assign(_ ranges: [Range<Int>], to worker: [UInt8], in round: inout Round, now: Double) -> [Action] {
-        var actions: [Action] = []
-        for range in ranges {
-            actions.append(send(Message(type: .assignment, jobID: jobID, step: UInt64(round.step), microBatches: range), to: worker, now: now))
+    private mutating func assign(_ ranges: [Range<Int>], to identity: [UInt8], now: Double) -> [Action] {
+        guard let round, let index = workers.firstIndex(where: { $0.identity == identity }) else { return [] }
+        var actions = ranges.map { range in
+            send(Message(type: .assignment, jobID: jobID, step: UInt64(round.step), microBatches: range), to: index, now: now)
         }
-        if !round.haveWeights.contains(worker) {
-            actions += round.weights.map { send($0, to: worker, now: now) }
-            round.haveWeights.insert(worker)
+        if !workers[index].hasWeights {
+            actions += round.weights.map { send($0, to: index, now: now) }
+            workers[index].hasWeights = true
         }
-        round.tasks[worker, default: []].append(Task(ranges: ranges, assigned: now))
-        round.finished[worker] = nil
+        workers[index].phase = .working(workers[index].tasks + [Task(ranges: ranges, assigned: now)])
         return actions
     }
 
-    private mutating func send(_ message: Message, to identity: [UInt8], now: Double) -> Action {
-        if let index = peers.firstIndex(where: { $0.identity == identity }) { peers[index].lastSent = now }
-        if let index = joining.firstIndex(where: { $0.identity == identity }) { joining[index].lastSent = now }
-        return .send(peer: identity, message)
-    }
-
-    private mutating func heard(from identity: [UInt8], now: Double) {
-        if let index = peers.firstIndex(where: { $0.identity == identity }) { peers[index].lastHeard = now }
-        if let index = joining.firstIndex(where: { $0.identity == identity }) { joining[index].lastHeard = now }
+    private mutating func send(_ message: Message, to index: Int, now: Double) -> Action {
+        workers[index].lastSent = now
+        return .send(peer: workers[index].identity, message)
     }
 
     // MARK: messages to peers
 
-    private func drop(from name: String, _ reason: String) -> Action {
-        .log("warning", [("message", .string("dropped a message from \(name): \(reason)")), ("dropped_from", .string(name))])
-    }
-
     private func refuse(_ identity: [UInt8], _ reason: String) -> Action {
-        .send(peer: identity, Message(type: .error, jobID: jobID, metadata: metadataJSON(["message": reason])))
+        .send(peer: identity, Message(Refusal(reason), jobID: jobID))
     }
 
     /// Tells a peer this coordinator does not know (it restarted, or declared the peer lost) to say hello again.
     private func rejoin(_ identity: [UInt8], reason: String = "unknown worker (the coordinator restarted?)") -> [Action] {
-        [.send(peer: identity, Message(type: .error, jobID: jobID, metadata: metadataJSON(["message": reason, "rejoin": true])))]
+        [.send(peer: identity, Message(Refusal(reason, rejoin: true), jobID: jobID))]
     }
 
     static func peerName(_ identity: [UInt8]) -> String {
@@ -505,10 +516,6 @@ func subtract(_ cut: Range<Int>, from range: Range<Int>) -> [Range<Int>] {
     guard cut.overlaps(range) else { return [range] }
     return [range.lowerBound..<max(range.lowerBound, cut.lowerBound), min(range.upperBound, cut.upperBound)..<range.upperBound]
         .filter { !$0.isEmpty }
-}
-
-func describe(_ ranges: [Range<Int>]) -> String {
-    ranges.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)–\($0.upperBound - 1)" }.joined(separator: ", ")
 }
 
 func format(_ seconds: Double) -> String { String(format: "%.3g", seconds) }

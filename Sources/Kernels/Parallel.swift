@@ -6,13 +6,23 @@ import Foundation
 /// Callers split work into independent chunks whose results never depend on which thread ran them or how many
 /// chunks there are; kernels never split a reduction. A call made from inside a parallel region runs inline on
 /// the calling thread, so nesting (micro-batches in parallel, each calling a GEMM) never oversubscribes the cores.
+///
+/// How many threads a region may use belongs to the job that runs it: `withThreads` sets it for the calling
+/// thread (a job's loop, a worker's compute thread), so two jobs in one process keep their own counts.
 public enum Parallel {
-    nonisolated(unsafe) private static var configuredThreads = ProcessInfo.processInfo.activeProcessorCount
+    /// This thread's job's thread count; 0 outside `withThreads`.
+    private static let jobThreads = ThreadLocalInt()
 
-    /// Threads used by parallel regions; 1 runs everything on the calling thread. Set before work starts.
+    /// Threads the calling thread's parallel regions use (every core outside `withThreads`); 1 runs everything
+    /// on the calling thread.
     public static var threadCount: Int {
-        get { configuredThreads }
-        set { configuredThreads = max(1, newValue) }
+        let count = jobThreads.value
+        return count > 0 ? count : ProcessInfo.processInfo.activeProcessorCount
+    }
+
+    /// Runs `body` with parallel regions on the calling thread using `count` threads (at least 1).
+    public static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+        try jobThreads.with(max(1, count), body)
     }
 
     private static let insideRegion = ThreadLocalInt()

@@ -80,11 +80,25 @@ public final class EventLog {
         }
     }
 
+    /// The run directory's `events.jsonl` (the directory is created); nil: memory only.
+    public convenience init(runDirectory: String?) throws {
+        if let runDirectory {
+            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+            try self.init(path: (runDirectory as NSString).appendingPathComponent("events.jsonl"))
+        } else {
+            try self.init(path: nil)
+        }
+    }
+
     deinit { try? handle?.close() }
 
+    /// One event as a line of the log (without the newline): `"event"`, then the wall-clock `"time"`, then `fields`.
+    public static func line(_ event: String, _ fields: [(String, JSONValue)]) -> String {
+        JSONValue.object([("event", .string(event)), ("time", .number(Date().timeIntervalSince1970))] + fields).serialized
+    }
+
     public func emit(_ event: String, _ fields: [(String, JSONValue)]) {
-        let line = JSONValue.object([("event", .string(event)), ("time", .number(Date().timeIntervalSince1970))] + fields)
-        handle?.write(Data((line.serialized + "\n").utf8))
+        handle?.write(Data((Self.line(event, fields) + "\n").utf8))
         for observer in observers { observer(event, fields) }
     }
 }

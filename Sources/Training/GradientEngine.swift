@@ -4,21 +4,6 @@ import Data
 import Kernels
 import NN
 
-/// Builds the model a config describes, initialised from the job's seed; a GPT takes its vocabulary from the
-/// training set.
-public func makeModel(_ model: JobConfig.ModelSection, seed: UInt64, data: (any SampleSource)? = nil) -> Module {
-    switch model.kind {
-    case "gpt":
-        guard let text = data as? TokenDataset else { preconditionFailure("a GPT needs its text dataset for the vocabulary") }
-        let gpt = GPT(GPTShape(vocabulary: text.vocabulary.count, context: model.context, dim: model.dim, heads: model.heads,
-                               layers: model.layers, dropout: model.dropout), seed: seed)
-        gpt.checkpointsActivations = model.checkpointActivations
-        return gpt
-    default:
-        return makeMLP(sizes: model.sizes, activation: model.activation, residual: model.residual, seed: seed)
-    }
-}
-
 /// Σ over the samples of each sample's loss, from the model's output: cross-entropy of logits [samples, classes]
 /// against one label per sample, or, for a language model's logits [samples, T, vocabulary] against the next
 /// token at every position, each sample's mean over its T positions (so that dividing by the global batch gives
@@ -56,9 +41,13 @@ public final class GradientEngine {
     /// The inputs of the passes' matrix products (`MatmulPrecision`).
     public let precision: MatmulPrecision
 
-    public init(model: Module, threads: Int = Parallel.threadCount, precision: MatmulPrecision = .float32) {
+    let trace: Trace?
+
+    /// `threads` replicas of `model` run blocks in parallel; spans go to `trace`.
+    public init(model: Module, threads: Int, precision: MatmulPrecision = .float32, trace: Trace? = nil) {
         self.model = model
         self.precision = precision
+        self.trace = trace
         replicas = (0..<max(1, threads)).map { _ in model.replica() }
     }
 
@@ -76,6 +65,12 @@ public final class GradientEngine {
         /// Index in canonical parameter order; nil for the loss sum.
         public var parameter: Int?
         public var values: [Float]
+
+        public init(microBatches: Range<Int>, parameter: Int?, values: [Float]) {
+            self.microBatches = microBatches
+            self.parameter = parameter
+            self.values = values
+        }
     }
 
     /// The same sums as `blockSums`, at the weights `feed` delivers, handed to `emit` piece by piece while the
@@ -108,11 +103,11 @@ public final class GradientEngine {
         if sharingValues { for replica in replicas[..<lanes] { replica.shareValues(from: model) } }
         var results = [Result<T, Error>?](repeating: nil, count: blocks.count)
         results.withUnsafeMutableBufferPointer { slots in
-            Parallel.forEach(lanes) { lane in
+            Parallel.withThreads(replicas.count) { Parallel.forEach(lanes) { lane in
                 for index in stride(from: lane, to: blocks.count, by: lanes) {
                     slots[index] = Result { try body(blocks[index], replicas[lane]) }
                 }
-            }
+            } }
         }
         return try results.map { try $0!.get() }
     }
@@ -126,7 +121,7 @@ public final class GradientEngine {
         feed: WeightFeed? = nil, emit: ((Piece) -> Void)? = nil
     ) throws -> GradientBlock {
         var x: [Float] = [], labels: [Int32] = [], samples = 0
-        Trace.span("batch", "compute") {
+        trace.span("batch", "compute") {
             for index in block {
                 let batch = inputs(index)
                 x += batch.inputs
@@ -137,13 +132,13 @@ public final class GradientEngine {
         let firstSample = block.lowerBound * (samples / max(1, block.count))
         return try inPassContext(segments: block.count, dropoutSeed: dropoutSeed, firstSample: firstSample) {
             replica.zeroGrad()
-            let loss = try Trace.span("forward", "compute") {
+            let loss = try trace.span("forward", "compute") {
                 let input = Tensor(shape: [samples, x.count / max(samples, 1)], storage: x)
                 guard let feed else { return try summedLoss(replica(input), labels: labels) }
                 return try summedLoss(forward(input, on: replica, feed: feed), labels: labels)
             }
             guard let emit else {
-                Trace.span("backward", "compute") { loss.backward() }
+                trace.span("backward", "compute") { loss.backward() }
                 let gradients = replica.parameters.map { $0.grad?.storage ?? [Float](repeating: 0, count: $0.value.count) }
                 return GradientBlock(microBatches: block, gradients: gradients, lossSum: loss.item)
             }
@@ -154,7 +149,7 @@ public final class GradientEngine {
                 if !lossSent { emit(Piece(microBatches: block, parameter: nil, values: [loss.item])) }
                 lossSent = true
             }
-            Trace.span("backward", "compute") {
+            trace.span("backward", "compute") {
                 loss.backward(reporting: parameters.map(\.value)) { index, gradient in
                     emitLoss()
                     sent[index] = true
@@ -195,102 +190,7 @@ extension GradientEngine {
         var offsets = [0]
         for layer in sequential.layers { offsets.append(offsets.last! + layer.namedParameters.count) }
         return try sequential.forward(input) { layer in
-            try Trace.span("wait_weights", "communication") { try take(offsets[layer]..<offsets[layer + 1]) }
+            try trace.span("wait_weights", "communication") { try take(offsets[layer]..<offsets[layer + 1]) }
         }
     }
-}
-
-/// One step's weights as they arrive, a parameter tensor at a time (canonical order), for a forward pass that
-/// waits for each layer's tensors. Thread-safe: the worker's loop provides, the compute threads take.
-public final class WeightFeed: @unchecked Sendable {
-    public let step: UInt64
-    private var tensors: [[Float]?]
-    private var cancelled: String?
-    private let condition = NSCondition()
-
-    public init(step: UInt64, count: Int) {
-        self.step = step
-        tensors = Array(repeating: nil, count: count)
-    }
-
-    /// All tensors at once (a feed that never waits).
-    public convenience init(step: UInt64, tensors: [[Float]]) {
-        self.init(step: step, count: tensors.count)
-        for (index, values) in tensors.enumerated() { provide(index, values) }
-    }
-
-    public func provide(_ index: Int, _ values: [Float]) {
-        condition.lock()
-        tensors[index] = values
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// Which tensors have arrived.
-    public var received: [Bool] {
-        condition.lock()
-        defer { condition.unlock() }
-        return tensors.map { $0 != nil }
-    }
-
-    /// Wakes every waiting pass with an error (the step was abandoned).
-    public func cancel(_ reason: String) {
-        condition.lock()
-        cancelled = reason
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// Tensor `index`, waiting until it has arrived; throws once the feed is cancelled.
-    public func tensor(_ index: Int) throws -> [Float] {
-        condition.lock()
-        defer { condition.unlock() }
-        while tensors[index] == nil {
-            if let cancelled { throw WeightsAbandoned(description: "weights of step \(step) abandoned: \(cancelled)") }
-            condition.wait()
-        }
-        return tensors[index]!
-    }
-}
-
-/// A pass gave up waiting for weights that will not come: its work is void, which is not a failure.
-public struct WeightsAbandoned: Error, CustomStringConvertible {
-    public var description: String
-}
-
-extension WeightFeed: Equatable {
-    /// The same feed (identity).
-    public static func == (a: WeightFeed, b: WeightFeed) -> Bool { a === b }
-}
-
-/// Test-set loss and accuracy of `model` (no graph recorded), in chunks spread over threads. A prediction is
-/// the first class with the highest logit, as `torch.argmax`.
-public func evaluate(_ model: Module, on dataset: any SampleSource) throws -> (loss: Float, accuracy: Double) {
-    let chunk = dataset.evaluationChunk
-    let chunks = (dataset.count + chunk - 1) / chunk
-    var results = [Result<(lossSum: Double, correct: Int, labels: Int), Error>?](repeating: nil, count: chunks)
-    results.withUnsafeMutableBufferPointer { slots in
-        Parallel.forEach(chunks) { index in
-            slots[index] = Result {
-                try withNoGrad {
-                    let range = (index * chunk)..<min(dataset.count, (index + 1) * chunk)
-                    let batch = dataset.batch(Array(range)[...])
-                    let output = model(Tensor(shape: [batch.samples, batch.inputs.count / max(batch.samples, 1)],
-                                              storage: batch.inputs))
-                    let lossSum = Double(try summedLoss(output, labels: batch.labels).item)
-                    let classes = output.shape.last!
-                    var correct = 0
-                    for row in 0..<batch.labels.count {
-                        let scores = output.storage[(row * classes)..<((row + 1) * classes)]
-                        let predicted = scores.indices.max { scores[$0] < scores[$1] }! - row * classes
-                        if predicted == Int(batch.labels[row]) { correct += 1 }
-                    }
-                    return (lossSum, correct, batch.labels.count)
-                }
-            }
-        }
-    }
-    let totals = try results.map { try $0!.get() }
-    return (Float(totals.map(\.lossSum).reduce(0, +) / Double(dataset.count)),
-            Double(totals.map(\.correct).reduce(0, +)) / Double(max(1, totals.map(\.labels).reduce(0, +))))
 }

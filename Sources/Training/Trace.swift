@@ -3,14 +3,13 @@ import Foundation
 /// A Chrome trace (the JSON "Trace Event Format" that chrome://tracing and Perfetto open): one complete event
 /// (`"ph":"X"`) per span, with wall-clock microseconds so that traces of several processes line up when merged.
 ///
-/// `Trace.active` is nil unless `--trace FILE` was given; `span` then costs one nil check.
+/// A job holds its trace in its `RunContext` (nil unless `--trace FILE` was given); `span` on a nil trace costs
+/// one nil check.
 public final class Trace: @unchecked Sendable {
-    /// The trace being recorded by this process, if any.
-    nonisolated(unsafe) public static var active: Trace?
-
     /// Names this process in the trace (`coordinator`, `worker-0`, `train`).
     public let process: String
     private let processID = Int(getpid())
+    // `lock` guards `events` and `threadIDs`.
     private let lock = NSLock()
     private var events: [String] = []
     private var threadIDs: [UInt: Int] = [:]
@@ -19,10 +18,9 @@ public final class Trace: @unchecked Sendable {
 
     /// Runs `body` as a span named `name` in category `category` on the calling thread.
     @inline(__always)
-    public static func span<T>(_ name: String, _ category: String, _ body: () throws -> T) rethrows -> T {
-        guard let trace = active else { return try body() }
+    public func span<T>(_ name: String, _ category: String, _ body: () throws -> T) rethrows -> T {
         let start = Date().timeIntervalSince1970
-        defer { trace.record(name, category, start: start, end: Date().timeIntervalSince1970) }
+        defer { record(name, category, start: start, end: Date().timeIntervalSince1970) }
         return try body()
     }
 
@@ -57,5 +55,14 @@ public final class Trace: @unchecked Sendable {
         guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) else {
             throw ConfigError("\(path): cannot write the trace file")
         }
+    }
+}
+
+extension Optional where Wrapped == Trace {
+    /// `body`, as a span when there is a trace.
+    @inline(__always)
+    public func span<T>(_ name: String, _ category: String, _ body: () throws -> T) rethrows -> T {
+        guard let trace = self else { return try body() }
+        return try trace.span(name, category, body)
     }
 }

@@ -56,7 +56,7 @@ extension ZMQSocket {
 }
 
 /// A peer the gatekeeper turned away.
-public struct Refusal: Equatable, Sendable {
+public struct HandshakeRefusal: Equatable, Sendable {
     /// The peer's IP address.
     public var address: String
     public var reason: String
@@ -69,7 +69,7 @@ public struct Refusal: Equatable, Sendable {
 /// (libzmq never asks ZAP about it). Runs on a thread of its own; `takeRefusals` is safe from any thread.
 public final class Gatekeeper: @unchecked Sendable {
     private let lock = NSLock()
-    private var refusals: [Refusal] = []
+    private var refusals: [HandshakeRefusal] = []
     private var allowed: [String: String]
     private var running = true
     private let thread: Thread
@@ -114,7 +114,7 @@ public final class Gatekeeper: @unchecked Sendable {
     }
 
     /// The peers turned away since the last call.
-    public func takeRefusals() -> [Refusal] {
+    public func takeRefusals() -> [HandshakeRefusal] {
         lock.lock()
         defer { lock.unlock() }
         let taken = refusals
@@ -124,7 +124,7 @@ public final class Gatekeeper: @unchecked Sendable {
 
     private func refuse(_ address: String, _ reason: String) {
         lock.lock()
-        refusals.append(Refusal(address: address, reason: reason))
+        refusals.append(HandshakeRefusal(address: address, reason: reason))
         lock.unlock()
     }
 

@@ -3,7 +3,6 @@ public struct Message: Equatable, Sendable {
     public var type: MessageType
     public var jobID: UInt64
     public var step: UInt64
-    public var sender: UInt64
     /// The micro-batches the message is about (assignments and gradients); empty otherwise.
     public var microBatches: Range<Int>
     /// The parameter block the tensors belong to (gradients and weights).
@@ -14,12 +13,11 @@ public struct Message: Equatable, Sendable {
     /// How the tensors travel; a decoded message holds them as float32 whatever the type.
     public var tensorType: TensorType
 
-    public init(type: MessageType, jobID: UInt64, step: UInt64 = 0, sender: UInt64 = 0, microBatches: Range<Int> = 0..<0,
+    public init(type: MessageType, jobID: UInt64, step: UInt64 = 0, microBatches: Range<Int> = 0..<0,
                 block: UInt32 = 0, metadata: [UInt8] = [], tensors: [[Float]] = [], tensorType: TensorType = .float32) {
         self.type = type
         self.jobID = jobID
         self.step = step
-        self.sender = sender
         self.microBatches = microBatches
         self.block = block
         self.metadata = metadata
@@ -58,7 +56,6 @@ extension Message {
         header += [type.rawValue, tensorType.rawValue]
         append(jobID, to: &header)
         append(step, to: &header)
-        append(sender, to: &header)
         append(UInt32(microBatches.lowerBound), to: &header)
         append(UInt32(microBatches.count), to: &header)
         append(block, to: &header)
@@ -85,8 +82,8 @@ extension Message {
         }
         guard let type = MessageType(rawValue: header[6]) else { throw WireError("unknown message type \(header[6])") }
         guard let tensorType = TensorType(rawValue: header[7]) else { throw WireError("unknown tensor type \(header[7])") }
-        let metadataLength = Int(read(header, at: 44) as UInt32)
-        let tensorCount = Int(read(header, at: 48) as UInt32)
+        let metadataLength = Int(read(header, at: 36) as UInt32)
+        let tensorCount = Int(read(header, at: 40) as UInt32)
         guard metadataLength <= WireProtocol.maximumMetadata else {
             throw WireError("metadata of \(metadataLength) bytes exceeds \(WireProtocol.maximumMetadata)")
         }
@@ -125,10 +122,12 @@ extension Message {
             }
             tensors.append(tensorType == .float32 ? floats(littleEndian: frame) : floats(bfloat16: frame))
         }
-        let first = Int(read(header, at: 32) as UInt32), count = Int(read(header, at: 36) as UInt32)
-        return Message(type: type, jobID: read(header, at: 8), step: read(header, at: 16), sender: read(header, at: 24),
-                       microBatches: first..<(first + count), block: read(header, at: 40), metadata: metadata,
-                       tensors: tensors, tensorType: tensorType)
+        let first = Int(read(header, at: 24) as UInt32), count = Int(read(header, at: 28) as UInt32)
+        let message = Message(type: type, jobID: read(header, at: 8), step: read(header, at: 16),
+                              microBatches: first..<(first + count), block: read(header, at: 32), metadata: metadata,
+                              tensors: tensors, tensorType: tensorType)
+        try message.validatePayload()
+        return message
     }
 }
 

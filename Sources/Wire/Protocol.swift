@@ -1,7 +1,8 @@
 /// The trainerd wire protocol's constants: the one place that names them.
 ///
-/// A message is a multipart ZeroMQ message: one header frame, then an optional metadata frame (UTF-8 JSON),
-/// then raw little-endian float32 tensor frames. The header (little-endian, `headerSize` bytes):
+/// A message is a multipart ZeroMQ message: one header frame, then an optional metadata frame (UTF-8 JSON, the
+/// typed payloads of `Payloads.swift`), then raw little-endian tensor frames. The header (little-endian,
+/// `headerSize` bytes):
 ///
 ///     offset  size  field
 ///          0     4  magic "TRND"
@@ -10,20 +11,21 @@
 ///          7     1  tensor element type: 0 float32, 1 bfloat16 (`TensorType`)
 ///          8     8  job id
 ///         16     8  step
-///         24     8  sender id
-///         32     4  first micro-batch of the range the message is about
-///         36     4  number of micro-batches in it
-///         40     4  first block: tensor i of a gradients or weights message is block `first + i`, where
+///         24     4  first micro-batch of the range the message is about
+///         28     4  number of micro-batches in it
+///         32     4  first block: tensor i of a gradients or weights message is block `first + i`, where
 ///                   blocks 0..<P are the P parameter tensors and (gradients only) block P is the loss sum
-///         44     4  metadata frame length in bytes (0: no metadata frame)
-///         48     4  number of tensor frames, n
-///         52   8·n  byte length of each tensor frame
+///         36     4  metadata frame length in bytes (0: no metadata frame)
+///         40     4  number of tensor frames, n
+///         44   8·n  byte length of each tensor frame
+///
+/// The sender is the transport's business (a ZeroMQ identity), not the header's.
 public enum WireProtocol {
     public static let magic: [UInt8] = Array("TRND".utf8)
-    /// 2: gradients travel a block at a time, as backward produces them.
-    public static let version: UInt16 = 2
+    /// 2: gradients travel a block at a time, as backward produces them. 3: no sender field; typed metadata.
+    public static let version: UInt16 = 3
     /// Bytes of the fixed header, before the tensor lengths.
-    public static let headerSize = 52
+    public static let headerSize = 44
     /// Tensor frames a message may carry.
     public static let maximumTensors = 4096
     /// Bytes of metadata a message may carry.
@@ -43,9 +45,9 @@ public enum TensorType: UInt8, CaseIterable, Sendable {
 
 /// What a message asks or tells. Raw values are on the wire.
 public enum MessageType: UInt8, CaseIterable, Sendable {
-    /// worker → coordinator: I am here (metadata: host, pid, protocol details).
+    /// worker → coordinator: I am here (metadata: `Hello`).
     case hello = 1
-    /// coordinator → worker: admitted (metadata: the job's config and model spec).
+    /// coordinator → worker: admitted (metadata: `Welcome`, the job).
     case welcome = 2
     /// coordinator → worker: compute gradients for micro-batches [first, first + count) of `step`.
     case assignment = 3
@@ -59,6 +61,6 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case heartbeat = 6
     /// either way: leaving.
     case bye = 7
-    /// either way: refused or failed (metadata: {"message": …}).
+    /// either way: refused or failed (metadata: `Refusal`).
     case error = 8
 }

@@ -145,7 +145,11 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the table.") var json = false
 
     func run() throws {
-        Parallel.threadCount = threads > 0 ? threads : ProcessInfo.processInfo.activeProcessorCount
+        try Parallel.withThreads(threads > 0 ? threads : ProcessInfo.processInfo.activeProcessorCount) { try measure() }
+    }
+
+    /// Every section asked for, on the bench's threads.
+    func measure() throws {
         let sections = try only.map { list in
             try list.split(separator: ",").map { name -> Section in
                 guard let section = Section(rawValue: String(name)) else {
@@ -271,30 +275,23 @@ struct Bench: ParsableCommand {
             return Double(steps * job.training.batchSize) / Date().timeIntervalSince(start)
         }
         let local = single ? try Trainer(config: job, runDirectory: nil) : nil
-        var cluster: (trainer: Trainer, coordinator: () -> Coordinator, workers: [LocalWorker])?
+        var cluster: (job: CoordinatedJob, workers: LocalWorkerPool)?
         if distributed {
-            let router = try ZMQSocket(ZMQContext(), .router)
-            try router.bind("tcp://127.0.0.1:*")
-            let endpoint = try router.lastEndpoint
             let description = JobDescription(yaml: try String(contentsOfFile: config, encoding: .utf8), overrides: overrides)
-            let workers = try (0..<2).map {
-                try LocalWorker(name: "bench-\($0)", arguments: ["worker", "--connect", endpoint, "--name", "bench-\($0)",
-                                                                 "--threads", "1", "--parent-pid", String(getpid())])
+            let coordinated = try CoordinatedJob.bound(description, config: job, bind: "tcp://127.0.0.1:*", logBind: nil,
+                                                       runDirectory: nil, startWorkers: 2)
+            let endpoint = coordinated.endpoint!
+            let workers = try LocalWorkerPool(names: ["bench-0", "bench-1"], maxRestarts: 0, abortOnAnyExit: true) { name in
+                try LocalWorker(name: name, arguments: ["worker", "--connect", endpoint, "--name", name, "--threads", "1",
+                                                        "--parent-pid", String(getpid())])
             }
-            var coordinator: Coordinator!
-            let trainer = try Trainer(config: job, runDirectory: nil) { model, plan, _ in
-                coordinator = Coordinator(socket: router, job: description, layout: ParameterLayout(model),
-                                          microBatches: plan.microBatches, cluster: job.cluster, startWorkers: 2,
-                                          events: try! EventLog(path: nil))
-                coordinator.abortReason = { workers.lazy.compactMap(\.failure).first }
-                return coordinator
-            }
-            cluster = (trainer, { coordinator }, workers)
+            coordinated.coordinator.companions.append(workers)
+            cluster = (coordinated, workers)
         }
         defer {
             if let cluster {
-                cluster.coordinator().sayGoodbye()
-                cluster.workers.forEach { $0.waitForExit(timeout: 10) }
+                cluster.job.coordinator.sayGoodbye()
+                cluster.workers.waitForExit(timeout: 10)
             }
         }
         var runs: (single: [Double], torch: [Double], distributed: [Double], ddp: [Double], workerPeakRSS: Double?) = ([], [], [], [], nil)
@@ -304,8 +301,8 @@ struct Bench: ParsableCommand {
                 if let reference { runs.torch.append(try reference.samplesPerSecond(width: width, world: 1)) }
             }
             if let cluster {
-                runs.distributed.append(try rate(cluster.trainer))
-                runs.workerPeakRSS = (cluster.workers.compactMap(\.peakResidentMegabytes) + (runs.workerPeakRSS.map { [$0] } ?? [])).max()
+                runs.distributed.append(try rate(cluster.job.trainer))
+                runs.workerPeakRSS = (cluster.workers.workers.compactMap(\.peakResidentMegabytes) + (runs.workerPeakRSS.map { [$0] } ?? [])).max()
                 if let reference { runs.ddp.append(try reference.samplesPerSecond(width: width, world: 2)) }
             }
         }

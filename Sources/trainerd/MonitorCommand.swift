@@ -60,7 +60,7 @@ struct Monitor: ParsableCommand {
             while true {
                 guard let (line, event, name) = try subscription.next(timeout: 1) else {
                     if idleTimeout > 0 && Date().timeIntervalSince(lastEvent) > idleTimeout {
-                        throw CoordinatorError("\(endpoint): no events for \(Int(idleTimeout)) s")
+                        throw ClusterError("\(endpoint): no events for \(Int(idleTimeout)) s")
                     }
                     continue
                 }
@@ -161,7 +161,7 @@ struct LogSubscription {
     /// refused this client's key.
     func next(timeout: Double) throws -> (line: [UInt8], event: [String: Any], name: String)? {
         if let refused = handshakes?.nextFailure() {
-            throw CoordinatorError("\(endpoint): the coordinator \(refused.reason); add this monitor's public key to its allowed_keys")
+            throw ClusterError("\(endpoint): the coordinator \(refused.reason); add this monitor's public key to its allowed_keys")
         }
         guard let frames = try socket.receive(timeout: timeout), let line = frames.first,
               let event = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],

@@ -36,17 +36,3 @@ struct ClientKeyOptions: ParsableArguments {
         return (socket, monitor)
     }
 }
-
-/// The coordinator's side of `security`: its CURVE secret key, and a gatekeeper admitting the allowed keys.
-struct CoordinatorSecurity {
-    let keys: CurveKeyPair
-    let gatekeeper: Gatekeeper
-
-    /// Reads the key and the allow-list, and starts the gatekeeper for `sockets` (not yet bound).
-    init(secretKeyFile: String, allowedKeys: String, context: ZMQContext, sockets: [ZMQSocket]) throws {
-        keys = try CurveKeyPair.load(secretKeyFile: secretKeyFile)
-        let allowed = try CurveKeyPair.publicKeys(inDirectory: allowedKeys)
-        for socket in sockets { try socket.makeCurveServer(secretKey: keys.secretKey) }
-        gatekeeper = try Gatekeeper(context: context, allowedKeys: allowed, watching: sockets)
-    }
-}

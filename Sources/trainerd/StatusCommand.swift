@@ -29,7 +29,7 @@ struct Status: ParsableCommand {
                 return
             }
             let curveHint = subscription.encrypted ? "" : "; if it uses CURVE, give --key and --server-key"
-            throw CoordinatorError("\(endpoint): no answer within \(timeout) s (is the coordinator running, with --log-bind there?)\(curveHint)")
+            throw ClusterError("\(endpoint): no answer within \(timeout) s (is the coordinator running, with --log-bind there?)\(curveHint)")
         } catch {
             fail(error)
         }

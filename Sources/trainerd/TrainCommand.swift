@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import Training
 
 struct Train: ParsableCommand {
@@ -14,8 +15,9 @@ struct Train: ParsableCommand {
     func run() throws {
         let status: Int32
         do {
-            status = try tracing(to: trace, as: "train") {
-                let trainer = try Trainer(config: try options.load(), runDirectory: runDir)
+            status = try tracing(to: trace, as: "train") { trace in
+                let job = try TrainingJob(config: try options.load())
+                let trainer = try Trainer(job: job, runDirectory: runDir, context: job.context(stop: stopRequestOnSignals(), trace: trace))
                 return try runTraining(trainer, runDir: runDir, resume: resume, metricsFile: metricsFile)
             }
         } catch {
@@ -28,14 +30,12 @@ struct Train: ParsableCommand {
 let traceHelp = ArgumentHelp("Write a Chrome trace (chrome://tracing, Perfetto) of the run's spans to this file.")
 let metricsHelp = ArgumentHelp("Keep a Prometheus text-format file of the run's metrics here (rewritten atomically, for node_exporter's textfile collector: name it *.prom).")
 
-/// Runs `body` recording a Chrome trace into `path` (when given) for process `name`; the files of `merging`
-/// (written by the job's other processes) are merged in.
-func tracing<T>(to path: String?, as name: String, merging: () -> [String] = { [] }, _ body: () throws -> T) throws -> T {
-    guard let path else { return try body() }
+/// Runs `body` with a Chrome trace for process `name` when `path` is given, then writes it there with the files
+/// of `merging` (written by the job's other processes) merged in.
+func tracing<T>(to path: String?, as name: String, merging: () -> [String] = { [] }, _ body: (Trace?) throws -> T) throws -> T {
+    guard let path else { return try body(nil) }
     let trace = Trace(process: name)
-    Trace.active = trace
-    let result = try body()
-    Trace.active = nil
+    let result = try body(trace)
     try trace.write(to: path, merging: merging())
     return result
 }
@@ -64,7 +64,6 @@ func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, metricsFile: 
             }
         }
     }
-    installStopHandler()
     try beforeRun()
     let summary = try trainer.run()
     progress.finish()
@@ -81,14 +80,18 @@ func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, metricsFile: 
     return 0
 }
 
-/// Ctrl-C or SIGTERM: finish the current step, write a checkpoint, exit 130. A second signal exits at once.
-func installStopHandler() {
+/// Ctrl-C and SIGTERM received by this process.
+private let stopSignals = Atomic<Int>(0)
+
+/// A stop request for this process's job that Ctrl-C or SIGTERM sets: the job finishes its step, writes a
+/// checkpoint and ends (exit 130); a second signal exits at once.
+func stopRequestOnSignals() -> StopRequest {
     for sig in [SIGINT, SIGTERM] {
         signal(sig) { _ in
-            if Trainer.stopRequested { _exit(130) }
-            Trainer.stopRequested = true
+            if stopSignals.add(1, ordering: .relaxed).newValue > 1 { _exit(130) }
         }
     }
+    return StopRequest(signalled: { stopSignals.load(ordering: .relaxed) > 0 })
 }
 
 /// The progress line on stderr: step, loss, samples/s and ETA; redrawn in place on a terminal.

@@ -19,7 +19,7 @@ final class CoordinatorMachineTests: XCTestCase {
 
     func warnings(_ actions: [CoordinatorMachine.Action]) -> [String] {
         actions.compactMap {
-            if case let .log("warning", fields) = $0, case let .string(text)? = fields.first?.1 { return text }
+            if case let .log(event) = $0, event.name == "warning", case let .string(text)? = event.fields.first?.1 { return text }
             return nil
         }
     }
@@ -37,7 +37,7 @@ final class CoordinatorMachineTests: XCTestCase {
             }
         }
         var machine = CoordinatorMachine(job: job, layout: mlp, microBatches: 2)
-        _ = machine.receive(from: w1, Message(type: .hello, jobID: 0).encoded(), now: 0)
+        _ = machine.receive(from: w1, helloFrames(), now: 0)
         _ = machine.receive(from: w1, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0)
         let weights = sends(&machine)
         XCTAssertEqual(weights.map(\.block), [0, 2])
@@ -47,12 +47,12 @@ final class CoordinatorMachineTests: XCTestCase {
 
     func testJoinAssignCollectAndReportWithInjectedTime() throws {
         var machine = CoordinatorMachine(job: job, layout: layout, microBatches: 2)
-        let welcome = machine.receive(from: w1, Message(type: .hello, jobID: 0).encoded(), now: 0)
+        let welcome = machine.receive(from: w1, helloFrames(), now: 0)
         guard case let .send(peer, message)? = welcome.first else { return XCTFail("no welcome: \(welcome)") }
         XCTAssertEqual(peer, w1)
         XCTAssertEqual(message.type, .welcome)
         XCTAssertEqual(message.jobID, job.jobID)
-        _ = machine.receive(from: w2, Message(type: .hello, jobID: 0).encoded(), now: 0)
+        _ = machine.receive(from: w2, helloFrames(), now: 0)
         XCTAssertEqual(machine.readyToJoin, 0)
         _ = machine.receive(from: w1, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 1)
         _ = machine.receive(from: w2, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 1)
@@ -129,7 +129,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     func machine(workers names: [String], now: Double = 0) -> CoordinatorMachine {
         var machine = CoordinatorMachine(job: job, layout: layout, microBatches: k, cluster: cluster)
         for name in names {
-            _ = machine.receive(from: id(name), Message(type: .hello, jobID: 0, metadata: Array("{\"host\":\"h-\(name)\"}".utf8)).encoded(), now: now)
+            _ = machine.receive(from: id(name), helloFrames(host: "h-\(name)"), now: now)
             _ = machine.receive(from: id(name), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: now)
         }
         return machine
@@ -145,7 +145,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
 
     func events(_ actions: [CoordinatorMachine.Action], _ name: String) -> [String] {
         actions.compactMap {
-            if case let .log(event, fields) = $0, event == name { return JSONValue.object(fields).serialized }
+            if case let .log(event) = $0, event.name == name { return JSONValue.object(event.fields).serialized }
             return nil
         }
     }
@@ -286,7 +286,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         _ = machine.tick(now: 12)
         XCTAssertEqual(machine.workerCount, 0)
         XCTAssertEqual(machine.waitingReason(required: 1), "waiting for a worker: every worker of step 0 was lost")
-        _ = machine.receive(from: id("z"), Message(type: .hello, jobID: 0).encoded(), now: 13)
+        _ = machine.receive(from: id("z"), helloFrames(), now: 13)
         XCTAssertEqual(machine.waitingReason(required: 1), "waiting for a worker: every worker of step 0 was lost")
         let ready = machine.receive(from: id("z"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 14)
         XCTAssertEqual(events(ready, "worker_joined").count, 1)
@@ -300,7 +300,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     func testAWorkerThatReconnectsMidStepGetsTheStepsWeightsAgain() throws {
         var machine = machine(workers: ["a"])
         XCTAssertEqual(sends(machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)).map(\.1), [.assignment, .weights])
-        let hello = machine.receive(from: id("a"), Message(type: .hello, jobID: 0).encoded(), now: 1)
+        let hello = machine.receive(from: id("a"), helloFrames(), now: 1)
         XCTAssertEqual(events(hello, "worker_lost").count, 1)
         let ready = machine.receive(from: id("a"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 2)
         XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["a assignment 0..<4", "a weights 0..<0"])
@@ -311,7 +311,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     func testAWorkerJoiningMidStepGetsWorkFromTheNextStep() throws {
         var machine = machine(workers: ["a"])
         _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
-        _ = machine.receive(from: id("b"), Message(type: .hello, jobID: 0).encoded(), now: 0.1)
+        _ = machine.receive(from: id("b"), helloFrames(), now: 0.1)
         XCTAssertEqual(sends(machine.receive(from: id("b"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0.2)).count, 0)
         _ = deliver(&machine, "a", 0, 0..<4, now: 1)
         _ = try finish(&machine, now: 1)
@@ -330,7 +330,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertTrue(String(decoding: reply.metadata, as: UTF8.self).contains(#""rejoin":true"#))
         // A worker that says hello again (it restarted) loses what it owed and is welcomed afresh.
         _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 3)
-        let again = machine.receive(from: id("a"), Message(type: .hello, jobID: 0).encoded(), now: 4)
+        let again = machine.receive(from: id("a"), helloFrames(), now: 4)
         XCTAssertEqual(events(again, "worker_lost").count, 1)
         XCTAssertEqual(sends(again).map { "\($0.0) \($0.1)" }, ["a welcome"])
     }
@@ -349,62 +349,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     }
 }
 
-final class WorkerMachineTests: XCTestCase {
-    let job = JobDescription(yaml: "seed: 3", overrides: ["training.batch_size=16"])
-
-    func testJoinComputeAndLeaveInResponseToTheCoordinator() throws {
-        var machine = WorkerMachine()
-        let welcome = Message(type: .welcome, jobID: 42, metadata: Message(type: .welcome, jobID: 42).metadata)
-        XCTAssertThrowsError(try machine.receive(welcome))  // a welcome without a job description
-        var real = WorkerMachine()
-        let actions = try real.receive(Message(type: .welcome, jobID: 42, metadata: Array(
-            "{\"config\":\"seed: 3\",\"overrides\":[\"training.batch_size=16\"]}".utf8)))
-        XCTAssertEqual(actions, [.join(job, jobID: 42)])
-        real.joined(blockSizes: [2, 1])
-        // The assignment comes first; the weights follow a tensor at a time into the same feed.
-        let assigned = try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 0..<2))
-        guard case let .compute(0, 0..<2, feed)? = assigned.first, assigned.count == 1 else { return XCTFail("\(assigned)") }
-        XCTAssertEqual(feed.received, [false, false])
-        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1], [2]])),
-                       [.log("dropped weights whose shapes do not match the model")])
-        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, block: 1, tensors: [[3], [4]])),
-                       [.log("dropped weights whose shapes do not match the model")])
-        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, block: 1, tensors: [[3]])), [])
-        XCTAssertEqual(feed.received, [false, true])
-        XCTAssertEqual(try real.receive(Message(type: .weights, jobID: 42, step: 0, tensors: [[1, 2]])), [])
-        XCTAssertEqual(try feed.tensor(0), [1, 2])
-        XCTAssertEqual(try feed.tensor(1), [3])
-        // A second assignment of the same step (a straggler's work) computes at the same weights.
-        XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 42, step: 0, microBatches: 2..<3)),
-                       [.compute(step: 0, range: 2..<3, weights: feed)])
-        // The next step's assignment starts a new feed and abandons the old one's waiters.
-        guard case let .compute(1, _, next)? = try real.receive(Message(type: .assignment, jobID: 42, step: 1, microBatches: 0..<2)).first
-        else { return XCTFail("no compute for step 1") }
-        XCTAssertFalse(next === feed)
-        XCTAssertEqual(try real.receive(Message(type: .assignment, jobID: 7, step: 0, microBatches: 0..<2)),
-                       [.log("dropped a message of type assignment for job 7")])
-        XCTAssertEqual(try real.receive(Message(type: .bye, jobID: 42)), [.send(Message(type: .bye, jobID: 42)), .stop])
-        XCTAssertThrowsError(try real.receive(Message(type: .error, jobID: 42, metadata: Array("{\"message\":\"no\"}".utf8)))) {
-            XCTAssertEqual("\($0)", "the coordinator refused this worker: no")
-        }
-    }
-
-    func testAForgottenWorkerSaysHelloAgainAndReportsReadyWithoutReloading() throws {
-        var machine = WorkerMachine()
-        _ = try machine.receive(Message(type: .welcome, jobID: 42, metadata: Array(#"{"config":"seed: 3","overrides":[]}"#.utf8)))
-        machine.joined(blockSizes: [2])
-        guard case let .compute(4, _, old)? = try machine.receive(Message(type: .assignment, jobID: 42, step: 4, microBatches: 0..<1)).first
-        else { return XCTFail("no compute") }
-        XCTAssertEqual(try machine.receive(Message(type: .error, jobID: 42, metadata: Array(#"{"message":"declared lost","rejoin":true}"#.utf8))),
-                       [.rejoin("declared lost")])
-        XCTAssertThrowsError(try old.tensor(0), "a pass waiting for the old weights is woken with an error")
-        guard case let .compute(4, _, fresh)? = try machine.receive(Message(type: .assignment, jobID: 42, step: 4, microBatches: 0..<1)).first
-        else { return XCTFail("no compute") }
-        XCTAssertFalse(fresh === old, "the old weights are void")
-        XCTAssertEqual(fresh.received, [false])
-        XCTAssertEqual(try machine.receive(Message(type: .welcome, jobID: 42)), [.ready])
-        XCTAssertThrowsError(try machine.receive(Message(type: .welcome, jobID: 43))) {
-            XCTAssertTrue("\($0)".contains("now runs job 2b, not 2a"), "\($0)")
-        }
-    }
+/// A worker's hello, as `Worker` sends it.
+func helloFrames(host: String = "unknown") -> [[UInt8]] {
+    Message(Hello(name: "w", host: host, pid: 1), jobID: 0).encoded()
 }

@@ -36,11 +36,12 @@ final class FuzzTests: XCTestCase {
             switch type {
             // A hello for this job would make the stranger a worker whose (random) gradients are trusted, as in any
             // job without `security`; strangers here say hello only to other jobs.
-            case .hello: return Message(type: .hello, jobID: [99, jobID ^ 1][int(2)], metadata: Array(#"{"host":"fuzz"}"#.utf8))
+            case .hello: return Message(Hello(name: "fuzz", host: "fuzz", pid: int(1000)), jobID: [99, jobID ^ 1][int(2)])
             case .gradients, .weights:
                 return Message(type: type, jobID: jobID, step: step, microBatches: first..<(first + count), tensors: tensors)
             case .assignment: return Message(type: type, jobID: jobID, step: step, microBatches: first..<(first + count))
-            case .error: return Message(type: type, jobID: jobID, metadata: Array(#"{"message":"fuzz"}"#.utf8))
+            case .welcome: return Message(Welcome(config: "seed: \(int(9))", overrides: []), jobID: jobID)
+            case .error: return Message(Refusal("fuzz", rejoin: int(2) == 0), jobID: jobID)
             default: return Message(type: type, jobID: jobID, step: step)
             }
         }
@@ -81,7 +82,7 @@ final class FuzzTests: XCTestCase {
                 return message.encoded()
             case 8:  // tensor lengths that lie
                 var frames = message.encoded()
-                frames[0] = Array(frames[0].prefix(48)) + withUnsafeBytes(of: UInt32(1 + int(5000)).littleEndian) { Array($0) }
+                frames[0] = Array(frames[0].prefix(40)) + withUnsafeBytes(of: UInt32(1 + int(5000)).littleEndian) { Array($0) }
                     + bytes(8 * int(4))
                 return frames
             case 9:  // thousands of tiny frames
@@ -122,12 +123,9 @@ final class FuzzTests: XCTestCase {
         try router.bind("tcp://127.0.0.1:*")
         let endpoint = try router.lastEndpoint
         let counted = CountingSocket(router)
-        var coordinator: Coordinator!
-        let trainer = try Trainer(config: config, runDirectory: nil, data: InProcessClusterTests.data(config)) { model, plan, _ in
-            coordinator = Coordinator(socket: counted, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
-                                      cluster: config.cluster, startWorkers: 2, events: try! EventLog(path: nil))
-            return coordinator
-        }
+        let cluster = try CoordinatedJob(job, config: config, socket: counted, runDirectory: nil,
+                                         data: InProcessClusterTests.data(config), startWorkers: 2)
+        let (coordinator, trainer) = (cluster.coordinator, cluster.trainer)
         try coordinator.harden(router)
         var events: [String: Int] = [:]
         coordinator.events.observers.append { event, _ in events[event, default: 0] += 1 }

@@ -36,13 +36,8 @@ final class InProcessClusterTests: XCTestCase {
         let job = JobDescription(yaml: Self.yaml, overrides: overrides)
         let config = try job.parse()
         let router = InMemoryRouter()
-        var coordinator: Coordinator!
-        let trainer = try Trainer(config: config, runDirectory: nil, data: Self.data(config)) { model, plan, _ in
-            coordinator = Coordinator(socket: router, job: job, layout: ParameterLayout(model),
-                                      microBatches: plan.microBatches, cluster: config.cluster, startWorkers: workers,
-                                      events: try! EventLog(path: nil))
-            return coordinator
-        }
+        let trainer = try CoordinatedJob(job, config: config, socket: router, runDirectory: nil, data: Self.data(config),
+                                         startWorkers: workers).trainer
         final class Failures: @unchecked Sendable { var list: [String] = []; let lock = NSLock() }
         let failures = Failures()
         let threads = (0..<workers).map { index in
@@ -103,22 +98,22 @@ final class InProcessClusterTests: XCTestCase {
         let single = try Trainer(config: config, runDirectory: nil, data: Self.data(config)).run().weightsSHA256
         let job = JobDescription(yaml: Self.yaml, overrides: [])
         let router = InMemoryRouter()
-        let events = try EventLog(path: nil)
+        let trainer = try CoordinatedJob(job, config: config, socket: router, runDirectory: nil, data: Self.data(config)).trainer
         var warnings: [String] = []
-        events.observers.append { event, fields in
+        trainer.events.observers.append { event, fields in
             if event == "warning", case let .string(text)? = fields.first?.1 { warnings.append(text) }
         }
-        let trainer = try Trainer(config: config, runDirectory: nil, data: Self.data(config)) { model, plan, _ in
-            Coordinator(socket: router, job: job, layout: ParameterLayout(model), microBatches: plan.microBatches,
-                        cluster: config.cluster, events: events)
-        }
         let stranger = router.connect(identity: "stranger")
-        var oldVersion = Message(type: .hello, jobID: 0).encoded()
+        let hello = Message(Hello(name: "stranger", host: "elsewhere", pid: 1), jobID: 0)
+        var oldVersion = hello.encoded()
         oldVersion[0][4] = 0  // protocol version 0
         try stranger.send(oldVersion)
-        try stranger.send(Message(type: .hello, jobID: 12345).encoded())
+        var otherJob = hello
+        otherJob.jobID = 12345
+        try stranger.send(otherJob.encoded())
         try stranger.send([[1, 2, 3]])
         // A worker whose dataset is missing tells the coordinator why and leaves; the job goes on without it.
+        /// Written by the failing worker's thread before the good worker's thread reads it (it polls until then).
         final class Outcome: @unchecked Sendable { var error: String? }
         let outcome = Outcome()
         let missing = Thread {
@@ -133,7 +128,7 @@ final class InProcessClusterTests: XCTestCase {
         missing.start()
         // The good worker says hello only once the other has failed, so its refusal is in before the first step.
         let worker = Thread {
-            while !missing.isFinished { usleep(1_000) }
+            while outcome.error == nil { usleep(1_000) }
             try? Worker(connect: { router.connect(identity: "good") }, name: "good", loadDatasets: { Self.data($0) }).run()
         }
         worker.start()
@@ -141,11 +136,9 @@ final class InProcessClusterTests: XCTestCase {
         var replies: [String] = []
         while let frames = try stranger.receive(timeout: 0.1) {
             let message = try Message.decode(frames)
-            if message.type == .error, let object = try JSONSerialization.jsonObject(with: Data(message.metadata)) as? [String: String] {
-                replies.append(object["message"] ?? "")
-            }
+            if message.type == .error { replies.append(try message.payload(Refusal.self).reason) }
         }
-        XCTAssertTrue(replies.contains("protocol version 0, expected 2"), "\(replies)")
+        XCTAssertTrue(replies.contains("protocol version 0, expected 3"), "\(replies)")
         XCTAssertTrue(replies.contains { $0.hasPrefix("this coordinator runs job ") }, "\(replies)")
         XCTAssertTrue(warnings.contains { $0.contains("stranger") && $0.contains("header frame has 3 bytes") }, "\(warnings)")
         XCTAssertTrue(warnings.contains { $0.hasPrefix("worker no-data on ") && $0.hasSuffix(" did not join: failed: /nowhere/train-images-idx3-ubyte.gz: file not found") }, "\(warnings)")

@@ -70,20 +70,18 @@ final class GEMMTests: XCTestCase {
 
     /// Cutting C into any number of blocks across threads leaves every bit unchanged.
     func testResultDoesNotDependOnPartition() {
-        let saved = Parallel.threadCount
-        defer { Parallel.threadCount = saved }
         for (m, n, k) in [(300, 200, 129), (40, 1000, 64), (513, 20, 33)] {
             for (ta, tb) in [(false, false), (false, true), (true, false)] {
                 let shape = GEMMShape(m: m, n: n, k: k, transposeA: ta, transposeB: tb)
-                Parallel.threadCount = 1
-                let single = multiply(shape, seed: 3, partitions: 1)
+                let single = Parallel.withThreads(1) { multiply(shape, seed: 3, partitions: 1) }
                 for threads in [2, 3] {
-                    Parallel.threadCount = threads
-                    for partitions in [2, 3, 7, 16] {
-                        assertBitIdentical(multiply(shape, seed: 3, partitions: partitions), single,
-                                           "\(shape) threads \(threads) partitions \(partitions)")
+                    Parallel.withThreads(threads) {
+                        for partitions in [2, 3, 7, 16] {
+                            assertBitIdentical(multiply(shape, seed: 3, partitions: partitions), single,
+                                               "\(shape) threads \(threads) partitions \(partitions)")
+                        }
+                        assertBitIdentical(multiply(shape, seed: 3), single, "\(shape) threads \(threads) default partition")
                     }
-                    assertBitIdentical(multiply(shape, seed: 3), single, "\(shape) threads \(threads) default partition")
                 }
             }
         }
@@ -98,22 +96,21 @@ final class GEMMTests: XCTestCase {
 
 final class ParallelTests: XCTestCase {
     func testEveryChunkRunsOnceAndNestedRegionsRunInline() {
-        let saved = Parallel.threadCount
-        defer { Parallel.threadCount = saved }
-        Parallel.threadCount = 2
-        var counts = [Int](repeating: 0, count: 40)
-        var nestedInside = [Bool](repeating: false, count: 40)
-        counts.withUnsafeMutableBufferPointer { slots in
-            nestedInside.withUnsafeMutableBufferPointer { flags in
-                Parallel.forEach(40) { chunk in
-                    slots[chunk] += 1
-                    Parallel.forEach(3) { _ in flags[chunk] = Parallel.isInsideRegion }
+        Parallel.withThreads(2) {
+            var counts = [Int](repeating: 0, count: 40)
+            var nestedInside = [Bool](repeating: false, count: 40)
+            counts.withUnsafeMutableBufferPointer { slots in
+                nestedInside.withUnsafeMutableBufferPointer { flags in
+                    Parallel.forEach(40) { chunk in
+                        slots[chunk] += 1
+                        Parallel.forEach(3) { _ in flags[chunk] = Parallel.isInsideRegion }
+                    }
                 }
             }
+            XCTAssertEqual(counts, [Int](repeating: 1, count: 40))
+            XCTAssertTrue(nestedInside.allSatisfy { $0 })
+            XCTAssertFalse(Parallel.isInsideRegion)
         }
-        XCTAssertEqual(counts, [Int](repeating: 1, count: 40))
-        XCTAssertTrue(nestedInside.allSatisfy { $0 })
-        XCTAssertFalse(Parallel.isInsideRegion)
     }
 }
 
@@ -174,27 +171,26 @@ final class SegmentedGEMMTests: XCTestCase {
     /// The fused kernel equals one reference GEMM per segment combined by `GradientTree.sum`, bit for bit, on
     /// every ISA and column partition.
     func testSegmentedTransposedProductEqualsPerSegmentProductsInTheTree() {
-        let saved = Parallel.threadCount
-        defer { Parallel.threadCount = saved }
-        Parallel.threadCount = 2
-        for isa in VectorISA.allCases where isa.rawValue <= VectorISA.detected.rawValue {
-            VectorISA.force(isa)
-            for (m, n, segmentRows, segments) in [(10, 784, 16, 8), (256, 70, 3, 5), (7, 33, 1, 7), (64, 256, 32, 4),
-                                                 (9, 600, 5, 1), (33, 40, 2, 12)] {
-                let rows = segmentRows * segments
-                let a = testValues(rows * m, seed: 11), b = testValues(rows * n, seed: 12)
-                var parts: [[Float]] = (0..<segments).map { s in
-                    var part = [Float](repeating: 0, count: m * n)
-                    GEMM.reference(GEMMShape(m: m, n: n, k: segmentRows, transposeA: true),
-                                   Array(a[(s * segmentRows * m)...]), Array(b[(s * segmentRows * n)...]), &part)
-                    return part
-                }
-                let expected = GradientTree.sum(consuming: &parts)
-                for partitions in [1, 2, 3] {
-                    var c = [Float](repeating: .nan, count: m * n)
-                    GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments, a, b, &c,
-                                                     partitions: partitions)
-                    assertBitIdentical(c, expected, "\(isa.name) m \(m) n \(n) segments \(segments)×\(segmentRows) partitions \(partitions)")
+        Parallel.withThreads(2) {
+            for isa in VectorISA.allCases where isa.rawValue <= VectorISA.detected.rawValue {
+                VectorISA.force(isa)
+                for (m, n, segmentRows, segments) in [(10, 784, 16, 8), (256, 70, 3, 5), (7, 33, 1, 7), (64, 256, 32, 4),
+                                                     (9, 600, 5, 1), (33, 40, 2, 12)] {
+                    let rows = segmentRows * segments
+                    let a = testValues(rows * m, seed: 11), b = testValues(rows * n, seed: 12)
+                    var parts: [[Float]] = (0..<segments).map { s in
+                        var part = [Float](repeating: 0, count: m * n)
+                        GEMM.reference(GEMMShape(m: m, n: n, k: segmentRows, transposeA: true),
+                                       Array(a[(s * segmentRows * m)...]), Array(b[(s * segmentRows * n)...]), &part)
+                        return part
+                    }
+                    let expected = GradientTree.sum(consuming: &parts)
+                    for partitions in [1, 2, 3] {
+                        var c = [Float](repeating: .nan, count: m * n)
+                        GEMM.multiplyTransposedSegmented(m: m, n: n, segmentRows: segmentRows, segments: segments, a, b, &c,
+                                                         partitions: partitions)
+                        assertBitIdentical(c, expected, "\(isa.name) m \(m) n \(n) segments \(segments)×\(segmentRows) partitions \(partitions)")
+                    }
                 }
             }
         }

@@ -45,7 +45,6 @@ final class TrainerTests: XCTestCase {
 
     override func tearDown() {
         try? FileManager.default.removeItem(atPath: runDirectory)
-        Trainer.stopRequested = false
     }
 
     func run(_ config: JobConfig, directory: String? = nil, resume: Bool = false) throws -> RunSummary {
@@ -94,7 +93,7 @@ final class TrainerTests: XCTestCase {
         let permutation = trainer.plan.permutation(epoch: 0)
         let full = try trainer.gradient(step: 0)
         let samples = trainer.plan.samples(step: 0, permutation: permutation)
-        let engine = GradientEngine(model: trainer.model)
+        let engine = GradientEngine(model: trainer.model, threads: 2)
         for workers in [2, 3, 5] {
             let cuts = (0...workers).map { $0 * 8 / workers }
             var blocks: [GradientBlock] = []
@@ -115,7 +114,7 @@ final class TrainerTests: XCTestCase {
         let trainer = try Trainer(config: config, runDirectory: nil, data: data)
         let samples = trainer.plan.samples(step: 0, permutation: trainer.plan.permutation(epoch: 0))
         let inputs = { (index: Int) in data.train.batch(trainer.plan.microBatch(index, of: samples)) }
-        let expected = try GradientEngine(model: trainer.model).blockSums(2..<7, inputs: inputs)
+        let expected = try GradientEngine(model: trainer.model, threads: 2).blockSums(2..<7, inputs: inputs)
         let weights = trainer.model.parameters.map(\.value.storage)
 
         let engine = GradientEngine(model: makeModel(config.model, seed: 99), threads: 2)  // other weights: the feed's count
@@ -234,9 +233,11 @@ final class NonFiniteStepTests: XCTestCase {
     func testASkippedStepLeavesTheWeightsAndNamesTheLayerAndWorker() throws {
         let config = try smallConfig(steps: 6)
         let data = syntheticData()
-        let trainer = try Trainer(config: config, runDirectory: nil, data: data) { model, plan, train in
-            PoisonedSource(LocalGradientSource(model: model, plan: plan, train: train), steps: [2])
+        func poisoned() throws -> Trainer {
+            let job = try TrainingJob(config: config, data: data)
+            return try Trainer(job: job, runDirectory: nil, source: PoisonedSource(job.localGradientSource(job.context()), steps: [2]))
         }
+        let trainer = try poisoned()
         var skipped: [String] = []
         trainer.events.observers.append { event, fields in
             if event == "skipped" { skipped.append(JSONValue.object(fields).serialized) }
@@ -250,9 +251,7 @@ final class NonFiniteStepTests: XCTestCase {
         XCTAssertEqual(trainer.state.step, 3, "the skipped step's data is passed over")
         guard case .updated = try trainer.step() else { return XCTFail("step 3 was skipped") }
 
-        let full = try Trainer(config: config, runDirectory: nil, data: data) { model, plan, train in
-            PoisonedSource(LocalGradientSource(model: model, plan: plan, train: train), steps: [2])
-        }
+        let full = try poisoned()
         full.events.observers.append { event, fields in
             if event == "skipped" { skipped.append(JSONValue.object(fields).serialized) }
         }

@@ -7,12 +7,12 @@ import XCTest
 final class InMemoryTests: XCTestCase {
     /// The same exchange against both implementations.
     func exchange(router: MessageSocket, dealer: MessageSocket) throws {
-        let hello = Message(type: .hello, jobID: 5, sender: 2)
+        let hello = Message(Hello(name: "w2", host: "b", pid: 2), jobID: 5)
         try dealer.send(hello.encoded())
         let received = try XCTUnwrap(try router.receive(timeout: 5))
         XCTAssertEqual(String(decoding: received[0], as: UTF8.self), "worker-2")
         XCTAssertEqual(try Message.decode(Array(received.dropFirst())), hello)
-        let reply = Message(type: .welcome, jobID: 5, metadata: Array("{}".utf8))
+        let reply = Message(Welcome(config: "seed: 1", overrides: []), jobID: 5)
         try router.send([received[0]] + reply.encoded())
         XCTAssertEqual(try Message.decode(try XCTUnwrap(try dealer.receive(timeout: 5))), reply)
         XCTAssertThrowsError(try router.send([Array("nobody".utf8)] + reply.encoded())) {

@@ -15,7 +15,7 @@ final class ZMQSocketTests: XCTestCase {
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setIdentity("worker-7")
         try dealer.connect(endpoint)
-        let hello = Message(type: .hello, jobID: 99, sender: 7, metadata: Array("{\"host\":\"a\"}".utf8))
+        let hello = Message(Hello(name: "w7", host: "a", pid: 7), jobID: 99)
         try dealer.send(hello.encoded())
 
         let received = try XCTUnwrap(try router.receive(timeout: 5), "no message within 5 s")

@@ -2,13 +2,19 @@ import Wire
 import XCTest
 
 final class MessageTests: XCTestCase {
-    let sample = Message(type: .gradients, jobID: 0xDEAD_BEEF_0102_0304, step: 77, sender: 5, microBatches: 4..<8,
+    let sample = Message(type: .gradients, jobID: 0xDEAD_BEEF_0102_0304, step: 77, microBatches: 4..<8,
                          block: 2, metadata: Array("{\"loss\":1.5}".utf8), tensors: [[1, -2.5, 0.1], [], [3]])
 
     func testEveryTypeRoundTrips() throws {
+        let payloads: [MessageType: [UInt8]] = [
+            .hello: Hello(name: "w1", host: "a", pid: 7).encoded(),
+            .welcome: Welcome(config: "seed: 3", overrides: ["training.batch_size=16"]).encoded(),
+            .error: Refusal("no", rejoin: true).encoded(),
+        ]
         for type in MessageType.allCases {
             var message = sample
             message.type = type
+            message.metadata = payloads[type] ?? sample.metadata
             XCTAssertEqual(try Message.decode(message.encoded()), message)
         }
         let bare = Message(type: .heartbeat, jobID: 1)
@@ -18,10 +24,9 @@ final class MessageTests: XCTestCase {
 
     /// A header written byte by byte from the documented layout decodes to the expected fields.
     func testHeaderLayoutIsTheDocumentedOne() throws {
-        var header: [UInt8] = Array("TRND".utf8) + [2, 0] + [5, 0]
+        var header: [UInt8] = Array("TRND".utf8) + [3, 0] + [5, 0]
         header += [8, 7, 6, 5, 4, 3, 2, 1]  // job id
         header += [42, 0, 0, 0, 0, 0, 0, 0]  // step
-        header += [9, 0, 0, 0, 0, 0, 0, 0]  // sender
         header += [2, 0, 0, 0, 3, 0, 0, 0]  // micro-batches 2..<5
         header += [1, 0, 0, 0]  // block
         header += [0, 0, 0, 0]  // no metadata
@@ -29,7 +34,7 @@ final class MessageTests: XCTestCase {
         header += [8, 0, 0, 0, 0, 0, 0, 0]  // of 8 bytes
         let tensor: [UInt8] = [0, 0, 0x80, 0x3F, 0, 0, 0x20, 0xC0]  // 1.0, -2.5
         let message = try Message.decode([header, tensor])
-        XCTAssertEqual(message, Message(type: .weights, jobID: 0x0102_0304_0506_0708, step: 42, sender: 9,
+        XCTAssertEqual(message, Message(type: .weights, jobID: 0x0102_0304_0506_0708, step: 42,
                                         microBatches: 2..<5, block: 1, tensors: [[1, -2.5]]))
         XCTAssertEqual(message.encoded(), [header, tensor])
     }
@@ -51,7 +56,7 @@ final class MessageTests: XCTestCase {
         XCTAssertTrue(decoded.tensors[1][0].isNaN)
         var odd = frames
         odd[1].removeLast()
-        odd[0][52] = UInt8(odd[1].count)
+        odd[0][44] = UInt8(odd[1].count)
         assertRejected(odd, "tensor 0 has 21 bytes, not whole bfloat16 values")
     }
 
@@ -64,13 +69,13 @@ final class MessageTests: XCTestCase {
     func testMalformedMessagesAreRejectedWithTheReason() {
         let frames = sample.encoded()
         assertRejected([], "empty message")
-        assertRejected([Array(frames[0].prefix(10))], "header frame has 10 bytes, expected at least 52")
+        assertRejected([Array(frames[0].prefix(10))], "header frame has 10 bytes, expected at least 44")
         var wrongMagic = frames
         wrongMagic[0][0] = UInt8(ascii: "X")
         assertRejected(wrongMagic, "not a trainerd message (wrong magic)")
         var wrongVersion = frames
         wrongVersion[0][4] = 9
-        assertRejected(wrongVersion, "protocol version 9, expected 2")
+        assertRejected(wrongVersion, "protocol version 9, expected 3")
         var unknownType = frames
         unknownType[0][6] = 200
         assertRejected(unknownType, "unknown message type 200")
@@ -88,8 +93,33 @@ final class MessageTests: XCTestCase {
         assertRejected(big, "tensor 0 has 68 bytes, more than the 64 allowed")
         var odd = Message(type: .gradients, jobID: 1, tensors: [[1]]).encoded()
         odd[1].removeLast()
-        odd[0][52] = 3
+        odd[0][44] = 3
         assertRejected(odd, "tensor 0 has 3 bytes, not whole float32 values")
+    }
+
+    /// Hello, welcome and error carry typed payloads: they round-trip, and a malformed one is rejected with the
+    /// message type and the field.
+    func testPayloadsRoundTripAndMalformedOnesNameTheField() throws {
+        let hello = Hello(name: "w1", host: "node-3", pid: 4242)
+        XCTAssertEqual(try Message.decode(Message(hello, jobID: 0).encoded()).payload(Hello.self), hello)
+        XCTAssertEqual(String(decoding: hello.encoded(), as: UTF8.self), #"{"host":"node-3","name":"w1","pid":4242}"#)
+        let welcome = Welcome(config: "seed: 3\nname: x", overrides: ["training.threads=1"])
+        XCTAssertEqual(try Message.decode(Message(welcome, jobID: 9).encoded()).payload(Welcome.self), welcome)
+        let refusal = Refusal("declared lost", rejoin: true)
+        XCTAssertEqual(try Message.decode(Message(refusal, jobID: 9).encoded()).payload(Refusal.self), refusal)
+        XCTAssertEqual(try Refusal(decoding: Array(#"{"message":"no"}"#.utf8)), Refusal("no"), "rejoin defaults to false")
+        XCTAssertThrowsError(try Message.decode(Message(type: .heartbeat, jobID: 1).encoded()).payload(Hello.self)) {
+            XCTAssertEqual("\($0)", "a heartbeat message carries no hello metadata")
+        }
+        func rejected(_ type: MessageType, _ metadata: String, _ expected: String, line: UInt = #line) {
+            assertRejected(Message(type: type, jobID: 1, metadata: Array(metadata.utf8)).encoded(), expected, line: line)
+        }
+        rejected(.hello, #"{"host":"a","pid":1}"#, #"hello metadata has no "name""#)
+        rejected(.hello, #"{"host":"a","name":"w","pid":"one"}"#, #"hello metadata: "pid" is not an integer"#)
+        rejected(.welcome, #"{"config":"seed: 3","overrides":"x"}"#, #"welcome metadata: "overrides" is not a list"#)
+        rejected(.welcome, #"{"config":null,"overrides":[]}"#, #"welcome metadata: "config" is not a string"#)
+        rejected(.error, "not json", "error metadata is not a JSON object")
+        assertRejected(Message(type: .welcome, jobID: 1).encoded(), "welcome metadata is missing")
     }
 
     /// Every truncation and every single-byte change of a valid message either decodes or throws: never a crash.

@@ -1,0 +1,81 @@
+import Training
+import Wire
+
+/// What the cluster layer reports to the run's event log: the one place that names each event and its fields.
+public enum ClusterEvent: Equatable, Sendable {
+    /// A worker was admitted; it takes work from this step on.
+    case workerJoined(worker: String, host: String, workers: Int)
+    /// A worker said bye; `step` is the step in flight (nil between steps or before it was admitted).
+    case workerLeft(worker: String, host: String, reason: String, step: Int?, workers: Int)
+    /// A worker fell silent, missed the step deadline, failed, or said hello again; what it owed went to the others.
+    case workerLost(worker: String, host: String, reason: String, step: Int?, workers: Int)
+    /// A welcomed worker failed or fell silent before it was admitted.
+    case workerNotJoined(worker: String, host: String, reason: String)
+    /// A worker's micro-batches were still outstanding after `straggler_delay` and went to idle workers as well.
+    case straggler(worker: String, step: Int, microBatches: [Range<Int>], reissuedTo: [String])
+    /// A message that cannot belong was dropped and changed nothing.
+    case messageDropped(from: String, reason: String)
+    /// More than the logged number of messages were dropped from a peer; the rest are only counted.
+    case droppedMessagesCounted(from: String)
+    /// A message could not be handed to the transport (the peer has gone).
+    case sendFailed(type: MessageType, to: String, error: String)
+    /// The job waits for workers (`reason`), reported when the reason changes and every 30 s.
+    case waiting(reason: String, workers: Int, minWorkers: Int)
+    /// `launch` started a worker process in place of one that exited.
+    case workerRestarted(worker: String, replaces: String, restarts: Int, maxRestarts: Int)
+    /// CURVE turned a peer away (once a minute per address and reason).
+    case peerRefused(address: String, reason: String)
+
+    /// The event's name in the log.
+    public var name: String {
+        switch self {
+        case .workerJoined: return "worker_joined"
+        case .workerLeft: return "worker_left"
+        case .workerLost: return "worker_lost"
+        case .straggler: return "straggler"
+        case .workerNotJoined, .messageDropped, .droppedMessagesCounted, .sendFailed: return "warning"
+        case .waiting: return "waiting"
+        case .workerRestarted: return "worker_restarted"
+        case .peerRefused: return "peer_refused"
+        }
+    }
+
+    /// The event's fields in the log, in this order.
+    public var fields: [(String, JSONValue)] {
+        switch self {
+        case let .workerJoined(worker, host, workers):
+            return [("worker", .string(worker)), ("host", .string(host)), ("workers", .int(workers))]
+        case let .workerLeft(worker, host, reason, step, workers), let .workerLost(worker, host, reason, step, workers):
+            return [("worker", .string(worker)), ("host", .string(host)), ("reason", .string(reason)),
+                    ("step", step.map { .int($0) } ?? .null), ("workers", .int(workers))]
+        case let .workerNotJoined(worker, host, reason):
+            return [("message", .string("worker \(worker) on \(host) did not join: \(reason)")), ("worker", .string(worker)),
+                    ("host", .string(host))]
+        case let .straggler(worker, step, microBatches, reissuedTo):
+            return [("worker", .string(worker)), ("step", .int(step)), ("micro_batches", .string(describe(microBatches))),
+                    ("reissued_to", .array(reissuedTo.map { .string($0) }))]
+        case let .messageDropped(from, reason):
+            return [("message", .string("dropped a message from \(from): \(reason)")), ("dropped_from", .string(from))]
+        case let .droppedMessagesCounted(from):
+            return [("message", .string("further messages dropped from \(from) are counted, not logged"))]
+        case let .sendFailed(type, to, error):
+            return [("message", .string("could not send \(type) to \(to): \(error)"))]
+        case let .waiting(reason, workers, minWorkers):
+            return [("reason", .string(reason)), ("workers", .int(workers)), ("min_workers", .int(minWorkers))]
+        case let .workerRestarted(worker, replaces, restarts, maxRestarts):
+            return [("worker", .string(worker)), ("replaces", .string(replaces)), ("restarts", .int(restarts)),
+                    ("max_restarts", .int(maxRestarts))]
+        case let .peerRefused(address, reason):
+            return [("address", .string(address)), ("reason", .string(reason))]
+        }
+    }
+}
+
+extension EventLog {
+    public func emit(_ event: ClusterEvent) { emit(event.name, event.fields) }
+}
+
+/// Ranges of micro-batches as people write them: "0–3, 6".
+func describe(_ ranges: [Range<Int>]) -> String {
+    ranges.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)–\($0.upperBound - 1)" }.joined(separator: ", ")
+}
