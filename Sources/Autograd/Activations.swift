@@ -1,39 +1,39 @@
 import Kernels
 
 extension Tensor {
-    /// Unary op through a C kernel pair: `forward(n, x, y)` and `backward(n, saved, dy, dx)`, where `saved` is the
-    /// input (`savesInput`) or the output.
+    /// Unary op through a kernel pair: `forward(x, &y)` and `backward(saved, dy, &dx)`, where `saved` is the input
+    /// (`savesInput`) or the output.
     private func unary(
         savesInput: Bool,
-        _ forward: (Int64, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
-        _ backward: @escaping (Int64, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
+        _ forward: (_ x: [Float], _ y: inout [Float]) -> Void,
+        _ backward: @escaping (_ saved: [Float], _ dy: [Float], _ dx: inout [Float]) -> Void
     ) -> Tensor {
         let input = storage
         var out = uninitializedFloats(count)
-        forward(Int64(count), input, &out)
+        forward(input, &out)
         let saved = savesInput ? input : out
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
             var grad = uninitializedFloats(saved.count)
-            backward(Int64(saved.count), saved, upstream, &grad)
+            backward(saved, upstream, &grad)
             return [grad]
         }
     }
 
     /// y = max(x, 0). dy/dx = 1 where x > 0, else 0: the upstream gradient passes only where the unit was active.
-    public func relu() -> Tensor { unary(savesInput: true, tk_relu_forward, tk_relu_backward) }
+    public func relu() -> Tensor { unary(savesInput: true, Activations.relu, Activations.reluBackward) }
 
     /// y = tanh(x). dy/dx = 1 − y².
-    public func tanh() -> Tensor { unary(savesInput: false, tk_tanh_forward, tk_tanh_backward) }
+    public func tanh() -> Tensor { unary(savesInput: false, Activations.tanh, Activations.tanhBackward) }
 
     /// y = σ(x) = 1 / (1 + e^−x). dy/dx = y(1 − y).
-    public func sigmoid() -> Tensor { unary(savesInput: false, tk_sigmoid_forward, tk_sigmoid_backward) }
+    public func sigmoid() -> Tensor { unary(savesInput: false, Activations.sigmoid, Activations.sigmoidBackward) }
 
     /// GELU as torch.nn.functional.gelu: `.none` is exact, y = x·Φ(x) = ½x(1 + erf(x/√2)), dy/dx = Φ(x) + x·φ(x);
     /// `.tanh` is y = ½x(1 + tanh(√(2/π)(x + 0.044715x³))), dy/dx = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 0.134145x²).
     public func gelu(approximate: GELUApproximation = .none) -> Tensor {
         switch approximate {
-        case .none: return unary(savesInput: true, tk_gelu_erf_forward, tk_gelu_erf_backward)
-        case .tanh: return unary(savesInput: true, tk_gelu_tanh_forward, tk_gelu_tanh_backward)
+        case .none: return unary(savesInput: true, Activations.geluErf, Activations.geluErfBackward)
+        case .tanh: return unary(savesInput: true, Activations.geluTanh, Activations.geluTanhBackward)
         }
     }
 
@@ -47,10 +47,10 @@ extension Tensor {
     public func softmax() -> Tensor {
         let (rows, columns) = rowsAndColumns
         var out = uninitializedFloats(count)
-        tk_softmax_rows(Int32(rows), Int32(columns), storage, &out)
+        Softmax.forward(storage, rows: rows, columns: columns, into: &out)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
             var grad = uninitializedFloats(out.count)
-            tk_softmax_backward_rows(Int32(rows), Int32(columns), out, upstream, &grad)
+            Softmax.backward(output: out, upstream: upstream, rows: rows, columns: columns, into: &grad)
             return [grad]
         }
     }
@@ -59,10 +59,10 @@ extension Tensor {
     public func logSoftmax() -> Tensor {
         let (rows, columns) = rowsAndColumns
         var out = uninitializedFloats(count)
-        tk_log_softmax_rows(Int32(rows), Int32(columns), storage, &out)
+        LogSoftmax.forward(storage, rows: rows, columns: columns, into: &out)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
             var grad = uninitializedFloats(out.count)
-            tk_log_softmax_backward_rows(Int32(rows), Int32(columns), out, upstream, &grad)
+            LogSoftmax.backward(output: out, upstream: upstream, rows: rows, columns: columns, into: &grad)
             return [grad]
         }
     }

@@ -21,20 +21,21 @@ extension Tensor {
         withPointers(q, k, &probabilities) { pq, pk, pp in
             withPointers(v, [], &out) { pv, _, po in
                 Parallel.forEach(slices) { slice in
-                    let p = pp + slice * scores, qs = pq + slice * vectors, ks = pk + slice * vectors
+                    let p = UnsafeMutableBufferPointer(start: pp + slice * scores, count: scores)
+                    let qs = pq + slice * vectors, ks = pk + slice * vectors
                     var raw = uninitializedFloats(scores)
                     raw.withUnsafeMutableBufferPointer { s in
                         GEMM.multiply(GEMMShape(m: time, n: time, k: headDim, transposeB: true, precision: precision),
                                       qs, ks, s.baseAddress!)
                         if causal {
-                            tk_causal_softmax(Int32(time), scale, s.baseAddress!, p)
+                            Softmax.causal(scores: UnsafeBufferPointer(s), time: time, scale: scale, into: p)
                         } else {
-                            tk_scale_inplace(Int64(scores), scale, s.baseAddress!)
-                            tk_softmax_rows(Int32(time), Int32(time), s.baseAddress!, p)
+                            Elementwise.scale(s, by: scale)
+                            Softmax.forward(UnsafeBufferPointer(s), rows: time, columns: time, into: p)
                         }
                     }
-                    GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, precision: precision), p, pv + slice * vectors,
-                                  po + slice * vectors)
+                    GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, precision: precision), p.baseAddress!,
+                                  pv + slice * vectors, po + slice * vectors)
                 }
             }
         }
@@ -46,10 +47,11 @@ extension Tensor {
                 withPointers(v, upstream, &dk) { pv, pdy, pdk in
                     withPointers(probabilities, [], &dv) { pp, _, pdv in
                         Parallel.forEach(slices) { slice in
-                            let offset = slice * vectors, p = pp + slice * scores
+                            let offset = slice * vectors
+                            let p = UnsafeBufferPointer(start: pp + slice * scores, count: scores)
                             if needs[2] {  // dv [T, d] = Pᵀ · dy
-                                GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, transposeA: true, precision: precision), p,
-                                              pdy + offset, pdv + offset)
+                                GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, transposeA: true, precision: precision),
+                                              p.baseAddress!, pdy + offset, pdv + offset)
                             }
                             guard needs[0] || needs[1] else { return }
                             var dp = uninitializedFloats(scores), ds = uninitializedFloats(scores)
@@ -58,8 +60,9 @@ extension Tensor {
                                     // dP [T, T] = dy · vᵀ; dS = softmax backward, then the 1/√d of the forward.
                                     GEMM.multiply(GEMMShape(m: time, n: time, k: headDim, transposeB: true, precision: precision),
                                                   pdy + offset, pv + offset, dp.baseAddress!)
-                                    tk_softmax_backward_rows(Int32(time), Int32(time), p, dp.baseAddress!, ds.baseAddress!)
-                                    tk_scale_inplace(Int64(scores), scale, ds.baseAddress!)
+                                    Softmax.backward(output: p, upstream: UnsafeBufferPointer(dp), rows: time, columns: time,
+                                                     into: ds)
+                                    Elementwise.scale(ds, by: scale)
                                     if needs[0] {  // dq = dS · k
                                         GEMM.multiply(GEMMShape(m: time, n: headDim, k: time, precision: precision), ds.baseAddress!,
                                                       pk + offset, pdq + offset)

@@ -40,12 +40,13 @@ extension Tensor {
         let threshold = UInt64((Double(probability) * Double(1 << 24)).rounded())
         let keep = 1 / (1 - probability)
         var mask = uninitializedFloats(count)
-        tk_dropout_mask(samples, perSample, seed, site, first, UInt32(threshold), keep, &mask)
+        DropoutMask.generate(samples: samples, perSample: perSample, seed: seed, site: site, firstSample: first,
+                             threshold: UInt32(threshold), keep: keep, into: &mask)
         var out = storage
-        tk_mul_inplace(Int64(out.count), mask, &out)
+        Elementwise.multiply(&out, by: mask)
         return Tensor.recorded(shape: shape, storage: out, inputs: [self]) { upstream, _ in
             var grad = upstream
-            tk_mul_inplace(Int64(grad.count), mask, &grad)
+            Elementwise.multiply(&grad, by: mask)
             return [grad]
         }
     }

@@ -84,7 +84,7 @@ extension Tensor {
     public static func + (a: Tensor, b: Tensor) -> Tensor {
         if a.shape == b.shape {
             var out = a.storage
-            tk_add_inplace(Int64(out.count), b.storage, &out)
+            Elementwise.add(b.storage, to: &out)
             return recorded(shape: a.shape, storage: out, inputs: [a, b]) { upstream, needs in
                 [needs[0] ? upstream : nil, needs[1] ? upstream : nil]
             }
@@ -100,10 +100,10 @@ extension Tensor {
     /// y = −a. dy/da = −1.
     public static prefix func - (a: Tensor) -> Tensor {
         var out = a.storage
-        tk_scale_inplace(Int64(out.count), -1, &out)
+        Elementwise.scale(&out, by: -1)
         return recorded(shape: a.shape, storage: out, inputs: [a]) { upstream, _ in
             var grad = upstream
-            tk_scale_inplace(Int64(grad.count), -1, &grad)
+            Elementwise.scale(&grad, by: -1)
             return [grad]
         }
     }

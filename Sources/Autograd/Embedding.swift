@@ -30,9 +30,11 @@ extension Tensor {
             guard positions > 0, dim > 0 else { return [[Float](repeating: 0, count: vocabulary * dim)] }
             return [upstream.withUnsafeBufferPointer { dy in
                 segmentedReduction(segments: segments, length: vocabulary * dim) { segment, part in
-                    part.initialize(repeating: 0, count: vocabulary * dim)
+                    part.initialize(repeating: 0)
                     for position in (segment * segmentPositions)..<((segment + 1) * segmentPositions) {
-                        tk_add_inplace(Int64(dim), dy.baseAddress! + position * dim, part + Int(indices[position]) * dim)
+                        let row = Int(indices[position]) * dim
+                        Elementwise.add(UnsafeBufferPointer(rebasing: dy[(position * dim)..<((position + 1) * dim)]),
+                                        to: UnsafeMutableBufferPointer(rebasing: part[row..<(row + dim)]))
                     }
                 }
             }]

@@ -121,6 +121,6 @@ private func accumulate(_ gradient: [Float], into slot: inout [Float]?) {
     if slot == nil {
         slot = gradient
     } else {
-        tk_add_inplace(Int64(gradient.count), gradient, &slot!)
+        Elementwise.add(gradient, to: &slot!)
     }
 }

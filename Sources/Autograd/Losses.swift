@@ -26,19 +26,22 @@ extension Tensor {
         precondition(labels.count == rows, "crossEntropy: \(labels.count) labels for \(rows) rows")
         var probabilities = uninitializedFloats(count)
         var losses = uninitializedFloats(rows)
-        let badRow = tk_cross_entropy_forward(Int32(rows), Int32(classes), storage, labels, &probabilities, &losses)
-        if badRow >= 0 { throw LossError.labelOutOfRange(row: Int(badRow), label: labels[Int(badRow)], classes: classes) }
+        if let badRow = CrossEntropy.forward(logits: storage, labels: labels, rows: rows, classes: classes,
+                                             probabilities: &probabilities, losses: &losses) {
+            throw LossError.labelOutOfRange(row: badRow, label: labels[badRow], classes: classes)
+        }
         // Summed per micro-batch and combined in the tree, like every reduction over samples.
         let segments = SampleSegments.count(forRows: rows)
         let segmentRows = rows / segments
         let total = segmentedReduction(segments: segments, length: 1) { segment, sum in
-            sum.pointee = 0
-            for row in (segment * segmentRows)..<((segment + 1) * segmentRows) { sum.pointee += losses[row] }
+            sum[0] = 0
+            for row in (segment * segmentRows)..<((segment + 1) * segmentRows) { sum[0] += losses[row] }
         }[0]
         let scale: Float = reduction == .mean ? 1 / Float(rows) : 1
         return Tensor.recorded(shape: [], storage: [total * scale], inputs: [self]) { upstream, _ in
             var grad = uninitializedFloats(probabilities.count)
-            tk_cross_entropy_backward(Int32(rows), Int32(classes), probabilities, labels, upstream[0] * scale, &grad)
+            CrossEntropy.backward(probabilities: probabilities, labels: labels, rows: rows, classes: classes,
+                                  scale: upstream[0] * scale, into: &grad)
             return [grad]
         }
     }

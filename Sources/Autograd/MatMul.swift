@@ -89,13 +89,11 @@ extension Tensor {
                           px, pw, py)
         }
         if !out.isEmpty {
-            out.withUnsafeMutableBufferPointer { y in
-                switch (bias?.storage, relu) {
-                case let (b?, false): tk_add_row_vector(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
-                case let (b?, true): tk_add_row_vector_relu(Int32(rows), Int32(outFeatures), y.baseAddress!, b, y.baseAddress!)
-                case (nil, true): tk_relu_forward(Int64(y.count), y.baseAddress!, y.baseAddress!)
-                case (nil, false): break
-                }
+            switch (bias?.storage, relu) {
+            case let (b?, false): Elementwise.addRowVector(b, toRowsOf: &out, rows: rows, columns: outFeatures)
+            case let (b?, true): Elementwise.addRowVectorReLU(b, toRowsOf: &out, rows: rows, columns: outFeatures)
+            case (nil, true): Activations.reluInPlace(&out)
+            case (nil, false): break
             }
         }
         let activated = relu ? out : []
@@ -106,7 +104,7 @@ extension Tensor {
             var dy = upstream
             if relu {
                 dy = uninitializedFloats(upstream.count)
-                tk_relu_backward(Int64(upstream.count), activated, upstream, &dy)
+                Activations.reluBackward(input: activated, upstream: upstream, into: &dy)
             }
             var grads: [[Float]?] = [nil, nil]
             if needs[0] {
@@ -127,8 +125,9 @@ extension Tensor {
             if needs.count == 3 {
                 grads.append(needs[2] ? dy.withUnsafeBufferPointer { pdy in
                     segmentedReduction(segments: segments, length: outFeatures) { segment, db in
-                        tk_sum_rows(Int32(segmentRows), Int32(outFeatures),
-                                    pdy.baseAddress! + segment * segmentRows * outFeatures, db)
+                        let values = segmentRows * outFeatures, start = segment * values
+                        Reductions.sumRows(UnsafeBufferPointer(rebasing: pdy[start..<(start + values)]),
+                                           rows: segmentRows, columns: outFeatures, into: db)
                     }
                 } : nil)
             }

@@ -11,7 +11,8 @@ extension Tensor {
         if let bias { precondition(bias.shape == [columns], "layerNorm: bias must be [\(columns)], got \(bias.shape)") }
         let x = storage, gamma = weight?.storage, beta = bias?.storage
         var out = uninitializedFloats(count), mean = uninitializedFloats(rows), rstd = uninitializedFloats(rows)
-        tk_layernorm_forward(Int32(rows), Int32(columns), x, gamma, beta, eps, &out, &mean, &rstd)
+        Normalization.layerNorm(x, rows: rows, columns: columns, gamma: gamma, beta: beta, eps: eps,
+                                into: &out, mean: &mean, rstd: &rstd)
         let segments = SampleSegments.count(forRows: rows)
         let segmentRows = rows / segments
         var inputs = [self]
@@ -22,18 +23,23 @@ extension Tensor {
             let needsGamma = hasWeight && needs[1], needsBeta = hasBias && needs.last!
             var dx = needs[0] ? uninitializedFloats(x.count) : []
             var parts = [(gamma: [Float], beta: [Float])](repeating: ([], []), count: segments)
-            withRowPointers(x, upstream, mean, rstd, &dx) { px, pdy, pmean, prstd, pdx in
+            withRowBuffers(x, upstream, mean, rstd, &dx) { x, dy, mean, rstd, dx in
                 parts.withUnsafeMutableBufferPointer { slots in
                     Parallel.forEach(segments) { segment in
-                        let row = segment * segmentRows, offset = row * columns
+                        let rowRange = (segment * segmentRows)..<((segment + 1) * segmentRows)
+                        let valueRange = (rowRange.lowerBound * columns)..<(rowRange.upperBound * columns)
                         var dgamma = needsGamma ? uninitializedFloats(columns) : []
                         var dbeta = needsBeta ? uninitializedFloats(columns) : []
-                        dgamma.withUnsafeMutableBufferPointer { pg in
-                            dbeta.withUnsafeMutableBufferPointer { pb in
-                                tk_layernorm_backward(Int32(segmentRows), Int32(columns), px + offset, gamma,
-                                                      pmean + row, prstd + row, pdy + offset,
-                                                      needs[0] ? pdx + offset : nil,
-                                                      needsGamma ? pg.baseAddress : nil, needsBeta ? pb.baseAddress : nil)
+                        dgamma.withUnsafeMutableBufferPointer { dgamma in
+                            dbeta.withUnsafeMutableBufferPointer { dbeta in
+                                Normalization.layerNormBackward(
+                                    input: UnsafeBufferPointer(rebasing: x[valueRange]), gamma: gamma,
+                                    mean: UnsafeBufferPointer(rebasing: mean[rowRange]),
+                                    rstd: UnsafeBufferPointer(rebasing: rstd[rowRange]),
+                                    upstream: UnsafeBufferPointer(rebasing: dy[valueRange]),
+                                    rows: segmentRows, columns: columns,
+                                    dx: needs[0] ? UnsafeMutableBufferPointer(rebasing: dx[valueRange]) : nil,
+                                    dgamma: needsGamma ? dgamma : nil, dbeta: needsBeta ? dbeta : nil)
                             }
                         }
                         slots[segment] = (dgamma, dbeta)
@@ -48,15 +54,19 @@ extension Tensor {
     }
 }
 
-/// Base pointers of the arrays a row kernel reads (x, dy, mean, rstd) and writes (dx), valid for the call; empty
-/// arrays get a dummy address that is never dereferenced.
-func withRowPointers<R>(
+/// Buffers over the arrays a row kernel reads (x, dy, mean, rstd) and writes (dx), valid for the call.
+func withRowBuffers<R>(
     _ x: [Float], _ dy: [Float], _ mean: [Float], _ rstd: [Float], _ dx: inout [Float],
-    _ body: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>,
-             UnsafeMutablePointer<Float>) -> R
+    _ body: (UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>,
+             UnsafeBufferPointer<Float>, UnsafeMutableBufferPointer<Float>) -> R
 ) -> R {
-    withPointers(x, dy, &dx) { px, pdy, pdx in
-        var unused: [Float] = []
-        return withPointers(mean, rstd, &unused) { pmean, prstd, _ in body(px, pdy, pmean, prstd, pdx) }
+    x.withUnsafeBufferPointer { x in
+        dy.withUnsafeBufferPointer { dy in
+            mean.withUnsafeBufferPointer { mean in
+                rstd.withUnsafeBufferPointer { rstd in
+                    dx.withUnsafeMutableBufferPointer { dx in body(x, dy, mean, rstd, dx) }
+                }
+            }
+        }
     }
 }

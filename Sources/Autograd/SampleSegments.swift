@@ -27,14 +27,15 @@ func uninitializedFloats(_ count: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
 }
 
-/// Per-segment reductions combined in the tree: `reduce(segment, rows, into: buffer)` writes segment `s`'s
-/// partial result (`length` values); segments run in parallel.
-func segmentedReduction(segments: Int, length: Int, _ reduce: (Int, UnsafeMutablePointer<Float>) -> Void) -> [Float] {
+/// Per-segment reductions combined in the tree: `reduce(segment, buffer)` writes segment `segment`'s partial
+/// result (all `length` values of `buffer`); segments run in parallel.
+func segmentedReduction(segments: Int, length: Int,
+                        _ reduce: (Int, UnsafeMutableBufferPointer<Float>) -> Void) -> [Float] {
     var parts = [[Float]](repeating: [], count: segments)
     parts.withUnsafeMutableBufferPointer { slots in
         Parallel.forEach(segments) { segment in
             var part = uninitializedFloats(length)
-            part.withUnsafeMutableBufferPointer { reduce(segment, $0.baseAddress!) }
+            part.withUnsafeMutableBufferPointer { reduce(segment, $0) }
             slots[segment] = part
         }
     }

@@ -31,7 +31,8 @@ extension Tensor {
     static func permute(_ values: [Float], shape: [Int], swapping a: Int, _ b: Int) -> [Float] {
         let outer = shape[..<a].reduce(1, *), mid = shape[(a + 1)..<b].reduce(1, *), inner = shape[(b + 1)...].reduce(1, *)
         var out = uninitializedFloats(values.count)
-        tk_swap_axes(outer, shape[a], mid, shape[b], inner, values, &out)
+        Transpose.swapAxes(values, outer: outer, first: shape[a], middle: mid, second: shape[b], inner: inner,
+                           into: &out)
         return out
     }
 }

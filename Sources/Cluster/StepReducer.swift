@@ -35,7 +35,7 @@ public struct StepReducer {
         guard values.count == blockSizes[block] else {
             throw ReducerError("block \(block) of micro-batches \(range) has \(values.count) values, expected \(blockSizes[block])")
         }
-        if values.withUnsafeBufferPointer({ tk_count_nonfinite(Int64($0.count), $0.baseAddress) }) > 0 { nonFinite.append((block, range)) }
+        if Reductions.countNonFinite(values) > 0 { nonFinite.append((block, range)) }
         pieces[block].append((range, values))
     }
 

@@ -1,3 +1,5 @@
+import CKernels
+
 /// The fixed binary tree that sums per-micro-batch gradients (DESIGN.md, "Determinism across worker counts").
 ///
 /// Over micro-batch indices 0..<K, node (level l, index i) covers the aligned block [i·2ˡ, (i+1)·2ˡ) ∩ [0, K);

@@ -16,27 +16,27 @@ public struct ClipResult: Sendable, Equatable {
 /// ‖g_t‖₂ of each tensor in `tensors` (ranges of the flat buffer), summed in Double in a fixed order.
 public func tensorNorms(_ gradients: [Float], tensors: [Range<Int>]) -> [Float] {
     gradients.withUnsafeBufferPointer { values in
-        // Only read: tk_sum_of_squares takes a const pointer.
-        perTensorNorms(UnsafeMutablePointer(mutating: values.baseAddress!), tensors: tensors) { tk_sum_of_squares($0, $1) }
+        perTensorNorms(tensors) { Reductions.sumOfSquares(UnsafeBufferPointer(rebasing: values[$0])) }
     }
 }
 
 /// Divides `gradients` by `divisor` in place and returns each tensor's norm of the result, in one pass over the
 /// values: the same bits as dividing and then calling `tensorNorms`.
 public func tensorNorms(dividing gradients: inout [Float], by divisor: Float, tensors: [Range<Int>]) -> [Float] {
-    gradients.withUnsafeMutableBufferPointer { values in
-        perTensorNorms(values.baseAddress!, tensors: tensors) { tk_divide_sum_of_squares($0, divisor, $1) }
+    gradients.withUnsafeMutableBufferPointer { buffer in
+        let values = buffer
+        return perTensorNorms(tensors) {
+            Reductions.divideAndSumOfSquares(UnsafeMutableBufferPointer(rebasing: values[$0]), by: divisor)
+        }
     }
 }
 
-/// √(squares(count, start)) for every tensor range of the buffer at `base`, a tensor per thread.
-private func perTensorNorms(_ base: UnsafeMutablePointer<Float>, tensors: [Range<Int>],
-                            _ squares: (Int64, UnsafeMutablePointer<Float>) -> Double) -> [Float] {
+/// √(sumOfSquares(range)) for every range in `tensors`, a tensor per thread.
+private func perTensorNorms(_ tensors: [Range<Int>], _ sumOfSquares: (Range<Int>) -> Double) -> [Float] {
     var norms = [Float](repeating: 0, count: tensors.count)
     norms.withUnsafeMutableBufferPointer { out in
         Parallel.forEach(tensors.count) { index in
-            let range = tensors[index]
-            out[index] = Float(squares(Int64(range.count), base + range.lowerBound).squareRoot())
+            out[index] = Float(sumOfSquares(tensors[index]).squareRoot())
         }
     }
     return norms
@@ -60,7 +60,7 @@ public func clipGradientNorm(_ gradients: inout [Float], tensors: [Range<Int>], 
     let coefficient = min(1, maxNorm / (total + 1e-6))
     if coefficient < 1 {
         gradients.withUnsafeMutableBufferPointer { g in
-            for range in tensors { tk_scale_inplace(Int64(range.count), coefficient, g.baseAddress! + range.lowerBound) }
+            for range in tensors { Elementwise.scale(UnsafeMutableBufferPointer(rebasing: g[range]), by: coefficient) }
         }
     }
     return ClipResult(totalNorm: total, clipped: coefficient < 1)

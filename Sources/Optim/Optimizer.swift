@@ -73,7 +73,7 @@ public struct Optimizer: Sendable {
         stepCount += 1
         let t = Float(stepCount)
         let config = self.config
-        let firstStep: Int32 = stepCount == 1 ? 1 : 0
+        let firstStep = stepCount == 1
         let chunks = trainable.flatMap { range in
             stride(from: range.lowerBound, to: range.upperBound, by: Optimizer.chunk).map {
                 $0..<min($0 + Optimizer.chunk, range.upperBound)
@@ -83,20 +83,31 @@ public struct Optimizer: Sendable {
             gradients.withUnsafeBufferPointer { g in
                 firstMoment.withUnsafeMutableBufferPointer { m in
                     secondMoment.withUnsafeMutableBufferPointer { v in
-                        let (p, g, m, v) = (p.baseAddress!, g.baseAddress!, m.baseAddress, v.baseAddress)
+                        let (p, m, v) = (p, m, v)
                         Parallel.forEach(chunks.count) { index in
                             let range = chunks[index]
-                            let (at, n) = (range.lowerBound, Int64(range.count))
+                            let parameters = UnsafeMutableBufferPointer(rebasing: p[range])
+                            let gradients = UnsafeBufferPointer(rebasing: g[range])
                             switch config {
                             case let .sgd(momentum, dampening, nesterov, weightDecay):
-                                tk_sgd_update(n, p + at, g + at, m.map { $0 + at }, lr, momentum, dampening,
-                                              nesterov ? 1 : 0, weightDecay, firstStep)
+                                let buffer = m.isEmpty ? nil : UnsafeMutableBufferPointer(rebasing: m[range])
+                                OptimizerUpdates.sgd(parameters: parameters, gradients: gradients, momentumBuffer: buffer,
+                                                     lr: lr, momentum: momentum, dampening: dampening, nesterov: nesterov,
+                                                     weightDecay: weightDecay, firstStep: firstStep)
                             case let .adam(beta1, beta2, eps, weightDecay):
-                                tk_adam_update(n, p + at, g + at, m! + at, v! + at, lr, beta1, beta2, eps, weightDecay, 0,
-                                               lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot())
+                                OptimizerUpdates.adam(
+                                    parameters: parameters, gradients: gradients,
+                                    firstMoment: UnsafeMutableBufferPointer(rebasing: m[range]),
+                                    secondMoment: UnsafeMutableBufferPointer(rebasing: v[range]),
+                                    lr: lr, beta1: beta1, beta2: beta2, eps: eps, l2Decay: weightDecay, decoupledDecay: 0,
+                                    stepSize: lr / (1 - pow(beta1, t)), correction2SquareRoot: (1 - pow(beta2, t)).squareRoot())
                             case let .adamw(beta1, beta2, eps, weightDecay):
-                                tk_adam_update(n, p + at, g + at, m! + at, v! + at, lr, beta1, beta2, eps, 0, weightDecay,
-                                               lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot())
+                                OptimizerUpdates.adam(
+                                    parameters: parameters, gradients: gradients,
+                                    firstMoment: UnsafeMutableBufferPointer(rebasing: m[range]),
+                                    secondMoment: UnsafeMutableBufferPointer(rebasing: v[range]),
+                                    lr: lr, beta1: beta1, beta2: beta2, eps: eps, l2Decay: 0, decoupledDecay: weightDecay,
+                                    stepSize: lr / (1 - pow(beta1, t)), correction2SquareRoot: (1 - pow(beta2, t)).squareRoot())
                             }
                         }
                     }

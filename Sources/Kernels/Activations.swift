@@ -1,0 +1,71 @@
+import CKernels
+
+/// Elementwise activation functions and their derivatives, over flat arrays of n values. Each backward takes the
+/// forward's input or its output, whichever its formula needs.
+public enum Activations {
+    /// y[i] = max(x[i], 0); x, y: [n]
+    public static func relu(_ x: [Float], into y: inout [Float]) {
+        assert(y.count == x.count)
+        tk_relu_forward(Int64(x.count), x, &y)
+    }
+
+    /// y[i] = max(y[i], 0), in place; y: [n]
+    public static func reluInPlace(_ y: inout [Float]) {
+        y.withUnsafeMutableBufferPointer { tk_relu_forward(Int64($0.count), $0.baseAddress, $0.baseAddress) }
+    }
+
+    /// dx[i] = x[i] > 0 ? dy[i] : 0, from the forward input x; x, dy, dx: [n]
+    public static func reluBackward(input x: [Float], upstream dy: [Float], into dx: inout [Float]) {
+        assert(dy.count == x.count && dx.count == x.count)
+        tk_relu_backward(Int64(x.count), x, dy, &dx)
+    }
+
+    /// y[i] = tanh(x[i]); x, y: [n]
+    public static func tanh(_ x: [Float], into y: inout [Float]) {
+        assert(y.count == x.count)
+        tk_tanh_forward(Int64(x.count), x, &y)
+    }
+
+    /// dx[i] = dy[i]·(1 − y[i]²), from the forward output y; y, dy, dx: [n]
+    public static func tanhBackward(output y: [Float], upstream dy: [Float], into dx: inout [Float]) {
+        assert(dy.count == y.count && dx.count == y.count)
+        tk_tanh_backward(Int64(y.count), y, dy, &dx)
+    }
+
+    /// y[i] = 1 / (1 + exp(−x[i])); x, y: [n]
+    public static func sigmoid(_ x: [Float], into y: inout [Float]) {
+        assert(y.count == x.count)
+        tk_sigmoid_forward(Int64(x.count), x, &y)
+    }
+
+    /// dx[i] = dy[i]·y[i]·(1 − y[i]), from the forward output y; y, dy, dx: [n]
+    public static func sigmoidBackward(output y: [Float], upstream dy: [Float], into dx: inout [Float]) {
+        assert(dy.count == y.count && dx.count == y.count)
+        tk_sigmoid_backward(Int64(y.count), y, dy, &dx)
+    }
+
+    /// Exact GELU: y[i] = ½x[i](1 + erf(x[i]/√2)) = x[i]·Φ(x[i]); x, y: [n]
+    public static func geluErf(_ x: [Float], into y: inout [Float]) {
+        assert(y.count == x.count)
+        tk_gelu_erf_forward(Int64(x.count), x, &y)
+    }
+
+    /// dx[i] = dy[i]·(Φ(x[i]) + x[i]·φ(x[i])), from the forward input x; x, dy, dx: [n]
+    public static func geluErfBackward(input x: [Float], upstream dy: [Float], into dx: inout [Float]) {
+        assert(dy.count == x.count && dx.count == x.count)
+        tk_gelu_erf_backward(Int64(x.count), x, dy, &dx)
+    }
+
+    /// GELU, tanh form: y[i] = ½x(1 + t) with t = tanh(√(2/π)(x + 0.044715x³)), x = x[i]; x, y: [n]
+    public static func geluTanh(_ x: [Float], into y: inout [Float]) {
+        assert(y.count == x.count)
+        tk_gelu_tanh_forward(Int64(x.count), x, &y)
+    }
+
+    /// dx[i] = dy[i]·(½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)), t as in the forward, from the forward
+    /// input x; x, dy, dx: [n]
+    public static func geluTanhBackward(input x: [Float], upstream dy: [Float], into dx: inout [Float]) {
+        assert(dy.count == x.count && dx.count == x.count)
+        tk_gelu_tanh_backward(Int64(x.count), x, dy, &dx)
+    }
+}
