@@ -3,6 +3,10 @@ import PackageDescription
 
 /// Targets depend only downward:
 /// CKernels → Kernels → Autograd → NN → Training → trainerd, with Random, Optim, Data and Checkpoint beside them.
+/// Swift 6 language mode (complete concurrency checking) for the targets that talk to the network and the
+/// command line; the numeric core follows.
+let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
 let package = Package(
     name: "trainerd",
     platforms: [.macOS(.v13)],
@@ -28,10 +32,10 @@ let package = Package(
         .target(name: "Optim", dependencies: ["Kernels"]),
         .target(name: "Data", dependencies: ["CZlib", "Random"]),
         .target(name: "Checkpoint", dependencies: ["COpenSSL"]),
-        .target(name: "Wire"),
+        .target(name: "Wire", swiftSettings: swift6),
         .systemLibrary(name: "CZMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
-        .target(name: "Transport", dependencies: ["CZMQ"]),
-        .target(name: "Cluster", dependencies: ["Training", "Checkpoint", "Wire", "Transport"]),
+        .target(name: "Transport", dependencies: ["CZMQ"], swiftSettings: swift6),
+        .target(name: "Cluster", dependencies: ["Training", "Checkpoint", "Wire", "Transport"], swiftSettings: swift6),
         .target(name: "Training", dependencies: [
             "NN", "Optim", "Data", "Checkpoint",
             .product(name: "Yams", package: "Yams"),
@@ -39,7 +43,7 @@ let package = Package(
         .executableTarget(name: "trainerd", dependencies: [
             "Training", "Cluster", "Transport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        ], swiftSettings: swift6),
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "RandomTests", dependencies: ["Random"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),

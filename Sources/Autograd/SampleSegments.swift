@@ -1,24 +1,17 @@
 import Kernels
 
-/// How many equal micro-batches the leading (sample) rows of the current pass hold.
+/// How many equal micro-batches the leading (sample) rows of the current pass hold (`PassContext.segments`).
 ///
 /// Every reduction over samples — a weight or bias gradient, a summed loss — is computed per micro-batch and
 /// combined in the fixed `GradientTree`, so one pass over K micro-batches gives the same bits as K separate
 /// passes, or as workers each holding some of them. Row-wise work (forward, input gradients) is the same
-/// either way. Set with `withSampleSegments`; ops capture the value when they record.
+/// either way. Ops capture the value when they record.
 public enum SampleSegments {
-    static let stored = ThreadLocalInt()
-
-    public static var current: Int { max(1, stored.value) }
-
-    /// Micro-batches among `rows` sample rows: the current count when it divides them, else 1 (one segment).
-    static func count(forRows rows: Int) -> Int { rows % current == 0 ? current : 1 }
-}
-
-/// Runs `body` (forward and backward) with the sample rows cut into `count` micro-batches.
-public func withSampleSegments<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
-    precondition(count >= 1)
-    return try SampleSegments.stored.with(count, body)
+    /// Micro-batches among `rows` sample rows: the pass's count when it divides them, else 1 (one segment).
+    static func count(forRows rows: Int) -> Int {
+        let segments = PassContext.current.segments
+        return rows % segments == 0 ? segments : 1
+    }
 }
 
 /// A float array of `count` elements that the caller overwrites completely (no zero fill).

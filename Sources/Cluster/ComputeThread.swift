@@ -1,15 +1,17 @@
 import Foundation
+import Kernels
 import Training
 
-/// Runs gradient computations one after another on a thread of its own and wakes the worker's loop (through a
-/// pipe it can poll next to its socket) with every piece they hand on, and when one fails.
+/// Runs a job's gradient computations one after another on a thread of its own and wakes the worker's loop
+/// (through a pipe it can poll next to its socket) with every piece they hand on, and when one fails.
 ///
-/// Thread-safe: `lock` guards `results`; the work itself runs on the serial `queue`.
+/// Thread-safe: `lock` guards `results`; `source` is set and used only on the serial `queue`.
 final class ComputeThread: @unchecked Sendable {
     private let queue = DispatchQueue(label: "trainerd.compute")
     private let lock = NSLock()
     private var results: [ComputeResult] = []
     private let pipeDescriptors: [Int32]
+    private var source: LocalGradientSource?
 
     init() {
         var descriptors: [Int32] = [0, 0]
@@ -23,11 +25,22 @@ final class ComputeThread: @unchecked Sendable {
     /// Readable while finished work waits to be taken.
     var wakeDescriptor: Int32 { pipeDescriptors[0] }
 
-    /// Runs `work` after the work already submitted; what it emits (from any thread) reaches `takeResults`.
-    func submit(generation: Int, step: UInt64, work: @escaping (_ emit: (GradientEngine.Piece) -> Void) throws -> Void) {
+    /// Computes with `source` from the next submission on; it moves to the compute thread, which alone uses it.
+    func load(_ source: LocalGradientSource) {
+        queue.async { [self] in self.source = source }
+    }
+
+    /// Computes micro-batches `range` of `step` at the weights `feed` delivers, after the work already submitted,
+    /// on the job's threads; every piece (from any of them) reaches `takeResults`.
+    func submit(generation: Int, step: UInt64, range: Range<Int>, weights feed: WeightFeed) {
         queue.async { [self] in
+            guard let source else { return }
             do {
-                try work { post(ComputeResult(generation: generation, step: step, outcome: .success($0))) }
+                try Parallel.withThreads(source.threads) {
+                    try source.streamBlockSums(step: Int(step), range: range, weights: feed) {
+                        post(ComputeResult(generation: generation, step: step, outcome: .success($0)))
+                    }
+                }
             } catch {
                 post(ComputeResult(generation: generation, step: step, outcome: .failure(error)))
             }

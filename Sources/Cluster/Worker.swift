@@ -1,5 +1,4 @@
 import Foundation
-import Kernels
 import Training
 import Transport
 import Wire
@@ -22,7 +21,6 @@ public final class Worker {
     /// Polled in the loop: a reason to stop at once (the parent `launch` is gone, the key was refused), or nil.
     public var stopReason: () -> String? = { nil }
     var machine: WorkerMachine
-    var source: LocalGradientSource?
     let computer = ComputeThread()
     private var finished = false
 
@@ -77,12 +75,7 @@ public final class Worker {
             case let .join(job, _):
                 try join(job)
             case let .compute(step, range, weights, generation):
-                guard let source else { continue }
-                computer.submit(generation: generation, step: step) { emit in
-                    try Parallel.withThreads(source.threads) {
-                        try source.streamBlockSums(step: Int(step), range: range, weights: weights, emit: emit)
-                    }
-                }
+                computer.submit(generation: generation, step: step, range: range, weights: weights)
             case let .log(line):
                 log(line)
             case .reconnect:
@@ -100,7 +93,7 @@ public final class Worker {
             let config = try description.parse()
             let job = try TrainingJob(config: config, loadDatasets: loadDatasets)
             let context = RunContext(threads: threads ?? config.training.threads, trace: trace)
-            source = job.localGradientSource(context)
+            computer.load(job.localGradientSource(context))
             try perform(machine.joined(blockSizes: job.layout.entries.map(\.count), cluster: config.cluster,
                                        jobName: config.name, now: Self.now))
         } catch {

@@ -12,7 +12,7 @@ import Wire
 /// coordinator forgets the worker (a rejoin request, a lost coordinator) the generation grows, and work started
 /// under an older generation is void.
 public struct WorkerMachine {
-    public enum Action: Equatable {
+    public enum Action: Equatable, Sendable {
         case send(Message)
         /// Build the job's model and load its data, then call `joined` (or `joinFailed`).
         case join(JobDescription, jobID: UInt64)

@@ -40,21 +40,11 @@ public struct GEMMShape: Sendable, Equatable {
 }
 
 /// The inputs of a matrix product: float32, or rounded to bfloat16 (mixed precision; the sums stay float32).
-/// `current` is this thread's setting (`withMatmulPrecision`), which ops read when they record.
 public enum MatmulPrecision: String, Sendable, CaseIterable {
     case float32, bf16
 
-    static let stored = ThreadLocalInt()
-
-    public static var current: MatmulPrecision { stored.value == 1 ? .bf16 : .float32 }
-
     /// The C kernels' flag.
     var isBF16: Int32 { self == .bf16 ? 1 : 0 }
-}
-
-/// Runs `body` with products' inputs in `precision` on this thread.
-public func withMatmulPrecision<R>(_ precision: MatmulPrecision, _ body: () throws -> R) rethrows -> R {
-    try MatmulPrecision.stored.with(precision == .bf16 ? 1 : 0, body)
 }
 
 public enum GEMM {

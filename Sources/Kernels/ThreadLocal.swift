@@ -1,6 +1,7 @@
 import Foundation
 
 /// An integer per thread (0 until set), for scopes like no-grad that must not leak into other threads.
+/// Sendable because each thread reads and writes only its own value (a pthread key).
 public final class ThreadLocalInt: @unchecked Sendable {
     private var key = pthread_key_t()
 

@@ -130,7 +130,8 @@ public final class GradientEngine {
             }
         }
         let firstSample = block.lowerBound * (samples / max(1, block.count))
-        return try inPassContext(segments: block.count, dropoutSeed: dropoutSeed, firstSample: firstSample) {
+        let context = PassContext(segments: block.count, dropout: .init(seed: dropoutSeed, firstSample: firstSample), precision: precision)
+        return try context.apply {
             replica.zeroGrad()
             let loss = try trace.span("forward", "compute") {
                 let input = Tensor(shape: [samples, x.count / max(samples, 1)], storage: x)
@@ -161,13 +162,6 @@ public final class GradientEngine {
                 emit(Piece(microBatches: block, parameter: index, values: [Float](repeating: 0, count: parameter.value.count)))
             }
             return GradientBlock(microBatches: block, gradients: [], lossSum: loss.item)
-        }
-    }
-
-    /// Runs a pass's forward and backward with its micro-batch segmentation, dropout stream and matmul precision.
-    private func inPassContext<R>(segments: Int, dropoutSeed: UInt64, firstSample: Int, _ body: () throws -> R) rethrows -> R {
-        try withMatmulPrecision(precision) {
-            try withDropoutStream(seed: dropoutSeed, firstSample: firstSample) { try withSampleSegments(segments, body) }
         }
     }
 }

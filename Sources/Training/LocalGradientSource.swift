@@ -4,7 +4,10 @@ import Kernels
 import NN
 
 /// Computes every micro-batch of a step in this process.
-public final class LocalGradientSource: GradientSource {
+///
+/// One thread at a time uses it (the trainer's loop, or a worker's compute queue); it is Sendable so that it can
+/// move to that thread, which alone touches its epoch cache.
+public final class LocalGradientSource: GradientSource, @unchecked Sendable {
     let engine: GradientEngine
     let plan: BatchPlan
     let train: any SampleSource

@@ -19,9 +19,9 @@ public struct RunContext: Sendable {
 }
 
 /// A request to stop a job after its current step (Ctrl-C, SIGTERM, a scheduler's cancel), safe from any thread.
-/// `signalled`, when given, is polled as well: a command-line process maps its signals onto it.
+/// `signalled`, when given, is polled as well: a command-line process maps its signals onto it. Thread-safe:
+/// `lock` guards `requested`.
 public final class StopRequest: @unchecked Sendable {
-    // `lock` guards `requested`.
     private let lock = NSLock()
     private var requested = false
     private let signalled: @Sendable () -> Bool

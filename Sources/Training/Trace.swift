@@ -4,12 +4,11 @@ import Foundation
 /// (`"ph":"X"`) per span, with wall-clock microseconds so that traces of several processes line up when merged.
 ///
 /// A job holds its trace in its `RunContext` (nil unless `--trace FILE` was given); `span` on a nil trace costs
-/// one nil check.
+/// one nil check. Thread-safe: `lock` guards `events` and `threadIDs`.
 public final class Trace: @unchecked Sendable {
     /// Names this process in the trace (`coordinator`, `worker-0`, `train`).
     public let process: String
     private let processID = Int(getpid())
-    // `lock` guards `events` and `threadIDs`.
     private let lock = NSLock()
     private var events: [String] = []
     private var threadIDs: [UInt: Int] = [:]

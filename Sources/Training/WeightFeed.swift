@@ -1,7 +1,8 @@
 import Foundation
 
 /// One step's weights as they arrive, a parameter tensor at a time (canonical order), for a forward pass that
-/// waits for each layer's tensors. Thread-safe: the worker's loop provides, the compute threads take.
+/// waits for each layer's tensors. Thread-safe (`condition` guards `tensors` and `cancelled`): the worker's loop
+/// provides, the compute threads take.
 public final class WeightFeed: @unchecked Sendable {
     public let step: UInt64
     private var tensors: [[Float]?]

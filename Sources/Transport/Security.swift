@@ -67,29 +67,28 @@ public struct HandshakeRefusal: Equatable, Sendable {
 /// It answers libzmq's ZAP requests (RFC 27) on `inproc://zeromq.zap.01` of its context, allowing only
 /// `allowedKeys`, and watches the sockets it is given for failed handshakes, which is how a plaintext peer shows
 /// (libzmq never asks ZAP about it). Runs on a thread of its own; `takeRefusals` is safe from any thread.
+///
+/// Thread-safe: `lock` guards `refusals`, `allowed` and `running`; `handler` and `monitors` are used only on the
+/// gatekeeper's thread once it has started.
 public final class Gatekeeper: @unchecked Sendable {
     private let lock = NSLock()
     private var refusals: [HandshakeRefusal] = []
     private var allowed: [String: String]
     private var running = true
-    private let thread: Thread
     private let done = DispatchSemaphore(value: 0)
+    private let handler: ZMQSocket
+    private let monitors: [HandshakeMonitor]
 
     /// `allowedKeys` maps Z85 public keys to names (the key file's stem). Call before `bind` on the watched sockets.
     public init(context: ZMQContext, allowedKeys: [String: String], watching sockets: [ZMQSocket]) throws {
         allowed = allowedKeys
-        let handler = try ZMQSocket(context, .reply)
+        handler = try ZMQSocket(context, .reply)
         try handler.bind("inproc://zeromq.zap.01")
-        let monitors = try sockets.enumerated().map { index, socket in try HandshakeMonitor(context, socket, index: index) }
-        var gatekeeper: Gatekeeper?
-        thread = Thread {
-            while let self = gatekeeper, self.isRunning {
-                self.serve(handler, monitors)
-            }
-            gatekeeper?.done.signal()
+        monitors = try sockets.enumerated().map { index, socket in try HandshakeMonitor(context, socket, index: index) }
+        Thread.detachNewThread { [self] in
+            while isRunning { serve() }
+            done.signal()
         }
-        gatekeeper = self
-        thread.start()
     }
 
     private var isRunning: Bool {
@@ -130,7 +129,7 @@ public final class Gatekeeper: @unchecked Sendable {
 
     /// Waits up to 0.1 s for ZAP requests and monitor events and handles them. Monitor events are read as
     /// soon as they come, so that an accepted connection's address is looked up while it is still open.
-    private func serve(_ handler: ZMQSocket, _ monitors: [HandshakeMonitor]) {
+    private func serve() {
         guard let ready = try? ZMQSocket.poll([handler] + monitors.map(\.pair), timeout: 0.1) else { return }
         if ready[0], let request = try? handler.receive(timeout: 0) { answer(request, on: handler) }
         for monitor in monitors {

@@ -12,7 +12,7 @@ public struct TransportError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// One libzmq context per process; sockets keep it alive.
+/// One libzmq context per process; sockets keep it alive. Sendable because libzmq contexts are thread-safe.
 public final class ZMQContext: @unchecked Sendable {
     let handle: UnsafeMutableRawPointer
 

@@ -71,7 +71,7 @@ struct Monitor: ParsableCommand {
                     if name == "step" { lastStepShown = Date() }
                     show(name, event)
                 }
-                fflush(stdout)
+                fflush(nil)  // every stream: stdout is a C global
                 if name == "done" || name == "stopped" { return }
             }
         } catch {

@@ -18,7 +18,7 @@ final class TransformerOpsTests: XCTestCase {
             let parameters = zip(parameterShapes, parameterValues).map { Tensor(shape: $0, storage: $1).requiringGrad() }
             let input = Tensor(shape: [rows.count] + sampleShape,
                                storage: Array(x[(rows.lowerBound * perSample)..<(rows.upperBound * perSample)]))
-            withSampleSegments(segments) {
+            PassContext(segments: segments).apply {
                 let out = op(input, parameters)
                 (out * Tensor(shape: out.shape, storage: testValues(out.count, seed: UInt64(99 + rows.lowerBound)))).sum().backward()
             }
@@ -26,7 +26,7 @@ final class TransformerOpsTests: XCTestCase {
         }
         // The upstream weights differ per pass above, so build the single pass's upstream the same way.
         let parameters = zip(parameterShapes, parameterValues).map { Tensor(shape: $0, storage: $1).requiringGrad() }
-        withSampleSegments(samples) {
+        PassContext(segments: samples).apply {
             let out = op(Tensor(shape: [samples] + sampleShape, storage: x), parameters)
             let perRow = out.count / samples
             let upstream = (0..<samples).flatMap { testValues(perRow, seed: UInt64(99 + $0)) }
@@ -93,18 +93,18 @@ final class TransformerOpsTests: XCTestCase {
     func testDropoutIsSeededScaledAndIndependentOfGrouping() {
         let x = Tensor(shape: [4, 500], storage: [Float](repeating: 1, count: 2000)).requiringGrad()
         XCTAssertEqual(x.dropout(0.25, site: 1).storage, x.storage, "no stream: the identity (evaluation)")
-        let whole = withDropoutStream(seed: 42, firstSample: 10) { x.dropout(0.25, site: 1) }
+        let whole = PassContext(dropout: .init(seed: 42, firstSample: 10)).apply { x.dropout(0.25, site: 1) }
         let kept = whole.storage.filter { $0 != 0 }
         XCTAssertEqual(Set(kept), [Float(1) / 0.75], "kept values are scaled by 1/(1 − p)")
         let dropped = Double(2000 - kept.count) / 2000
         XCTAssertEqual(dropped, 0.25, accuracy: 0.04, "fraction dropped")
         // Samples 12 and 13 alone, as another worker would run them: the same masks.
         let tail = Tensor(shape: [2, 500], storage: [Float](repeating: 1, count: 1000))
-        let part = withDropoutStream(seed: 42, firstSample: 12) { tail.dropout(0.25, site: 1) }
+        let part = PassContext(dropout: .init(seed: 42, firstSample: 12)).apply { tail.dropout(0.25, site: 1) }
         assertBitIdentical(part.storage, Array(whole.storage[1000...]), "samples 12–13")
-        let otherSite = withDropoutStream(seed: 42, firstSample: 10) { x.dropout(0.25, site: 2) }
+        let otherSite = PassContext(dropout: .init(seed: 42, firstSample: 10)).apply { x.dropout(0.25, site: 2) }
         XCTAssertNotEqual(otherSite.storage, whole.storage, "another site draws another mask")
-        let otherSeed = withDropoutStream(seed: 43, firstSample: 10) { x.dropout(0.25, site: 1) }
+        let otherSeed = PassContext(dropout: .init(seed: 43, firstSample: 10)).apply { x.dropout(0.25, site: 1) }
         XCTAssertNotEqual(otherSeed.storage, whole.storage, "another seed draws another mask")
         // dx = dy · mask / (1 − p).
         let upstream = testValues(2000, seed: 5)

@@ -111,13 +111,11 @@ final class ActivationCheckpointTests: XCTestCase {
         let tokens = (0..<18).map { Float(($0 * 7 + 3) % 11) }
         let labels = (0..<18).map { Int32(($0 * 5 + 1) % 11) }
         var reported = Set<Int>()
-        let loss = try withDropoutStream(seed: 9, firstSample: 3) {
-            try withSampleSegments(3) {
-                let logits = model(Tensor(shape: [3, 6], storage: tokens))
-                let loss = try logits.reshaped([-1, 11]).crossEntropy(labels: labels, reduction: .sum)
-                loss.backward(reporting: model.parameters.map(\.value)) { index, _ in reported.insert(index) }
-                return loss.item
-            }
+        let loss = try PassContext(segments: 3, dropout: .init(seed: 9, firstSample: 3)).apply {
+            let logits = model(Tensor(shape: [3, 6], storage: tokens))
+            let loss = try logits.reshaped([-1, 11]).crossEntropy(labels: labels, reduction: .sum)
+            loss.backward(reporting: model.parameters.map(\.value)) { index, _ in reported.insert(index) }
+            return loss.item
         }
         return (loss, model.parameters.map { $0.grad?.storage ?? [] }, reported)
     }
