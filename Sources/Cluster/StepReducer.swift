@@ -1,7 +1,7 @@
 import Kernels
 
-/// Collects one step's gradient sums from workers and completes the gradient tree (DESIGN.md, "Determinism
-/// across worker counts"), one parameter block at a time.
+/// Collects one step's gradient sums from workers and completes the gradient tree (`GradientTree`), one parameter
+/// block at a time.
 ///
 /// Each piece is the sum over an aligned block of micro-batches (width a power of two, starting at a multiple of
 /// it) for one parameter block. A block is complete when its pieces tile 0..<K; its sum is then the tree's, the

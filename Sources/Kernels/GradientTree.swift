@@ -1,6 +1,7 @@
 import CKernels
 
-/// The fixed binary tree that sums per-micro-batch gradients (DESIGN.md, "Determinism across worker counts").
+/// The fixed binary tree that sums per-micro-batch gradients, so that the weights are the same bits for any number
+/// of workers and threads (README, "How it works": Determinism).
 ///
 /// Over micro-batch indices 0..<K, node (level l, index i) covers the aligned block [i·2ˡ, (i+1)·2ˡ) ∩ [0, K);
 /// its sum is left + right (right omitted when empty). Any holder of an aligned block can send its partial sum,

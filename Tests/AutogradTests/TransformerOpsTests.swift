@@ -114,7 +114,7 @@ final class TransformerOpsTests: XCTestCase {
     }
 }
 
-/// The fixed tree of DESIGN.md written out plainly: node(start, 2w) = node(start, w) + node(start + w, w).
+/// The fixed tree of `GradientTree` written out plainly: node(start, 2w) = node(start, w) + node(start + w, w).
 private func treeSum(_ leaves: [[Float]]) -> [Float] {
     if leaves.count == 1 { return leaves[0] }
     var half = 1
