@@ -1,13 +1,13 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-/// Targets depend only downward:
-/// CKernels → Kernels → Autograd → NN → Training → Cluster → trainerd, with Random, Optim, Data and Checkpoint beside
-/// them, and Wire and Transport under Cluster. Only Kernels imports CKernels.
 /// Swift 6 language mode (complete concurrency checking) for the targets that talk to the network and the
 /// command line; the numeric core follows.
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
+/// Targets depend only downward:
+/// CKernels → Kernels → Autograd → NN → Training → Cluster → trainerd, with Random, Optim, Data and Checkpoint beside
+/// them, and Wire and Transport under Cluster. Only Kernels imports CKernels.
 let package = Package(
     name: "trainerd",
     platforms: [.macOS(.v13)],
