@@ -1,11 +1,5 @@
 import Foundation
 
-/// The job cannot go on (too many skipped steps).
-public struct TrainingError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ description: String) { self.description = description }
-}
-
 /// What a finished run reports (also the `done` event).
 public struct RunSummary {
     public var steps: Int

@@ -5,6 +5,12 @@ import Kernels
 import NN
 import Optim
 
+/// The job cannot go on (too many skipped steps).
+public struct TrainingError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// The training loop, shared by `train` (gradients from this process) and the coordinator (from workers).
 ///
 /// A step: the global batch's micro-batch gradient sums, combined in the fixed tree, are divided by the global
