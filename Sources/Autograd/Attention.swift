@@ -14,7 +14,7 @@ extension Tensor {
         let time = query.shape[2], headDim = query.shape[3]
         let slices = query.shape[0] * query.shape[1]
         let scale = 1 / Float(headDim).squareRoot()
-        let q = query.storage, k = key.storage, v = value.storage, precision = PassContext.current.precision
+        let q = query.storage, k = key.storage, v = value.storage, precision = PassContext.currentPrecision
         let vectors = time * headDim, scores = time * time
         var probabilities = uninitializedFloats(slices * scores)
         var out = uninitializedFloats(q.count)

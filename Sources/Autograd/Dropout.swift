@@ -6,7 +6,7 @@ extension Tensor {
     /// forward.
     public func dropout(_ probability: Float, site: UInt64) -> Tensor {
         precondition(probability >= 0 && probability < 1, "dropout: probability \(probability) is outside [0, 1)")
-        guard probability > 0, let stream = PassContext.current.dropout, rank >= 1 else { return self }
+        guard probability > 0, let stream = PassContext.currentDropout, rank >= 1 else { return self }
         let samples = shape[0], perSample = samples == 0 ? 0 : count / samples
         let seed = stream.seed, first = stream.firstSample
         let threshold = UInt64((Double(probability) * Double(1 << 24)).rounded())

@@ -34,7 +34,7 @@ extension Tensor {
         precondition(sharedB || Array(other.shape.dropLast(2)) == batchShape,
                      "matmul: batch dimensions differ, \(shape) · \(other.shape)")
         let batches = batchShape.reduce(1, *)
-        let a = storage, b = other.storage, precision = PassContext.current.precision
+        let a = storage, b = other.storage, precision = PassContext.currentPrecision
         let strideB = sharedB ? 0 : k * n
         var out = [Float](repeating: 0, count: batches * m * n)
         withPointers(a, b, &out) { pa, pb, pc in
@@ -82,7 +82,7 @@ extension Tensor {
         precondition(shape.last == inFeatures, "linear: input \(shape) does not end in \(inFeatures) features")
         if let bias { precondition(bias.shape == [outFeatures], "linear: bias must be [\(outFeatures)], got \(bias.shape)") }
         let rows = count / max(inFeatures, 1)
-        let x = storage, w = weight.storage, precision = PassContext.current.precision
+        let x = storage, w = weight.storage, precision = PassContext.currentPrecision
         var out = uninitializedFloats(rows * outFeatures)
         withPointers(x, w, &out) { px, pw, py in
             GEMM.multiply(GEMMShape(m: rows, n: outFeatures, k: inFeatures, transposeB: true, precision: precision),

@@ -41,10 +41,15 @@ public struct PassContext: Equatable, Sendable {
 
     /// The calling thread's context (the defaults outside `apply`).
     public static var current: PassContext {
-        PassContext(segments: max(1, storedSegments.value),
-                    dropout: storedDropout.value == 0 ? nil
-                        : DropoutStream(seed: UInt64(UInt(bitPattern: storedSeed.value)), firstSample: storedFirstSample.value),
-                    precision: storedPrecision.value == 1 ? .bf16 : .float32)
+        PassContext(segments: currentSegments, dropout: currentDropout, precision: currentPrecision)
+    }
+
+    // Ops read the one field they need (each a thread-local read) when they record.
+    static var currentSegments: Int { max(1, storedSegments.value) }
+    static var currentPrecision: MatmulPrecision { storedPrecision.value == 1 ? .bf16 : .float32 }
+    static var currentDropout: DropoutStream? {
+        storedDropout.value == 0 ? nil
+            : DropoutStream(seed: UInt64(UInt(bitPattern: storedSeed.value)), firstSample: storedFirstSample.value)
     }
 
     /// Runs `body` with this context on the calling thread, then restores the one before.

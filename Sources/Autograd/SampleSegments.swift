@@ -9,7 +9,7 @@ import Kernels
 public enum SampleSegments {
     /// Micro-batches among `rows` sample rows: the pass's count when it divides them, else 1 (one segment).
     static func count(forRows rows: Int) -> Int {
-        let segments = PassContext.current.segments
+        let segments = PassContext.currentSegments
         return rows % segments == 0 ? segments : 1
     }
 }

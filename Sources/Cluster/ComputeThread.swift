@@ -1,5 +1,4 @@
 import Foundation
-import Kernels
 import Training
 
 /// Runs a job's gradient computations one after another on a thread of its own and wakes the worker's loop
@@ -30,16 +29,14 @@ final class ComputeThread: @unchecked Sendable {
         queue.async { [self] in self.source = source }
     }
 
-    /// Computes micro-batches `range` of `step` at the weights `feed` delivers, after the work already submitted,
-    /// on the job's threads; every piece (from any of them) reaches `takeResults`.
+    /// Computes micro-batches `range` of `step` at the weights `feed` delivers, after the work already submitted
+    /// (on the source's threads); every piece (from any of them) reaches `takeResults`.
     func submit(generation: Int, step: UInt64, range: Range<Int>, weights feed: WeightFeed) {
         queue.async { [self] in
             guard let source else { return }
             do {
-                try Parallel.withThreads(source.threads) {
-                    try source.streamBlockSums(step: Int(step), range: range, weights: feed) {
-                        post(ComputeResult(generation: generation, step: step, outcome: .success($0)))
-                    }
+                try source.streamBlockSums(step: Int(step), range: range, weights: feed) {
+                    post(ComputeResult(generation: generation, step: step, outcome: .success($0)))
                 }
             } catch {
                 post(ComputeResult(generation: generation, step: step, outcome: .failure(error)))

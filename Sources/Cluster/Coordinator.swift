@@ -21,7 +21,7 @@ public final class Coordinator: GradientSource {
     let socket: MessageSocket
     var machine: CoordinatorMachine
     /// Workers to wait for before the first step (then `cluster.min_workers` before each).
-    let startWorkers: Int
+    public let startWorkers: Int
     public let events: EventLog
     let context: RunContext
     /// Seconds `sayGoodbye` waits for the workers' goodbyes.
@@ -54,9 +54,6 @@ public final class Coordinator: GradientSource {
                                WireProtocol.headerSize + 8 * WireProtocol.maximumTensors)
         try router.setMaximumMessageSize(Int64(largestFrame))
     }
-
-    /// The number of workers the first step waits for.
-    public var workersToWaitFor: Int { startWorkers }
 
     private var now: Double { Date().timeIntervalSince1970 }
 

@@ -12,12 +12,13 @@ import Foundation
 public enum Parallel {
     /// This thread's job's thread count; 0 outside `withThreads`.
     private static let jobThreads = ThreadLocalInt()
+    private static let machineThreads = ProcessInfo.processInfo.activeProcessorCount
 
     /// Threads the calling thread's parallel regions use (every core outside `withThreads`); 1 runs everything
     /// on the calling thread.
     public static var threadCount: Int {
         let count = jobThreads.value
-        return count > 0 ? count : ProcessInfo.processInfo.activeProcessorCount
+        return count > 0 ? count : machineThreads
     }
 
     /// Runs `body` with parallel regions on the calling thread using `count` threads (at least 1).

@@ -15,8 +15,6 @@ public final class LocalGradientSource: GradientSource, @unchecked Sendable {
     private var permutation: [Int] = []
 
     let trace: Trace?
-    /// Threads of the passes (one replica of the model each).
-    public let threads: Int
 
     /// Passes run on `context.threads` replicas of `model`, their spans recorded in `context.trace`.
     public init(model: Module, plan: BatchPlan, train: any SampleSource, precision: MatmulPrecision = .float32,
@@ -25,7 +23,6 @@ public final class LocalGradientSource: GradientSource, @unchecked Sendable {
         self.plan = plan
         self.train = train
         trace = context.trace
-        threads = context.threads
     }
 
     /// The gradient and loss sums over micro-batches `range` of `step` at the weights `feed` delivers (taken

@@ -55,7 +55,7 @@ public final class Trainer {
         self.events = try events ?? EventLog(runDirectory: runDirectory)
     }
 
-    /// Loads the config's datasets and trains in this process (or from `source`).
+    /// Builds the job from `config` (its datasets loaded unless given) and trains it in this process.
     public convenience init(config: JobConfig, runDirectory: String?, data: JobDatasets? = nil, context: RunContext? = nil) throws {
         try self.init(job: TrainingJob(config: config, data: data), runDirectory: runDirectory, context: context)
     }

@@ -15,7 +15,7 @@ func coordinate(options: JobOptions, bind: String, logBind: String?, startWorker
                                        startWorkers: startWorkers, context: context)
     try configure(job)
     return try runTraining(job.trainer, runDir: runDir, resume: resume, metricsFile: metricsFile) {
-        FileHandle.standardError.write(Data("coordinator on \(job.endpoint ?? bind)\(job.security == nil ? "" : " (CURVE)"), job \(String(job.coordinator.jobID, radix: 16)), waiting for \(job.coordinator.workersToWaitFor) worker(s)\n".utf8))
+        FileHandle.standardError.write(Data("coordinator on \(job.endpoint ?? bind)\(job.security == nil ? "" : " (CURVE)"), job \(String(job.coordinator.jobID, radix: 16)), waiting for \(job.coordinator.startWorkers) worker(s)\n".utf8))
     }
 }
 

@@ -174,16 +174,23 @@ class CLITestCase: XCTestCase {
         XCTFail("no matching event in \(run) within \(timeout) s")
     }
 
-    /// Waits (at most `timeout` s, or until `process` exits) until the file at `path` has some text; returns it.
+    /// Waits (at most `timeout` s, or until `process` exits) until the text file at `path` contains `text` (any
+    /// text when nil); returns what it holds.
     @discardableResult
-    func waitForOutput(_ path: String, while process: Process, timeout: Double = 60) throws -> String {
+    func waitForText(_ path: String, containing text: String? = nil, while process: Process, timeout: Double = 60) throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline && process.isRunning {
-            if let text = try? String(contentsOfFile: path, encoding: .utf8), !text.isEmpty { return text }
+            if let written = try? String(contentsOfFile: path, encoding: .utf8), !written.isEmpty,
+               text.map(written.contains) ?? true { return written }
             usleep(20_000)
         }
-        XCTFail("nothing written to \(path) within \(timeout) s")
+        XCTFail("\(path) did not show \(text.map { "\"\($0)\"" } ?? "any text") within \(timeout) s")
         return ""
+    }
+
+    /// The last step logged in `run` so far.
+    func lastStep(_ run: String) throws -> Int {
+        try XCTUnwrap(events(run).last { $0["event"] as? String == "step" }?["step"] as? Int, "no step in \(run)")
     }
 
     /// A `coordinator` of `config` with `arguments` and a log stream, a `monitor` with `monitorArguments`
@@ -197,7 +204,7 @@ class CLITestCase: XCTestCase {
         defer { if coordinator.isRunning { kill(coordinator.processIdentifier, SIGKILL) } }
         let monitor = try start(["monitor", logEndpoint, "--idle-timeout", "120"] + monitorArguments, output: output)
         defer { if monitor.isRunning { kill(monitor.processIdentifier, SIGKILL) } }
-        try waitForOutput(output, while: monitor)
+        try waitForText(output, while: monitor)
         let started = try (0..<workers).map {
             try start(["worker", "--connect", endpoint, "--name", "w\($0)", "--threads", "1"])
         }

@@ -116,7 +116,7 @@ final class FaultToleranceTests: CLITestCase {
         let frozenAt = try stepOf(run, frozen)
         try waitForEvent(run, while: coordinator, step(atLeast: frozenAt + 3))
         kill(workers[1].processIdentifier, SIGCONT)
-        let thawedAt = try XCTUnwrap(events(run).last { $0["event"] as? String == "step" }?["step"] as? Int)
+        let thawedAt = try lastStep(run)
         try waitForEvent(run, while: coordinator) {
             $0["event"] as? String == "step" && ($0["step"] as? Int ?? 0) > thawedAt + 5 && $0["slowest_worker"] != nil
                 && ($0["worker_s"] as? [String: Any])?.count == 2
@@ -148,7 +148,7 @@ final class FaultToleranceTests: CLITestCase {
         let victimName = try XCTUnwrap(arguments.firstIndex(of: "--name").map { arguments[$0 + 1] })
         kill(victim, SIGKILL)
         try waitForEvent(runDirectory, while: launch, event("worker_joined", worker: "\(victimName).1"))
-        let joinedAt = try XCTUnwrap(events(runDirectory).last { $0["event"] as? String == "step" }?["step"] as? Int)
+        let joinedAt = try lastStep(runDirectory)
         try waitForEvent(runDirectory, while: launch) {
             $0["event"] as? String == "step" && ($0["step"] as? Int ?? 0) > joinedAt && $0["workers"] as? Int == 2
         }
@@ -179,8 +179,8 @@ final class FaultToleranceTests: CLITestCase {
             coordinator.waitUntilExit()
             // The second restart comes after the workers noticed the silence, so they reconnect with fresh sockets.
             if seed == 2 {
-                for path in logPaths[2...] {
-                    try waitForLine(path, containing: "lost the coordinator", while: workers[logPaths.firstIndex(of: path)! - 2])
+                for (worker, path) in zip(workers, logPaths[2...]) {
+                    try waitForText(path, containing: "lost the coordinator", while: worker)
                 }
             }
             let restarted = try start(arguments + ["--resume"], log: logPaths[1])
@@ -198,16 +198,6 @@ final class FaultToleranceTests: CLITestCase {
             print("seed \(seed): coordinator killed at step \(killStep), resumed from step \(resumedAt); workers rejoined; "
                   + "stopped at step \(stop.step) with train's weights")
         }
-    }
-
-    /// Waits (at most `timeout` s, while `process` runs) until the text file at `path` contains `text`.
-    func waitForLine(_ path: String, containing text: String, while process: Process, timeout: Double = 60) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline && process.isRunning {
-            if (try? String(contentsOfFile: path, encoding: .utf8))?.contains(text) == true { return }
-            usleep(20_000)
-        }
-        XCTFail("\(path) did not show \"\(text)\" within \(timeout) s")
     }
 
     /// Resident memory of a process in MB, from /proc.

@@ -39,7 +39,7 @@ final class SecurityTests: CLITestCase {
         let watcher = try start(["monitor", logEndpoint, "--json", "--key", allowed + "/watcher.key", "--idle-timeout", "60"] + server,
                                 output: watched)
         defer { if watcher.isRunning { watcher.terminate() } }
-        XCTAssertTrue(try waitForOutput(watched, while: watcher).contains("\"snapshot\""))
+        XCTAssertTrue(try waitForText(watched, while: watcher).contains("\"snapshot\""))
         let good = try trainerd(["worker", "--connect", endpoint, "--key", allowed + "/good.key", "--name", "good"] + server, timeout: 120)
         XCTAssertEqual(good.status, 0, good.stderr)
         coordinator.waitUntilExit()

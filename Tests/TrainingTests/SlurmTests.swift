@@ -69,25 +69,18 @@ final class SlurmTests: CLITestCase {
         (try? String(contentsOfFile: "\(scratch!)/slurm-\(id).out", encoding: .utf8)) ?? "(no output file)"
     }
 
-    func singleProcessHash(_ extra: [String]) throws -> String {
-        let local = scratch + "/local"
-        let result = try trainerd(["train", config, "--run-dir", local] + job + extra)
-        XCTAssertEqual(result.status, 0, result.stderr)
-        return try XCTUnwrap(try doneEvent(local)["weights_sha256"] as? String)
-    }
-
     func testBatchScriptWithTwoWorkerTasksMatchesASingleProcess() throws {
         try startCluster()
-        let steps = ["--set", "training.max_steps=150", "--set", "training.checkpoint_every=0"]
+        let steps = ["--set", "training.checkpoint_every=0"]
         let runDirectory = scratch + "/slurm-run"
-        let id = try submit(tasks: 2, runDirectory: runDirectory, extra: steps)
+        let id = try submit(tasks: 2, runDirectory: runDirectory, extra: steps + ["--set", "training.max_steps=150"])
         let fields = try waitForEnd(id, timeout: 300)
         XCTAssertEqual(fields["JobState"], "COMPLETED", jobOutput(id))
         XCTAssertEqual(fields["ExitCode"], "0:0")
         let workers = Set(events(runDirectory).filter { $0["event"] as? String == "worker_joined" }.compactMap { $0["worker"] as? String })
         XCTAssertEqual(workers, ["slurm-\(id)-0", "slurm-\(id)-1"], "one worker per task, named after job and task")
         let hash = try XCTUnwrap(try doneEvent(runDirectory)["weights_sha256"] as? String, jobOutput(id))
-        XCTAssertEqual(hash, try singleProcessHash(steps))
+        XCTAssertEqual(hash, try trainedHash(job + steps, to: 150))
         print("Slurm job \(id) (2 worker tasks): \(fields["JobState"] ?? "?"), weights_sha256 \(hash)")
     }
 
@@ -127,7 +120,7 @@ final class SlurmTests: CLITestCase {
         let done = try doneEvent(runDirectory)
         XCTAssertEqual(done["step"] as? Int, end)
         let hash = try XCTUnwrap(done["weights_sha256"] as? String, jobOutput(id))
-        XCTAssertEqual(hash, try singleProcessHash(steps + ["--set", "training.max_steps=\(end)"]))
+        XCTAssertEqual(hash, try trainedHash(job + steps, to: end))
         print("Slurm job \(id) requeued, resumed at step \(newest), finished at step \(end): weights_sha256 \(hash)")
     }
 }
