@@ -9,14 +9,15 @@ public enum ClusterEvent: Equatable, Sendable {
     case workerLeft(worker: String, host: String, reason: String, step: Int?, workers: Int)
     /// A worker fell silent, missed the step deadline, failed, or said hello again; what it owed went to the others.
     case workerLost(worker: String, host: String, reason: String, step: Int?, workers: Int)
-    /// A welcomed worker failed or fell silent before it was admitted.
-    case workerNotJoined(worker: String, host: String, reason: String)
+    /// A welcomed worker failed, fell silent or left before it was admitted.
+    case workerNotJoined(worker: String, host: String, address: String, reason: String)
     /// A worker's micro-batches were still outstanding after `straggler_delay` and went to idle workers as well.
     case straggler(worker: String, step: Int, microBatches: [Range<Int>], reissuedTo: [String])
-    /// A message that cannot belong was dropped and changed nothing.
-    case messageDropped(from: String, reason: String)
-    /// More than the logged number of messages were dropped from a peer; the rest are only counted.
-    case droppedMessagesCounted(from: String)
+    /// A message that cannot belong was dropped and changed nothing; `from` is the worker's name, or the address of
+    /// a peer that is not a worker.
+    case messageDropped(from: String, address: String, reason: String)
+    /// More warnings were caused from `address` in the last `WarningLimiter.window` seconds than are logged.
+    case warningsSuppressed(address: String, count: Int)
     /// A message could not be handed to the transport (the peer has gone).
     case sendFailed(type: MessageType, to: String, error: String)
     /// The job waits for workers (`reason`), reported when the reason changes and every 30 s.
@@ -25,6 +26,8 @@ public enum ClusterEvent: Equatable, Sendable {
     case workerRestarted(worker: String, replaces: String, restarts: Int, maxRestarts: Int)
     /// CURVE turned a peer away (once a minute per address and reason).
     case peerRefused(address: String, reason: String)
+    /// The log stream dropped events for a subscriber that does not keep up (said once a minute).
+    case logSubscriberBehind
 
     /// The event's name in the log.
     public var name: String {
@@ -33,31 +36,58 @@ public enum ClusterEvent: Equatable, Sendable {
         case .workerLeft: return "worker_left"
         case .workerLost: return "worker_lost"
         case .straggler: return "straggler"
-        case .workerNotJoined, .messageDropped, .droppedMessagesCounted, .sendFailed: return "warning"
+        case .workerNotJoined, .messageDropped, .warningsSuppressed, .sendFailed, .logSubscriberBehind: return "warning"
         case .waiting: return "waiting"
         case .workerRestarted: return "worker_restarted"
         case .peerRefused: return "peer_refused"
         }
     }
 
-    /// The event's fields in the log, in this order.
-    public var fields: [(String, JSONValue)] {
+    /// Where a peer-caused warning came from (`WarningLimiter` bounds them per source), or nil for other events.
+    var warningSource: String? {
+        switch self {
+        case let .messageDropped(_, address, _), let .workerNotJoined(_, _, address, _): return address
+        case .sendFailed: return "sending"
+        default: return nil
+        }
+    }
+
+    /// Bytes of a string field in the log at most: names, hosts and reasons can come from peers.
+    static let maximumText = 300
+
+    /// The event's fields in the log, in this order, strings cut to `maximumText` bytes.
+    public var fields: [(String, JSONValue)] { uncutFields.map { ($0.0, Self.cut($0.1)) } }
+
+    private static func cut(_ value: JSONValue) -> JSONValue {
+        switch value {
+        case let .string(text) where text.utf8.count > maximumText:
+            var kept = Substring(text)
+            while kept.utf8.count > maximumText - 3 { kept = kept.dropLast() }
+            return .string(kept + "…")
+        case let .array(values): return .array(values.map(cut))
+        default: return value
+        }
+    }
+
+    private var uncutFields: [(String, JSONValue)] {
         switch self {
         case let .workerJoined(worker, host, workers):
             return [("worker", .string(worker)), ("host", .string(host)), ("workers", .int(workers))]
         case let .workerLeft(worker, host, reason, step, workers), let .workerLost(worker, host, reason, step, workers):
             return [("worker", .string(worker)), ("host", .string(host)), ("reason", .string(reason)),
                     ("step", step.map { .int($0) } ?? .null), ("workers", .int(workers))]
-        case let .workerNotJoined(worker, host, reason):
+        case let .workerNotJoined(worker, host, address, reason):
             return [("message", .string("worker \(worker) on \(host) did not join: \(reason)")), ("worker", .string(worker)),
-                    ("host", .string(host))]
+                    ("host", .string(host)), ("address", .string(address))]
         case let .straggler(worker, step, microBatches, reissuedTo):
             return [("worker", .string(worker)), ("step", .int(step)), ("micro_batches", .string(describe(microBatches))),
                     ("reissued_to", .array(reissuedTo.map { .string($0) }))]
-        case let .messageDropped(from, reason):
-            return [("message", .string("dropped a message from \(from): \(reason)")), ("dropped_from", .string(from))]
-        case let .droppedMessagesCounted(from):
-            return [("message", .string("further messages dropped from \(from) are counted, not logged"))]
+        case let .messageDropped(from, address, reason):
+            return [("message", .string("dropped a message from \(from): \(reason)")), ("dropped_from", .string(from)),
+                    ("address", .string(address))]
+        case let .warningsSuppressed(address, count):
+            return [("message", .string("\(count) more warnings from \(address) in the last \(Int(WarningLimiter.window)) s were not logged")),
+                    ("address", .string(address)), ("suppressed", .int(count))]
         case let .sendFailed(type, to, error):
             return [("message", .string("could not send \(type) to \(to): \(error)"))]
         case let .waiting(reason, workers, minWorkers):
@@ -67,6 +97,8 @@ public enum ClusterEvent: Equatable, Sendable {
                     ("max_restarts", .int(maxRestarts))]
         case let .peerRefused(address, reason):
             return [("address", .string(address)), ("reason", .string(reason))]
+        case .logSubscriberBehind:
+            return [("message", .string("a log subscriber does not keep up: events are dropped for it"))]
         }
     }
 }

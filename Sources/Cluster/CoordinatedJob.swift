@@ -1,6 +1,7 @@
 import Foundation
 import Training
 import Transport
+import Wire
 
 /// A job trained with workers: its parts (`TrainingJob`), a `Coordinator` on a socket as the gradient source of a
 /// `Trainer`, and one event log for both. The one place that wires a coordinator to its socket and trainer, for
@@ -14,9 +15,15 @@ public final class CoordinatedJob {
     public private(set) var security: CoordinatorSecurity?
 
     /// Wires a coordinator on `socket` (already bound) to a trainer of `description`, whose config is `config`.
-    public init(_ description: JobDescription, config: JobConfig, socket: MessageSocket, runDirectory: String?,
-                data: JobDatasets? = nil, startWorkers: Int? = nil, context: RunContext? = nil) throws {
-        let job = try TrainingJob(config: config, data: data)
+    public convenience init(_ description: JobDescription, config: JobConfig, socket: MessageSocket, runDirectory: String?,
+                            data: JobDatasets? = nil, startWorkers: Int? = nil, context: RunContext? = nil) throws {
+        try self.init(description, job: try TrainingJob(config: config, data: data), socket: socket, runDirectory: runDirectory,
+                      startWorkers: startWorkers, context: context)
+    }
+
+    init(_ description: JobDescription, job: TrainingJob, socket: MessageSocket, runDirectory: String?, startWorkers: Int?,
+         context: RunContext?) throws {
+        let config = job.config
         let context = context ?? job.context()
         let events = try EventLog(runDirectory: runDirectory)
         coordinator = Coordinator(socket: socket, job: description, layout: job.layout, microBatches: job.plan.microBatches,
@@ -26,25 +33,26 @@ public final class CoordinatedJob {
 
     /// A coordinator bound to `bind` (ROUTER, for workers) and, with `logBind`, publishing its events there
     /// (XPUB, for monitors), both with CURVE when the config has `security`; frames beyond the protocol's bounds
-    /// are refused.
+    /// are refused (`Coordinator.socketLimits`, `LogPublisher.socketLimits`).
     public static func bound(_ description: JobDescription, config: JobConfig, bind: String, logBind: String?,
                              runDirectory: String?, startWorkers: Int? = nil, context: RunContext? = nil) throws -> CoordinatedJob {
+        let training = try TrainingJob(config: config)
         let zmq = ZMQContext()
-        let router = try ZMQSocket(zmq, .router)
-        let publisher = try logBind.map { _ in try ZMQSocket(zmq, .xpublisher) }
+        let router = try ZMQSocket(zmq, .router, limits: Coordinator.socketLimits(training.layout))
+        router.maximumFrames = 2 + WireProtocol.maximumTensors
+        let publisher = try logBind.map { _ in try ZMQSocket(zmq, .xpublisher, limits: LogPublisher.socketLimits) }
         let security = try config.security.map {
             try CoordinatorSecurity(secretKeyFile: $0.secretKey, allowedKeys: $0.allowedKeys, context: zmq,
                                     sockets: [router] + (publisher.map { [$0] } ?? []))
         }
         try router.bind(bind)
-        let job = try CoordinatedJob(description, config: config, socket: router, runDirectory: runDirectory,
+        let job = try CoordinatedJob(description, job: training, socket: router, runDirectory: runDirectory,
                                      startWorkers: startWorkers, context: context)
         job.endpoint = try router.lastEndpoint
         job.security = security
-        try job.coordinator.harden(router)
         if let publisher, let logBind {
+            let log = try LogPublisher(socket: publisher, events: job.trainer.events)
             try publisher.bind(logBind)
-            let log = LogPublisher(socket: publisher)
             job.trainer.events.observers.append(log.publish)
             job.coordinator.companions.append(log)
         }

@@ -17,6 +17,11 @@ public protocol CoordinatorCompanion: AnyObject {
 ///
 /// Used as the `Trainer`'s gradient source, so clipping, the optimizer, evaluation, checkpoints and the event log
 /// are exactly those of `train`, and the weights are the same bits.
+///
+/// It never waits on one peer: sends do not block, and a worker whose queue is full, for which more than
+/// `queueLimit` bytes would be queued, or which has not taken what it was sent within `heartbeat_timeout`, is lost;
+/// a peer that is not a worker gets nothing once all peers together have `totalQueueLimit` bytes queued.
+/// Warnings that peers cause are bounded by `WarningLimiter`.
 public final class Coordinator: GradientSource {
     let socket: MessageSocket
     var machine: CoordinatorMachine
@@ -28,9 +33,9 @@ public final class Coordinator: GradientSource {
     let byeTimeout = 5.0
     /// Polled while waiting, in order.
     public var companions: [CoordinatorCompanion] = []
-    /// Warnings about dropped messages logged per peer before the rest are only counted.
-    let warningsPerPeer = 20
-    private var droppedMessages: [String: Int] = [:]
+    private var warnings = WarningLimiter()
+    /// Messages dropped from peers (all, including those not logged).
+    public private(set) var droppedMessages = 0
     private var hasStarted = false
 
     public var jobID: UInt64 { machine.jobID }
@@ -45,15 +50,23 @@ public final class Coordinator: GradientSource {
         self.context = context
     }
 
-    /// Bounds what `router` accepts from any peer: a frame larger than the model's largest tensor (or the
-    /// metadata limit) drops the connection in libzmq (ZMQ_MAXMSGSIZE); a message with more frames than the
-    /// protocol allows is read but not kept.
-    public func harden(_ router: ZMQSocket) throws {
-        router.maximumFrames = 2 + WireProtocol.maximumTensors
-        let largestFrame = max(machine.maximumTensorBytes, WireProtocol.maximumMetadata,
-                               WireProtocol.headerSize + 8 * WireProtocol.maximumTensors)
-        try router.setMaximumMessageSize(Int64(largestFrame))
+    /// The bounds of the workers' socket for a model of `layout`: a frame larger than its largest tensor (or the
+    /// metadata limit, or the largest header) drops the sender's connection in libzmq before it is buffered; at most
+    /// `sendQueue` messages wait for one peer.
+    public static func socketLimits(_ layout: ParameterLayout) -> SocketLimits {
+        SocketLimits(maximumFrame: max(CoordinatorMachine.maximumTensorBytes(layout), WireProtocol.maximumMetadata,
+                                       WireProtocol.headerSize + 8 * WireProtocol.maximumTensors),
+                     sendQueue: sendQueue)
     }
+
+    /// Messages queued for one peer before sends to it fail.
+    public static let sendQueue: Int32 = 1000
+
+    /// Bytes that may be queued for one peer: two copies of the weights (a step's, and the next one's while the
+    /// last piece of the first is on its way) and 1 MiB of welcome and small messages.
+    public var queueLimit: Int { 2 * machine.modelBytes + (1 << 20) }
+    /// Bytes that may be queued for all peers together before peers that are not workers get nothing more.
+    public var totalQueueLimit: Int { (machine.workerCount + 1) * queueLimit + (16 << 20) }
 
     private var now: Double { Date().timeIntervalSince1970 }
 
@@ -105,8 +118,8 @@ public final class Coordinator: GradientSource {
     /// Says bye to every worker and waits (at most `byeTimeout` seconds) for each to answer bye, so that the
     /// messages are delivered before the coordinator's socket closes.
     public func sayGoodbye() {
-        var waiting = Set(machine.allPeers)
-        for identity in waiting { try? socket.send([identity] + Message(type: .bye, jobID: jobID).encoded()) }
+        var waiting = Set(machine.identities)
+        for case let .send(identity, bye) in machine.goodbyes { try? socket.send([identity] + bye.encoded()) }
         let deadline = now + byeTimeout
         while !waiting.isEmpty && now < deadline {
             guard let frames = try? socket.receive(timeout: 0.1), let identity = frames.first,
@@ -115,24 +128,34 @@ public final class Coordinator: GradientSource {
         }
     }
 
-    /// Receives and handles at most one message, then lets the machine check the clock.
+    /// Receives and handles at most one message, then lets the machine check the clock and drops workers that have
+    /// not taken what they were sent.
     private func receiveOne(timeout: Double) throws {
         for companion in companions { try companion.poll(self) }
         if let frames = try socket.receiveFrames(timeout: timeout, wakingOn: nil), let identity = frames.first {
-            try perform(machine.receive(from: identity.bytes, Array(frames.dropFirst()), now: now))
+            try perform(machine.receive(from: identity.bytes, Array(frames.dropFirst()), address: identity.peerAddress ?? "unknown",
+                                        key: identity.userID, now: now))
         }
         try perform(machine.tick(now: now))
+        for identity in machine.identities {
+            let queue = socket.queue(to: identity)
+            guard let oldest = queue.oldest, now - oldest > cluster.heartbeatTimeout else { continue }
+            try perform(machine.undeliverable(to: identity, reason: "it has not taken \(queue.bytes) bytes sent \(format(now - oldest)) s ago (heartbeat_timeout \(format(cluster.heartbeatTimeout)) s)",
+                                              muting: true, now: now))
+        }
+        for summary in warnings.summaries(now: now) { events.emit(summary) }
     }
 
-    /// The step's weights messages (by parameter block), each encoded once for all workers.
-    private var encodedWeights: (step: UInt64, frames: [UInt32: [OutgoingFrame]]) = (.max, [:])
+    /// The tensor frames of the step's weights messages (by parameter block), each encoded once for all workers;
+    /// each worker's copy has a header of its own (its session).
+    private var encodedWeights: (step: UInt64, frames: [UInt32: ArraySlice<OutgoingFrame>]) = (.max, [:])
 
     private func encode(_ message: Message) -> [OutgoingFrame] {
         guard message.type == .weights else { return message.outgoingFrames }
         if encodedWeights.step != message.step { encodedWeights = (message.step, [:]) }
-        if let frames = encodedWeights.frames[message.block] { return frames }
+        if let tensors = encodedWeights.frames[message.block] { return [.bytes(message.header)] + tensors }
         let frames = message.outgoingFrames
-        encodedWeights.frames[message.block] = frames
+        encodedWeights.frames[message.block] = frames.dropFirst()
         return frames
     }
 
@@ -140,29 +163,40 @@ public final class Coordinator: GradientSource {
         for action in actions {
             switch action {
             case let .send(peer, message):
-                do {
-                    try socket.send(frames: [.bytes(peer)] + encode(message))
-                } catch let error as TransportError {
-                    // A peer that has gone cannot be reached; its heartbeat timeout declares it lost.
-                    log(.sendFailed(type: message.type, to: CoordinatorMachine.peerName(peer), error: "\(error)"))
-                }
+                try send(message, to: peer)
             case let .log(event):
                 log(event)
             }
         }
     }
 
-    /// Emits an event; warnings about dropped messages are limited to `warningsPerPeer` per peer, then counted.
-    private func log(_ event: ClusterEvent) {
-        if case let .messageDropped(peer, _) = event {
-            droppedMessages[peer, default: 0] += 1
-            let count = droppedMessages[peer]!
-            if count == warningsPerPeer + 1 { events.emit(.droppedMessagesCounted(from: peer)) }
-            if count > warningsPerPeer { return }
+    /// Hands a message to the transport without waiting; a peer that cannot take it is dropped.
+    private func send(_ message: Message, to peer: [UInt8]) throws {
+        guard !machine.isMuted(peer) else { return }
+        let frames = [OutgoingFrame.bytes(peer)] + encode(message)
+        let bytes = frames.reduce(0) { $0 + $1.count }
+        let queued = socket.queue(to: peer).bytes
+        if queued + bytes > queueLimit || (!machine.isMember(peer) && socket.queuedBytes + bytes > totalQueueLimit) {
+            let limit = queued + bytes > queueLimit ? "its limit of \(queueLimit)" : "the limit of \(totalQueueLimit) for all peers"
+            return try perform(machine.undeliverable(to: peer, reason: "\(queued) bytes are queued for it and \(bytes) more would pass \(limit)",
+                                                     muting: true, now: now))
         }
-        events.emit(event)
+        do {
+            try socket.send(frames: frames)
+        } catch let error as TransportError where error.code == EAGAIN {
+            try perform(machine.undeliverable(to: peer, reason: "its queue is full (\(Self.sendQueue) messages it has not taken)",
+                                              muting: true, now: now))
+        } catch let error as TransportError where error.code == EHOSTUNREACH {
+            try perform(machine.undeliverable(to: peer, reason: "its connection closed", muting: false, now: now))
+        } catch let error as TransportError {
+            log(.sendFailed(type: message.type, to: machine.describePeer(peer), error: "\(error)"))
+        }
     }
 
-    /// Messages dropped from each peer (all, including those not logged).
-    public var droppedMessageCounts: [String: Int] { droppedMessages }
+    /// Emits an event; warnings that peers cause are bounded by `warnings`.
+    private func log(_ event: ClusterEvent) {
+        if case .messageDropped = event { droppedMessages += 1 }
+        if let source = event.warningSource, !warnings.admit(source, now: now) { return }
+        events.emit(event)
+    }
 }

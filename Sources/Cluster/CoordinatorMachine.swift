@@ -20,6 +20,10 @@ extension JobConfig.ClusterSection.WireDType {
 /// - a worker still busy `straggler_delay` after its assignment has its micro-batches re-issued to idle workers,
 ///   and the first result for each micro-batch is used.
 ///
+/// A worker is the connection that joined: each join gets a random session, which every later message of the
+/// worker carries; a message under a worker's identity with another session, and a hello under a taken name, count
+/// for nothing (see `welcome`). A peer that does not take what it is sent is dropped (`undeliverable`).
+///
 /// A malformed or unexpected message is logged and dropped and changes nothing.
 public struct CoordinatorMachine {
     public enum Action: Equatable {
@@ -48,9 +52,14 @@ public struct CoordinatorMachine {
             case working([Task])
         }
 
+        /// The transport's identity of its connection (a ZeroMQ routing id), never logged.
         let identity: [UInt8]
         let name: String
         let host: String
+        /// The connection's remote address, for warnings.
+        let address: String
+        /// The join this record belongs to: the header session of every message from and to it.
+        let session: UInt64
         var phase: Phase
         var lastHeard: Double
         var lastSent: Double
@@ -111,13 +120,24 @@ public struct CoordinatorMachine {
     /// Every worker: the members in the order they were admitted, then the welcomed ones in the order they came.
     var workers: [WorkerRecord] = []
     var round: Round?
+    /// Issues each join's session (random and never 0, so that it cannot be guessed by another peer).
+    let newSession: () -> UInt64
+    /// With `security`: the CURVE key that first joined under each worker name; the name stays with that key.
+    var nameKeys: [String: String] = [:]
+    /// Identities of peers dropped because they did not take what they were sent; what they send is ignored (a
+    /// reconnecting worker comes back on a new connection, under a new identity).
+    var muted: Set<[UInt8]> = []
+    /// Muted identities kept at most.
+    static let mutedLimit = 4096
 
-    public init(job: JobDescription, layout: ParameterLayout, microBatches: Int, cluster: JobConfig.ClusterSection = .init()) {
+    public init(job: JobDescription, layout: ParameterLayout, microBatches: Int, cluster: JobConfig.ClusterSection = .init(),
+                newSession: @escaping () -> UInt64 = { UInt64.random(in: 1...UInt64.max) }) {
         self.job = job
         jobID = job.jobID
         self.layout = layout
         self.microBatches = microBatches
         self.cluster = cluster
+        self.newSession = newSession
     }
 
     var members: [WorkerRecord] { workers.filter(\.isMember) }
@@ -129,7 +149,17 @@ public struct CoordinatorMachine {
     public var hasOrphanedWork: Bool { round.map { !orphaned($0).isEmpty } ?? false }
 
     /// Bytes a tensor frame from a worker may have: the model's largest parameter block.
-    public var maximumTensorBytes: Int { (layout.entries.map(\.count).max() ?? 1) * 4 }
+    public var maximumTensorBytes: Int { Self.maximumTensorBytes(layout) }
+
+    public static func maximumTensorBytes(_ layout: ParameterLayout) -> Int { (layout.entries.map(\.count).max() ?? 1) * 4 }
+
+    /// Bytes of the model's weights (float32).
+    public var modelBytes: Int { layout.totalCount * 4 }
+
+    public func isMember(_ identity: [UInt8]) -> Bool { workers.contains { $0.identity == identity && $0.isMember } }
+    public func isMuted(_ identity: [UInt8]) -> Bool { muted.contains(identity) }
+    /// The identities of every worker, joined or joining.
+    public var identities: [[UInt8]] { workers.map(\.identity) }
 
     /// Contiguous, near-equal ranges of 0..<K for `workers` workers (empty ranges for workers beyond K).
     public static func assignments(microBatches: Int, workers: Int) -> [Range<Int>] {
@@ -216,26 +246,35 @@ public struct CoordinatorMachine {
                         nonFiniteSources: round.nonFinite.mapValues { $0.sorted() })
     }
 
-    /// Everyone to say bye to at the end.
-    public var allPeers: [[UInt8]] { workers.map(\.identity) }
+    /// The bye to send every worker at the end.
+    public var goodbyes: [Action] {
+        workers.map { .send(peer: $0.identity, Message(type: .bye, jobID: jobID, session: $0.session)) }
+    }
 
-    /// Handles one received message (`frames` after the sender's identity).
-    public mutating func receive<Frame: FrameBytes>(from identity: [UInt8], _ frames: [Frame], now: Double) -> [Action] {
-        let name = Self.peerName(identity)
+    /// Handles one received message (`frames` after the sender's identity) from the connection at `address`,
+    /// authenticated as CURVE public key `key` (with `security`).
+    public mutating func receive<Frame: FrameBytes>(from identity: [UInt8], _ frames: [Frame], address: String = "unknown",
+                                                    key: String? = nil, now: Double) -> [Action] {
+        let index = workers.firstIndex { $0.identity == identity }
+        let name = index.map { workers[$0].name } ?? address
+        func drop(_ reason: String) -> Action { .log(.messageDropped(from: name, address: address, reason: reason)) }
+        if muted.contains(identity) { return [drop("it does not take the messages it is sent")] }
         let message: Message
         do {
             message = try Message.decode(frames, maximumTensorBytes: maximumTensorBytes)
         } catch {
-            return [.log(.messageDropped(from: name, reason: "\(error)")), refuse(identity, "\(error)")]
+            return [drop("\(error)"), refuse(identity, "\(error)")]
         }
         if message.type != .hello && message.jobID != jobID {
-            return [.log(.messageDropped(from: name, reason: "job id \(String(message.jobID, radix: 16)), expected \(String(jobID, radix: 16))"))]
+            return [drop("job id \(String(message.jobID, radix: 16)), expected \(String(jobID, radix: 16))")]
         }
-        let index = workers.firstIndex { $0.identity == identity }
+        if let index, message.type != .hello, message.session != workers[index].session {
+            return [drop("\(message.type) of another session than \(name)'s")]
+        }
         if let index { workers[index].lastHeard = now }
         switch message.type {
         case .hello:
-            return welcome(identity, name: name, message, now: now)
+            return welcome(identity, message, address: address, key: key, now: now)
         case .gradients:
             guard let index else { return rejoin(identity) }
             return accept(gradients: message, from: index, now: now)
@@ -249,8 +288,18 @@ public struct CoordinatorMachine {
             let reason = (try? message.payload(Refusal.self).reason) ?? "no reason given"
             return remove(identity, .lost("failed: \(reason)"), now: now, tellPeer: false)
         case .welcome, .assignment, .weights:
-            return [.log(.messageDropped(from: name, reason: "a \(message.type) message, which only the coordinator sends"))]
+            return [drop("a \(message.type) message, which only the coordinator sends")]
         }
+    }
+
+    /// The transport could not take a message for `identity`: its connection closed, or it has not taken what it
+    /// was sent (its queue is full). The worker is lost; a peer that does not read is not heard again.
+    public mutating func undeliverable(to identity: [UInt8], reason: String, muting: Bool, now: Double) -> [Action] {
+        if muting {
+            if muted.count >= Self.mutedLimit { muted.remove(muted.first!) }
+            muted.insert(identity)
+        }
+        return remove(identity, .lost(reason), now: now, tellPeer: false)
     }
 
     /// Sends due heartbeats, declares silent and overdue workers lost, and re-issues stragglers' work.
@@ -296,23 +345,44 @@ public struct CoordinatorMachine {
 
     // MARK: handlers
 
-    private mutating func welcome(_ identity: [UInt8], name: String, _ hello: Message, now: Double) -> [Action] {
-        if hello.jobID != 0 && hello.jobID != jobID {
-            let reason = "this coordinator runs job \(String(jobID, radix: 16)), not \(String(hello.jobID, radix: 16))"
-            return [.log(.messageDropped(from: name, reason: reason)), refuse(identity, reason)]
+    /// Admits a hello: a new session for the connection, the welcome with the job. A name belongs to one connected
+    /// worker: a hello under a name another connection holds is refused (the worker may try again: the name frees
+    /// when that connection is lost), unless it carries the holder's session (the same worker, reconnected). With
+    /// `security`, a name stays with the CURVE key that first joined under it.
+    private mutating func welcome(_ identity: [UInt8], _ message: Message, address: String, key: String?, now: Double) -> [Action] {
+        // `Message.decode` checked the payload.
+        let hello = try! message.payload(Hello.self)
+        func refused(_ reason: String, rejoin: Bool = false) -> [Action] {
+            [.log(.messageDropped(from: hello.name, address: address, reason: "hello refused: \(reason)")),
+             .send(peer: identity, Message(Refusal(reason, rejoin: rejoin), jobID: jobID))]
+        }
+        if message.jobID != 0 && message.jobID != jobID {
+            return refused("this coordinator runs job \(String(jobID, radix: 16)), not \(String(message.jobID, radix: 16))")
+        }
+        if let key, let owner = nameKeys[hello.name], owner != key {
+            return refused("the worker name \(hello.name) belongs to another CURVE key; start this worker with another --name")
         }
         var actions: [Action] = []
+        if let holder = workers.first(where: { $0.name == hello.name && $0.identity != identity }) {
+            guard message.session != 0 && message.session == holder.session else {
+                return refused("the worker name \(hello.name) is taken by a connected worker on \(holder.host); "
+                               + "it frees when that connection is lost, or start this worker with another --name", rejoin: true)
+            }
+            actions += remove(holder.identity, .lost("reconnected on a new connection"), now: now, tellPeer: false)
+        }
         if let index = workers.firstIndex(where: { $0.identity == identity }) {
             if workers[index].isMember {
-                // The worker restarted or reconnected without our noticing: what it owed is lost with its old self.
-                actions += remove(identity, .lost("said hello again (restarted or reconnected)"), now: now, tellPeer: false)
+                // The worker restarted its join without our noticing: what it owed is lost with its old self.
+                actions += remove(identity, .lost("said hello again"), now: now, tellPeer: false)
             } else {
                 workers.remove(at: index)  // a repeated hello while joining is answered again
             }
         }
-        let host = (try? hello.payload(Hello.self).host) ?? "unknown"
-        workers.append(WorkerRecord(identity: identity, name: name, host: host, phase: .loading, lastHeard: now, lastSent: now))
-        actions.append(.send(peer: identity, Message(job.welcome, jobID: jobID)))
+        if let key { nameKeys[hello.name] = key }
+        let session = newSession()
+        workers.append(WorkerRecord(identity: identity, name: hello.name, host: hello.host, address: address, session: session,
+                                    phase: .loading, lastHeard: now, lastSent: now))
+        actions.append(.send(peer: identity, Message(type: .welcome, jobID: jobID, session: session, metadata: job.welcome.encoded())))
         return actions
     }
 
@@ -322,7 +392,7 @@ public struct CoordinatorMachine {
     /// re-issued straggler's) is not used.
     private mutating func accept(gradients message: Message, from index: Int, now: Double) -> [Action] {
         var worker = workers[index]
-        func drop(_ reason: String) -> [Action] { [.log(.messageDropped(from: worker.name, reason: reason))] }
+        func drop(_ reason: String) -> [Action] { [.log(.messageDropped(from: worker.name, address: worker.address, reason: reason))] }
         guard var round else { return drop("gradients while no step is running") }
         guard message.step == UInt64(round.step) else {
             return drop("gradients for step \(message.step) during step \(round.step)")
@@ -379,10 +449,8 @@ public struct CoordinatorMachine {
         let worker = workers.remove(at: index)
         guard worker.isMember else {
             switch departure {
-            case let .left(reason):
-                return [.log(.workerLeft(worker: worker.name, host: worker.host, reason: reason, step: nil, workers: workerCount))]
-            case let .lost(reason):
-                return [.log(.workerNotJoined(worker: worker.name, host: worker.host, reason: reason))]
+            case let .left(reason), let .lost(reason):
+                return [.log(.workerNotJoined(worker: worker.name, host: worker.host, address: worker.address, reason: reason))]
             }
         }
         var actions: [Action]
@@ -423,8 +491,8 @@ public struct CoordinatorMachine {
                 let work = task.ranges.flatMap { subtracting(received, from: $0) }
                 let count = work.reduce(0) { $0 + $1.count }
                 round?.reissued += count
-                actions.append(.log(.straggler(worker: workers[index].name, step: step, microBatches: work,
-                                               reissuedTo: idle.prefix(count).map(Self.peerName))))
+                let names = idle.prefix(count).compactMap { identity in workers.first { $0.identity == identity }?.name }
+                actions.append(.log(.straggler(worker: workers[index].name, step: step, microBatches: work, reissuedTo: names)))
                 actions += distribute(work, to: idle, now: now)
             }
         }
@@ -472,6 +540,8 @@ public struct CoordinatorMachine {
 
     private mutating func send(_ message: Message, to index: Int, now: Double) -> Action {
         workers[index].lastSent = now
+        var message = message
+        message.session = workers[index].session
         return .send(peer: workers[index].identity, message)
     }
 
@@ -486,10 +556,9 @@ public struct CoordinatorMachine {
         [.send(peer: identity, Message(Refusal(reason, rejoin: true), jobID: jobID))]
     }
 
-    static func peerName(_ identity: [UInt8]) -> String {
-        let text = String(decoding: identity, as: UTF8.self)
-        return text.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value < 0x7F }) && !text.isEmpty
-            ? text : identity.map { String(format: "%02x", $0) }.joined()
+    /// Who `identity` is, for a log line: the worker's name, or "a peer" (identities are never logged).
+    func describePeer(_ identity: [UInt8]) -> String {
+        workers.first { $0.identity == identity }?.name ?? "a peer"
     }
 }
 

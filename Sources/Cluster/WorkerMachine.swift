@@ -5,10 +5,13 @@ import Wire
 /// start and log lines out. It owns no socket and reads no clock, so tests drive it message by message and tick
 /// by tick; `Worker` is the loop around it.
 ///
-/// A worker says hello and waits up to `joinTimeout` for the welcome, builds the job (the `join` action), then
-/// reports ready with a heartbeat and computes what it is assigned. When the coordinator is silent for the job's
-/// `heartbeat_timeout`, the worker reconnects and says hello again with growing pauses (1, 2, 4 … 15 s) until a
-/// coordinator for the same job answers (`coordinator --resume`), or gives up after `retryTimeout`. Each time the
+/// A worker says hello and waits up to `joinTimeout` for the welcome (saying hello again each second while the
+/// coordinator asks it to: its name is still held by a connection the coordinator has not yet seen close), builds
+/// the job (the `join` action), then reports ready with a heartbeat and computes what it is assigned. Every message
+/// after the welcome carries the session the welcome issued; messages of another session are dropped. When the
+/// coordinator is silent for the job's `heartbeat_timeout`, the worker reconnects and says hello again (carrying its
+/// session, to reclaim its name) with growing pauses (1, 2, 4 … 15 s) until a coordinator for the same job answers
+/// (`coordinator --resume`), or gives up after `retryTimeout`. Each time the
 /// coordinator forgets the worker (a rejoin request, a lost coordinator) the generation grows, and work started
 /// under an older generation is void.
 public struct WorkerMachine {
@@ -28,8 +31,8 @@ public struct WorkerMachine {
     }
 
     public enum Phase: Equatable {
-        /// Hello sent, the first welcome not yet in.
-        case greeting
+        /// Hello sent at `since`, the first welcome not yet in; another goes out at `nextHello`, if set.
+        case greeting(since: Double, nextHello: Double?)
         /// Welcomed; building the job.
         case loading
         /// In the job: heartbeats, assignments, gradients.
@@ -50,8 +53,12 @@ public struct WorkerMachine {
     public let joinTimeout: Double
     /// Seconds to keep trying to reach a coordinator that was lost.
     public let retryTimeout: Double
-    public private(set) var phase = Phase.greeting
+    public private(set) var phase: Phase
     public private(set) var jobID: UInt64 = 0
+    /// The session of the latest welcome (0 before the first): in the header of every message this worker sends.
+    public private(set) var session: UInt64 = 0
+    /// Why the coordinator last asked this worker to say hello again, while greeting.
+    var lastRefusal: String?
     /// The job's timing and wire settings, known once joined.
     public private(set) var cluster = JobConfig.ClusterSection()
     /// Work computed under an older generation is void (the coordinator forgot it).
@@ -68,6 +75,7 @@ public struct WorkerMachine {
         self.endpoint = endpoint
         self.joinTimeout = joinTimeout
         self.retryTimeout = retryTimeout
+        phase = .greeting(since: now, nextHello: nil)
         lastHeard = now
         lastSent = now
     }
@@ -78,7 +86,7 @@ public struct WorkerMachine {
 
     /// The first hello.
     public mutating func start(now: Double) -> [Action] {
-        phase = .greeting
+        phase = .greeting(since: now, nextHello: nil)
         lastHeard = now
         return [sayHello(now: now)]
     }
@@ -94,6 +102,9 @@ public struct WorkerMachine {
         }
         if message.type != .welcome && message.type != .error && message.jobID != jobID {
             return [.log("dropped a message of type \(message.type) for job \(String(message.jobID, radix: 16))")]
+        }
+        if message.type != .welcome && message.type != .error && message.session != session {
+            return [.log("dropped a message of another session (\(message.type))")]
         }
         switch message.type {
         case .welcome:
@@ -117,6 +128,11 @@ public struct WorkerMachine {
         case .error:
             let refusal = try message.payload(Refusal.self)
             guard refusal.rejoin else { throw ClusterError("the coordinator refused this worker: \(refusal.reason)") }
+            if case let .greeting(since, nil) = phase {
+                lastRefusal = refusal.reason
+                phase = .greeting(since: since, nextHello: now + 1)
+                return [.log("the coordinator asks this worker to say hello again (\(refusal.reason))")]
+            }
             guard phase == .working else { return [] }  // a hello is already out
             abandonWeights("the coordinator forgot this worker")
             generation += 1
@@ -149,9 +165,14 @@ public struct WorkerMachine {
     public mutating func tick(now: Double) throws -> [Action] {
         let silence = now - lastHeard
         switch phase {
-        case .greeting:
-            if silence > joinTimeout { throw ClusterError("\(endpoint): no answer from the coordinator within \(Int(joinTimeout)) s") }
-            return []
+        case let .greeting(since, nextHello):
+            if now - since > joinTimeout {
+                throw ClusterError("\(endpoint): " + (lastRefusal.map { "not admitted within \(Int(joinTimeout)) s: \($0)" }
+                    ?? "no answer from the coordinator within \(Int(joinTimeout)) s"))
+            }
+            guard let nextHello, now >= nextHello else { return [] }
+            phase = .greeting(since: since, nextHello: nil)
+            return [sayHello(now: now)]
         case .loading, .finished:
             return []
         case .working, .rejoining:
@@ -226,11 +247,13 @@ public struct WorkerMachine {
                 throw ClusterError("the coordinator now runs job \(String(message.jobID, radix: 16)), not \(String(jobID, radix: 16)); start a new worker for it")
             }
             abandonWeights("the coordinator welcomed this worker again")
+            session = message.session
             phase = .working
             return [.log("rejoined the coordinator"), send(Message(type: .heartbeat, jobID: jobID), now: now)]
         }
-        guard phase == .greeting else { return [] }  // a repeated welcome while loading
+        guard case .greeting = phase else { return [] }  // a repeated welcome while loading
         jobID = message.jobID
+        session = message.session
         phase = .loading
         return [.join(job, jobID: message.jobID)]
     }
@@ -241,6 +264,8 @@ public struct WorkerMachine {
 
     private mutating func send(_ message: Message, now: Double) -> Action {
         lastSent = now
+        var message = message
+        message.session = session
         return .send(message)
     }
 

@@ -15,10 +15,16 @@ public protocol MessageSocket: AnyObject {
     func receiveFrames(timeout: Double, wakingOn fd: Int32?) throws -> [ReceivedFrame]?
     /// Closes the socket after at most `seconds` spent delivering what was sent (a last bye).
     func close(deliveringWithin seconds: Double)
+    /// What is queued in this process for `peer` (a ROUTER-side socket's), not yet handed to its connection.
+    func queue(to peer: [UInt8]) -> SendLedger.Queue
+    /// Bytes queued for all peers together.
+    var queuedBytes: Int { get }
 }
 
 extension MessageSocket {
     public func close(deliveringWithin seconds: Double) {}
+    public func queue(to peer: [UInt8]) -> SendLedger.Queue { SendLedger.Queue() }
+    public var queuedBytes: Int { 0 }
 
     public func send(frames: [OutgoingFrame]) throws { try send(frames.map(\.byteArray)) }
 
@@ -39,4 +45,7 @@ extension MessageSocket {
     }
 }
 
-extension ZMQSocket: MessageSocket {}
+extension ZMQSocket: MessageSocket {
+    public func queue(to peer: [UInt8]) -> SendLedger.Queue { ledger.queue(peer) }
+    public var queuedBytes: Int { ledger.totalBytes }
+}

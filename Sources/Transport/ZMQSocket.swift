@@ -45,8 +45,26 @@ public struct CurveKeyPair: Equatable, Sendable {
     }
 }
 
+/// Bounds set on a socket when it is made, before it binds or connects (libzmq applies a socket's options to the
+/// connections of an endpoint as they were when it was bound or connected).
+public struct SocketLimits: Sendable {
+    /// Bytes of the largest frame accepted: a larger one drops the connection in libzmq before it is buffered.
+    public var maximumFrame: Int?
+    /// Messages queued per peer before sends to it fail (a ROUTER) or are dropped for it (a publisher).
+    public var sendQueue: Int32?
+
+    public init(maximumFrame: Int? = nil, sendQueue: Int32? = nil) {
+        self.maximumFrame = maximumFrame
+        self.sendQueue = sendQueue
+    }
+}
+
 /// A ZeroMQ socket that moves multipart messages (arrays of frames) and knows nothing of their encoding.
 /// Linger is 0, so closing never waits for unsent messages.
+///
+/// A ROUTER never waits on a peer: a send to a peer whose queue is full fails at once with EAGAIN, to one that is
+/// not connected with EHOSTUNREACH, and a routing id belongs to the connection that has it (no handover), so no
+/// other peer can take over a connected peer's messages.
 public final class ZMQSocket {
     public enum Kind {
         /// `xpublisher` is a PUB socket that also receives subscriptions (first byte 1: subscribe).
@@ -69,18 +87,20 @@ public final class ZMQSocket {
     private var handle: UnsafeMutableRawPointer?
     private let context: ZMQContext
     public let kind: Kind
+    /// Zero-copy bytes queued per peer (a ROUTER's).
+    public let ledger = SendLedger()
+    /// A ROUTER's and an XPUB's sends fail with EAGAIN rather than wait for a peer with a full queue.
+    private var neverWaits: Bool { kind == .router || kind == .xpublisher }
 
-    public init(_ context: ZMQContext, _ kind: Kind) throws {
+    public init(_ context: ZMQContext, _ kind: Kind, limits: SocketLimits = SocketLimits()) throws {
         guard let socket = zmq_socket(context.handle, kind.zmqType) else { throw TransportError("cannot create a socket") }
         self.context = context
         self.kind = kind
         handle = socket
         try setOption(ZMQ_LINGER, 0)
-        if kind == .router {
-            // Unroutable sends fail instead of vanishing; a reconnecting worker takes over its identity.
-            try setOption(ZMQ_ROUTER_MANDATORY, 1)
-            try setOption(ZMQ_ROUTER_HANDOVER, 1)
-        }
+        if kind == .router { try setOption(ZMQ_ROUTER_MANDATORY, 1) }
+        if let bytes = limits.maximumFrame { try setInt64Option(ZMQ_MAXMSGSIZE, Int64(bytes)) }
+        if let messages = limits.sendQueue { try setOption(ZMQ_SNDHWM, messages) }
     }
 
     deinit { close() }
@@ -135,13 +155,31 @@ public final class ZMQSocket {
         }
     }
 
-    /// A stable identity for a DEALER, so the coordinator recognises a worker that reconnects.
-    public func setIdentity(_ identity: String) throws { try setOption(ZMQ_ROUTING_ID, bytes: Array(identity.utf8)) }
+    /// A DEALER's routing id at the ROUTER it connects to (set before connecting).
+    public func setIdentity(_ identity: String) throws { try setIdentity(bytes: Array(identity.utf8)) }
+    public func setIdentity(bytes: [UInt8]) throws { try setOption(ZMQ_ROUTING_ID, bytes: bytes) }
+
+    /// A routing id for one connection: 16 random bytes, the first not 0 (libzmq's own ids start with 0), so that no
+    /// other peer can guess it.
+    public static func connectionIdentity() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return [UInt8.random(in: 1...255, using: &generator)] + (1..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
 
     public func subscribe(prefix: [UInt8] = []) throws { try setOption(ZMQ_SUBSCRIBE, bytes: prefix) }
 
-    /// Bounds the size of any message this socket accepts (a larger one drops the connection).
-    public func setMaximumMessageSize(_ bytes: Int64) throws { try setInt64Option(ZMQ_MAXMSGSIZE, bytes) }
+    /// XPUB: subscription messages go to the application, which applies them (`applySubscription`), not libzmq.
+    public func takeSubscriptionsManually() throws { try setOption(ZMQ_XPUB_MANUAL, 1) }
+
+    /// XPUB with manual subscriptions: applies (or removes) `topic` for the subscriber whose message was received
+    /// last.
+    public func applySubscription(to topic: [UInt8], subscribe: Bool) throws {
+        try setOption(subscribe ? ZMQ_SUBSCRIBE : ZMQ_UNSUBSCRIBE, bytes: topic)
+    }
+
+    /// XPUB: whether a send fails with EAGAIN when a subscriber's queue is full (true), or drops the message for that
+    /// subscriber alone (false, libzmq's default).
+    public func setFailsWhenASubscriberIsFull(_ fails: Bool) throws { try setOption(ZMQ_XPUB_NODROP, fails ? 1 : 0) }
 
     public func bind(_ endpoint: String) throws {
         guard zmq_bind(try socket, endpoint) == 0 else { throw TransportError("cannot bind \(endpoint)") }
@@ -169,18 +207,22 @@ public final class ZMQSocket {
     /// Frames at least this large are handed to libzmq without a copy.
     public static let zeroCopyThreshold = 4096
 
-    /// Sends all frames as one message. A ROUTER's first frame is the peer's identity. Large frames (tensors) are
-    /// sent zero-copy: libzmq reads the array's own storage and releases it when the bytes are on the wire.
+    /// Sends all frames as one message. A ROUTER's first frame is the peer's identity, and its sends never wait
+    /// (see the type's comment). Large frames (tensors) are sent zero-copy: libzmq reads the array's own storage and
+    /// releases it when the bytes are on the wire; until then a ROUTER counts them in `ledger`.
     public func send(_ frames: [[UInt8]]) throws { try send(frames: frames.map(OutgoingFrame.bytes)) }
 
     /// The same for frames that may hold float32 values, which large frames send from the float array itself.
     public func send(frames: [OutgoingFrame]) throws {
         let socket = try self.socket
+        let now = Date().timeIntervalSince1970
+        let peer = kind == .router ? frames.first?.byteArray : nil
         for (index, frame) in frames.enumerated() {
-            let flags = index < frames.count - 1 ? ZMQ_SNDMORE : 0
+            let flags = (index < frames.count - 1 ? ZMQ_SNDMORE : 0) | (neverWaits ? ZMQ_DONTWAIT : 0)
             let sent: Int32
             let box = FrameBox(frame)
             if box.count >= Self.zeroCopyThreshold {
+                if let peer { box.onRelease = ledger.add(peer: peer, bytes: box.count, sent: now) }
                 // The box keeps the (immutable) array, and so its storage, alive until libzmq calls back.
                 let retained = Unmanaged.passRetained(box)
                 var message = zmq_msg_t()
@@ -230,6 +272,11 @@ public final class ZMQSocket {
         while more {
             let frame = ReceivedFrame()
             guard zmq_msg_recv(frame.message, socket, 0) >= 0 else { throw TransportError("receiving") }
+            if frames.count == 1, kind == .router {
+                // The connection's properties, read from the first frame it sent, go with the routing id.
+                frames[0].peerAddress = frame.property("Peer-Address")
+                frames[0].userID = frame.property("User-Id")
+            }
             more = zmq_msg_more(frame.message) != 0
             // Frames past the limit are read and thrown away; the message, one frame too long, fails decoding.
             if frames.count <= maximumFrames { frames.append(frame) }
@@ -265,6 +312,17 @@ public final class ReceivedFrame {
 
     public var count: Int { message.map { zmq_msg_size($0) } ?? array.count }
 
+    /// On the routing id frame of a message a ROUTER received: the sending connection's remote address and (with
+    /// CURVE) the user id its ZAP handler gave.
+    public fileprivate(set) var peerAddress: String?
+    public fileprivate(set) var userID: String?
+
+    /// A metadata property of a received frame ("Peer-Address", "User-Id", …), if it has one.
+    public func property(_ name: String) -> String? {
+        guard let message, let value = zmq_msg_gets(message, name) else { return nil }
+        return String(cString: value)
+    }
+
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         guard let message else { return try array.withUnsafeBytes(body) }
         return try body(UnsafeRawBufferPointer(start: zmq_msg_data(message), count: zmq_msg_size(message)))
@@ -278,6 +336,13 @@ public final class ReceivedFrame {
 public enum OutgoingFrame {
     case bytes([UInt8])
     case floats([Float])
+
+    public var count: Int {
+        switch self {
+        case let .bytes(bytes): return bytes.count
+        case let .floats(values): return 4 * values.count
+        }
+    }
 
     /// The frame's bytes, copied (for transports that keep no reference to the array).
     public var byteArray: [UInt8] {
@@ -298,6 +363,10 @@ private final class FrameBox {
     let owner: Any
     let baseAddress: UnsafeMutableRawPointer?
     let count: Int
+    /// Called when libzmq releases the frame.
+    var onRelease: (@Sendable () -> Void)?
+
+    deinit { onRelease?() }
 
     init(_ frame: OutgoingFrame) {
         // An array held in a `let` is never reallocated or written, so its storage stays where it is.

@@ -2,6 +2,8 @@
 public struct Message: Equatable, Sendable {
     public var type: MessageType
     public var jobID: UInt64
+    /// The join the message belongs to (see `WireProtocol`); 0 before the first welcome.
+    public var session: UInt64
     public var step: UInt64
     /// The micro-batches the message is about (assignments and gradients); empty otherwise.
     public var microBatches: Range<Int>
@@ -13,10 +15,11 @@ public struct Message: Equatable, Sendable {
     /// How the tensors travel; a decoded message holds them as float32 whatever the type.
     public var tensorType: TensorType
 
-    public init(type: MessageType, jobID: UInt64, step: UInt64 = 0, microBatches: Range<Int> = 0..<0,
+    public init(type: MessageType, jobID: UInt64, session: UInt64 = 0, step: UInt64 = 0, microBatches: Range<Int> = 0..<0,
                 block: UInt32 = 0, metadata: [UInt8] = [], tensors: [[Float]] = [], tensorType: TensorType = .float32) {
         self.type = type
         self.jobID = jobID
+        self.session = session
         self.step = step
         self.microBatches = microBatches
         self.block = block
@@ -49,12 +52,21 @@ extension Message {
     /// transport can send it from the array's own storage instead of a copy (the values are little-endian on
     /// little-endian hosts); everything else goes through `bytes`.
     public func encoded<Frame>(bytes: ([UInt8]) -> Frame, float32: ([Float]) -> Frame) -> [Frame] {
+        var frames = [bytes(header)]
+        if !metadata.isEmpty { frames.append(bytes(metadata)) }
+        for tensor in tensors { frames.append(tensorType == .float32 ? float32(tensor) : bytes(bfloat16Bytes(tensor))) }
+        return frames
+    }
+
+    /// The header frame alone (what differs between copies of a message to several peers: the session).
+    public var header: [UInt8] {
         var header: [UInt8] = []
         header.reserveCapacity(WireProtocol.headerSize + 8 * tensors.count)
         header += WireProtocol.magic
         append(WireProtocol.version, to: &header)
         header += [type.rawValue, tensorType.rawValue]
         append(jobID, to: &header)
+        append(session, to: &header)
         append(step, to: &header)
         append(UInt32(microBatches.lowerBound), to: &header)
         append(UInt32(microBatches.count), to: &header)
@@ -62,10 +74,7 @@ extension Message {
         append(UInt32(metadata.count), to: &header)
         append(UInt32(tensors.count), to: &header)
         for tensor in tensors { append(UInt64(tensor.count * tensorType.bytesPerValue), to: &header) }
-        var frames = [bytes(header)]
-        if !metadata.isEmpty { frames.append(bytes(metadata)) }
-        for tensor in tensors { frames.append(tensorType == .float32 ? float32(tensor) : bytes(bfloat16Bytes(tensor))) }
-        return frames
+        return header
     }
 
     /// Parses and checks frames: magic, version, known type, frame count and every length. `maximumTensorBytes`
@@ -82,8 +91,8 @@ extension Message {
         }
         guard let type = MessageType(rawValue: header[6]) else { throw WireError("unknown message type \(header[6])") }
         guard let tensorType = TensorType(rawValue: header[7]) else { throw WireError("unknown tensor type \(header[7])") }
-        let metadataLength = Int(read(header, at: 36) as UInt32)
-        let tensorCount = Int(read(header, at: 40) as UInt32)
+        let metadataLength = Int(read(header, at: 44) as UInt32)
+        let tensorCount = Int(read(header, at: 48) as UInt32)
         guard metadataLength <= WireProtocol.maximumMetadata else {
             throw WireError("metadata of \(metadataLength) bytes exceeds \(WireProtocol.maximumMetadata)")
         }
@@ -122,9 +131,9 @@ extension Message {
             }
             tensors.append(tensorType == .float32 ? floats(littleEndian: frame) : floats(bfloat16: frame))
         }
-        let first = Int(read(header, at: 24) as UInt32), count = Int(read(header, at: 28) as UInt32)
-        let message = Message(type: type, jobID: read(header, at: 8), step: read(header, at: 16),
-                              microBatches: first..<(first + count), block: read(header, at: 32), metadata: metadata,
+        let first = Int(read(header, at: 32) as UInt32), count = Int(read(header, at: 36) as UInt32)
+        let message = Message(type: type, jobID: read(header, at: 8), session: read(header, at: 16), step: read(header, at: 24),
+                              microBatches: first..<(first + count), block: read(header, at: 40), metadata: metadata,
                               tensors: tensors, tensorType: tensorType)
         try message.validatePayload()
         return message

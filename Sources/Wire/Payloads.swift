@@ -10,7 +10,8 @@ public protocol MetadataPayload: Codable, Equatable, Sendable {
 /// worker → coordinator: who is saying hello.
 public struct Hello: MetadataPayload {
     public static let messageType = MessageType.hello
-    /// The worker's name (its ZeroMQ identity), as given by `--name`.
+    /// The worker's name, as given by `--name` (at most `WireProtocol.maximumName` bytes); one connected worker
+    /// of a job holds it at a time.
     public var name: String
     public var host: String
     public var pid: Int
@@ -113,7 +114,12 @@ extension Message {
     /// Checks the metadata of the types that carry a payload.
     func validatePayload() throws {
         switch type {
-        case .hello: _ = try payload(Hello.self)
+        case .hello:
+            let hello = try payload(Hello.self)
+            for (field, value) in [("name", hello.name), ("host", hello.host)] where value.utf8.count > WireProtocol.maximumName {
+                throw WireError("hello \(field) has \(value.utf8.count) bytes, more than the \(WireProtocol.maximumName) allowed")
+            }
+            if hello.name.isEmpty { throw WireError("hello name is empty") }
         case .welcome: _ = try payload(Welcome.self)
         case .error: _ = try payload(Refusal.self)
         case .assignment, .gradients, .weights, .heartbeat, .bye: break

@@ -10,26 +10,34 @@
 ///          6     1  message type
 ///          7     1  tensor element type: 0 float32, 1 bfloat16 (`TensorType`)
 ///          8     8  job id
-///         16     8  step
-///         24     4  first micro-batch of the range the message is about
-///         28     4  number of micro-batches in it
-///         32     4  first block: tensor i of a gradients or weights message is block `first + i`, where
+///         16     8  session: 0 in a first hello; from the welcome on, the session it issued, in every message
+///                   either way; a hello after a reconnect carries the session it had, to reclaim its name
+///         24     8  step
+///         32     4  first micro-batch of the range the message is about
+///         36     4  number of micro-batches in it
+///         40     4  first block: tensor i of a gradients or weights message is block `first + i`, where
 ///                   blocks 0..<P are the P parameter tensors and (gradients only) block P is the loss sum
-///         36     4  metadata frame length in bytes (0: no metadata frame)
-///         40     4  number of tensor frames, n
-///         44   8·n  byte length of each tensor frame
+///         44     4  metadata frame length in bytes (0: no metadata frame)
+///         48     4  number of tensor frames, n
+///         52   8·n  byte length of each tensor frame
 ///
-/// The sender is the transport's business (a ZeroMQ identity), not the header's.
+/// The sender is the transport's business (a ZeroMQ identity, one per connection), not the header's; the session
+/// ties a worker's messages to the join that admitted it.
 public enum WireProtocol {
     public static let magic: [UInt8] = Array("TRND".utf8)
     /// 2: gradients travel a block at a time, as backward produces them. 3: no sender field; typed metadata.
-    public static let version: UInt16 = 3
+    /// 4: a session per join.
+    public static let version: UInt16 = 4
     /// Bytes of the fixed header, before the tensor lengths.
-    public static let headerSize = 44
+    public static let headerSize = 52
     /// Tensor frames a message may carry.
     public static let maximumTensors = 4096
     /// Bytes of metadata a message may carry.
     public static let maximumMetadata = 1 << 20
+    /// Bytes of the largest frame any message may carry (a tensor of 2^28 float32 values), whatever the model.
+    public static let maximumFrame = 1 << 30
+    /// Bytes of a worker's name and host in a hello.
+    public static let maximumName = 128
 }
 
 /// How tensor frames store their values. Raw values are on the wire.

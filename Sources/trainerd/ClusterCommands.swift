@@ -3,6 +3,7 @@ import Cluster
 import Foundation
 import Training
 import Transport
+import Wire
 
 /// Binds the coordinator's sockets and runs the training loop with gradients from workers, exactly as `train`
 /// runs it. `configure` runs once the sockets are bound (`launch` starts its workers there).
@@ -67,7 +68,8 @@ struct WorkerCommand: ParsableCommand {
             var monitor: HandshakeMonitor?
             try tracing(to: trace, as: identity) { trace in
                 let worker = try Worker(connect: {
-                    let (dealer, watching) = try keys.connect(.dealer, connect, context: context, identity: identity, keys: curve)
+                    let (dealer, watching) = try keys.connect(.dealer, connect, context: context,
+                                                              limits: SocketLimits(maximumFrame: WireProtocol.maximumFrame), keys: curve)
                     monitor = watching
                     return dealer
                 }, name: identity, endpoint: connect, joinTimeout: joinTimeout, retryTimeout: retryTimeout, threads: threads,

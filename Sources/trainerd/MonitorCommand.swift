@@ -3,6 +3,7 @@ import Foundation
 import Cluster
 import Training
 import Transport
+import Wire
 
 /// Publishes the run's events on a ZeroMQ XPUB socket. A monitor that subscribes mid-run first gets a
 /// `snapshot` event with the latest job, step and eval fields (the last-value cache of the zguide), then every
@@ -153,7 +154,8 @@ struct LogSubscription {
         self.endpoint = endpoint
         let curve = try keys.load()
         encrypted = curve != nil
-        (socket, handshakes) = try keys.connect(.subscriber, endpoint, context: ZMQContext(), keys: curve)
+        (socket, handshakes) = try keys.connect(.subscriber, endpoint, context: ZMQContext(),
+                                                limits: SocketLimits(maximumFrame: WireProtocol.maximumMetadata), keys: curve)
         try socket.subscribe()
     }
 

@@ -21,12 +21,12 @@ struct ClientKeyOptions: ParsableArguments {
         }
     }
 
-    /// A socket of `kind` on `context`, encrypted when keys are given, connected to `endpoint`; with a monitor
-    /// that reports the coordinator refusing the key.
-    func connect(_ kind: ZMQSocket.Kind, _ endpoint: String, context: ZMQContext, identity: String? = nil,
+    /// A socket of `kind` on `context` with `limits`, encrypted when keys are given, connected to `endpoint` under
+    /// a fresh random identity; with a monitor that reports the coordinator refusing the key.
+    func connect(_ kind: ZMQSocket.Kind, _ endpoint: String, context: ZMQContext, limits: SocketLimits,
                  keys: (keys: CurveKeyPair, serverKey: String)?) throws -> (ZMQSocket, HandshakeMonitor?) {
-        let socket = try ZMQSocket(context, kind)
-        if let identity { try socket.setIdentity(identity) }
+        let socket = try ZMQSocket(context, kind, limits: limits)
+        if kind == .dealer { try socket.setIdentity(bytes: ZMQSocket.connectionIdentity()) }
         var monitor: HandshakeMonitor?
         if let keys {
             try socket.makeCurveClient(keys: keys.keys, serverKey: keys.serverKey)

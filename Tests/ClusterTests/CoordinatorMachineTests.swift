@@ -11,6 +11,11 @@ final class CoordinatorMachineTests: XCTestCase {
     let job = JobDescription(yaml: "model: {sizes: [3, 2]}\ntraining: {batch_size: 4, micro_batches: 2}", overrides: [])
     let layout = ParameterLayout(entries: [("0.weight", [2, 3], true), ("0.bias", [2], true)])
     let w1 = Array("w1".utf8), w2 = Array("w2".utf8)
+    let sessions = SimulatedSessions()
+
+    func receive(_ machine: inout CoordinatorMachine, _ name: String, _ frames: [[UInt8]], now: Double) -> [CoordinatorMachine.Action] {
+        sessions.receive(&machine, name, frames, now: now)
+    }
 
     func gradients(_ step: UInt64, _ range: Range<Int>, jobID: UInt64? = nil, tensors: [[Float]]? = nil) -> [[UInt8]] {
         Message(type: .gradients, jobID: jobID ?? job.jobID, step: step, microBatches: range,
@@ -36,9 +41,9 @@ final class CoordinatorMachineTests: XCTestCase {
                 return nil
             }
         }
-        var machine = CoordinatorMachine(job: job, layout: mlp, microBatches: 2)
-        _ = machine.receive(from: w1, helloFrames(), now: 0)
-        _ = machine.receive(from: w1, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0)
+        var machine = CoordinatorMachine(job: job, layout: mlp, microBatches: 2, newSession: sessions.issue)
+        _ = receive(&machine, "w1", helloFrames(name: "w1"), now: 0)
+        _ = receive(&machine, "w1", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0)
         let weights = sends(&machine)
         XCTAssertEqual(weights.map(\.block), [0, 2])
         XCTAssertEqual(weights.map { $0.tensors.map(\.count) }, [[256 * 784, 256], [256 * 256, 256, 2560, 10]])
@@ -46,16 +51,16 @@ final class CoordinatorMachineTests: XCTestCase {
     }
 
     func testJoinAssignCollectAndReportWithInjectedTime() throws {
-        var machine = CoordinatorMachine(job: job, layout: layout, microBatches: 2)
-        let welcome = machine.receive(from: w1, helloFrames(), now: 0)
+        var machine = CoordinatorMachine(job: job, layout: layout, microBatches: 2, newSession: sessions.issue)
+        let welcome = receive(&machine, "w1", helloFrames(name: "w1"), now: 0)
         guard case let .send(peer, message)? = welcome.first else { return XCTFail("no welcome: \(welcome)") }
         XCTAssertEqual(peer, w1)
         XCTAssertEqual(message.type, .welcome)
         XCTAssertEqual(message.jobID, job.jobID)
-        _ = machine.receive(from: w2, helloFrames(), now: 0)
+        _ = receive(&machine, "w2", helloFrames(name: "w2"), now: 0)
         XCTAssertEqual(machine.readyToJoin, 0)
-        _ = machine.receive(from: w1, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 1)
-        _ = machine.receive(from: w2, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 1)
+        _ = receive(&machine, "w1", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 1)
+        _ = receive(&machine, "w2", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 1)
         XCTAssertEqual(machine.readyToJoin, 2)
 
         let parameters: [Float] = [1, 2, 3, 4, 5, 6, 7, 8]
@@ -66,27 +71,31 @@ final class CoordinatorMachineTests: XCTestCase {
         }
         // Round-robin: both assignments, then both workers' weights (small tensors share a message, here all).
         XCTAssertEqual(sends.map(\.0), [w1, w2, w1, w2])
-        XCTAssertEqual(sends[0].1, Message(type: .assignment, jobID: job.jobID, step: 5, microBatches: 0..<1))
+        // Each worker's messages carry the session of its own welcome.
+        let (s1, s2) = (try XCTUnwrap(sessions.byName["w1"]), try XCTUnwrap(sessions.byName["w2"]))
+        XCTAssertNotEqual(s1, s2)
+        XCTAssertEqual(sends.map(\.1.session), [s1, s2, s1, s2])
+        XCTAssertEqual(sends[0].1, Message(type: .assignment, jobID: job.jobID, session: s1, step: 5, microBatches: 0..<1))
         XCTAssertEqual(sends[1].1.microBatches, 1..<2)
-        XCTAssertEqual(sends[2].1, Message(type: .weights, jobID: job.jobID, step: 5, block: 0, tensors: [[1, 2, 3, 4, 5, 6], [7, 8]]))
+        XCTAssertEqual(sends[2].1, Message(type: .weights, jobID: job.jobID, session: s1, step: 5, block: 0, tensors: [[1, 2, 3, 4, 5, 6], [7, 8]]))
         XCTAssertEqual(machine.workerCount, 2)
 
         // Messages that cannot belong are dropped with the reason and change nothing.
-        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(4, 0..<1), now: 100.1)),
+        XCTAssertEqual(warnings(receive(&machine, "w1", gradients(4, 0..<1), now: 100.1)),
                        ["dropped a message from w1: gradients for step 4 during step 5"])
-        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 1..<2), now: 100.1)),
+        XCTAssertEqual(warnings(receive(&machine, "w1", gradients(5, 1..<2), now: 100.1)),
                        ["dropped a message from w1: gradients for micro-batches 1..<2 it was not assigned"])
-        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1, jobID: 7), now: 100.1)),
+        XCTAssertEqual(warnings(receive(&machine, "w1", gradients(5, 0..<1, jobID: 7), now: 100.1)),
                        ["dropped a message from w1: job id 7, expected \(String(job.jobID, radix: 16))"])
-        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1, tensors: [[1]]), now: 100.1)),
+        XCTAssertEqual(warnings(receive(&machine, "w1", gradients(5, 0..<1, tensors: [[1]]), now: 100.1)),
                        ["dropped a message from w1: block 0 has 1 values, expected 6"])
-        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1, tensors: [[1, 2, 3, 4, 5, 6], [7, 8], [0.5], [1]]), now: 100.1)),
+        XCTAssertEqual(warnings(receive(&machine, "w1", gradients(5, 0..<1, tensors: [[1, 2, 3, 4, 5, 6], [7, 8], [0.5], [1]]), now: 100.1)),
                        ["dropped a message from w1: 4 tensors from block 0, expected blocks within 0..<3 (2 parameter blocks, then the loss)"])
-        XCTAssertEqual(machine.receive(from: w1, gradients(5, 0..<1), now: 100.25), [])
-        XCTAssertEqual(warnings(machine.receive(from: w1, gradients(5, 0..<1), now: 100.3)),
+        XCTAssertEqual(receive(&machine, "w1", gradients(5, 0..<1), now: 100.25), [])
+        XCTAssertEqual(warnings(receive(&machine, "w1", gradients(5, 0..<1), now: 100.3)),
                        ["dropped a message from w1: gradients for micro-batches 0..<1 it was not assigned"])
         XCTAssertFalse(machine.isStepComplete)
-        XCTAssertEqual(machine.receive(from: w2, gradients(5, 1..<2), now: 100.5), [])
+        XCTAssertEqual(receive(&machine, "w2", gradients(5, 1..<2), now: 100.5), [])
         XCTAssertTrue(machine.isStepComplete)
         let result = try XCTUnwrap(machine.finishStep(now: 100.6))
         XCTAssertEqual(result.gradientSum, [2, 4, 6, 8, 10, 12, 14, 16])
@@ -114,6 +123,11 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     lazy var leaves: [[Float]] = (0..<k).map { testValues(9, seed: UInt64(40 + $0)).map { $0 * 100 } }
 
     func id(_ name: String) -> [UInt8] { Array(name.utf8) }
+    let sessions = SimulatedSessions()
+
+    func receive(_ machine: inout CoordinatorMachine, _ name: String, _ frames: [[UInt8]], now: Double) -> [CoordinatorMachine.Action] {
+        sessions.receive(&machine, name, frames, now: now)
+    }
 
     /// What a worker holding `range` sends: one message per maximal aligned block, each the tree sum of its leaves.
     func gradients(_ step: UInt64, _ range: Range<Int>, job: JobDescription) -> [[[UInt8]]] {
@@ -127,10 +141,10 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     func expectedSum() -> [Float] { GradientTree.sum(leaves) }
 
     func machine(workers names: [String], now: Double = 0) -> CoordinatorMachine {
-        var machine = CoordinatorMachine(job: job, layout: layout, microBatches: k, cluster: cluster)
+        var machine = CoordinatorMachine(job: job, layout: layout, microBatches: k, cluster: cluster, newSession: sessions.issue)
         for name in names {
-            _ = machine.receive(from: id(name), helloFrames(host: "h-\(name)"), now: now)
-            _ = machine.receive(from: id(name), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: now)
+            _ = receive(&machine, name, helloFrames(name: name, host: "h-\(name)"), now: now)
+            _ = receive(&machine, name, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: now)
         }
         return machine
     }
@@ -151,11 +165,11 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     }
 
     func heartbeat(_ machine: inout CoordinatorMachine, _ names: [String], now: Double) {
-        for name in names { _ = machine.receive(from: id(name), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: now) }
+        for name in names { _ = receive(&machine, name, Message(type: .heartbeat, jobID: job.jobID).encoded(), now: now) }
     }
 
     func deliver(_ machine: inout CoordinatorMachine, _ name: String, _ step: UInt64, _ range: Range<Int>, now: Double) -> [CoordinatorMachine.Action] {
-        gradients(step, range, job: job).flatMap { machine.receive(from: id(name), $0, now: now) }
+        gradients(step, range, job: job).flatMap { receive(&machine, name, $0, now: now) }
     }
 
     func finish(_ machine: inout CoordinatorMachine, now: Double, file: StaticString = #filePath, line: UInt = #line) throws -> StepSums {
@@ -210,11 +224,11 @@ final class CoordinatorMachineFaultTests: XCTestCase {
             _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
             let streamed = pieces(0, 0..<2, order: order)
             for message in streamed.dropLast() {
-                XCTAssertEqual(machine.receive(from: id("a"), message, now: 1), [])
+                XCTAssertEqual(receive(&machine, "a", message, now: 1), [])
             }
-            let duplicate = events(machine.receive(from: id("a"), streamed[0], now: 1), "warning")
+            let duplicate = events(receive(&machine, "a", streamed[0], now: 1), "warning")
             XCTAssertTrue(duplicate.count == 1 && duplicate[0].contains("duplicate block \(order[0]) for micro-batches 0..<2 of step 0"), "\(duplicate)")
-            XCTAssertEqual(machine.receive(from: id("a"), streamed.last!, now: 1), [])
+            XCTAssertEqual(receive(&machine, "a", streamed.last!, now: 1), [])
             _ = deliver(&machine, "b", 0, 2..<4, now: 2)
             _ = try finish(&machine, now: 2)
         }
@@ -224,11 +238,11 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         var machine = machine(workers: ["a", "b"])
         _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
         let partial = pieces(0, 2..<4)
-        _ = machine.receive(from: id("b"), partial[0], now: 1)  // the loss, then b dies before its gradients
+        _ = receive(&machine, "b", partial[0], now: 1)  // the loss, then b dies before its gradients
         let lost = machine.declareLost(name: "b", reason: "process exited", now: 2)
         XCTAssertEqual(sends(lost).filter { $0.1 == .assignment }.map { "\($0.0) \($0.2)" }, ["a 2..<4"])
         for message in pieces(0, 0..<2) + pieces(0, 2..<3) + pieces(0, 3..<4) {
-            XCTAssertEqual(machine.receive(from: id("a"), message, now: 3), [])
+            XCTAssertEqual(receive(&machine, "a", message, now: 3), [])
         }
         _ = try finish(&machine, now: 3)
     }
@@ -237,7 +251,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         for leaving in [Message(type: .bye, jobID: job.jobID), Message(type: .error, jobID: job.jobID, metadata: Array(#"{"message":"out of memory"}"#.utf8))] {
             var machine = machine(workers: ["a", "b"])
             _ = machine.startStep(3, parameters: [Float](repeating: 0, count: 8), now: 0)
-            let actions = machine.receive(from: id("b"), leaving.encoded(), now: 1)
+            let actions = receive(&machine, "b", leaving.encoded(), now: 1)
             XCTAssertEqual(sends(actions).map { "\($0.0) \($0.1) \($0.2)" }, ["a assignment 2..<4"], "\(leaving.type)")
             XCTAssertEqual(events(actions, leaving.type == .bye ? "worker_left" : "worker_lost").count, 1)
             if leaving.type == .error { XCTAssertTrue(events(actions, "worker_lost")[0].contains("failed: out of memory")) }
@@ -258,9 +272,9 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertEqual(sends(reissue).filter { $0.1 == .assignment }.map { "\($0.0) \($0.2)" }, ["a 2..<4"])
         XCTAssertEqual(events(machine.tick(now: 9), "straggler"), [], "re-issued once")
         // b's late result for the same micro-batches, whole or in pieces, is not used and not an error.
-        _ = machine.receive(from: id("b"), pieces(0, 2..<4)[0], now: 5.5)
+        _ = receive(&machine, "b", pieces(0, 2..<4)[0], now: 5.5)
         _ = deliver(&machine, "a", 0, 2..<4, now: 6)
-        XCTAssertEqual(pieces(0, 2..<4).dropFirst().flatMap { machine.receive(from: id("b"), $0, now: 6.5) }, [])
+        XCTAssertEqual(pieces(0, 2..<4).dropFirst().flatMap { receive(&machine, "b", $0, now: 6.5) }, [])
         let result = try finish(&machine, now: 7)
         XCTAssertTrue(JSONValue.object(result.fields).serialized.contains(#""reissued_micro_batches":2"#))
         XCTAssertEqual(machine.workerNames, ["a", "b"])
@@ -286,9 +300,9 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         _ = machine.tick(now: 12)
         XCTAssertEqual(machine.workerCount, 0)
         XCTAssertEqual(machine.waitingReason(required: 1), "waiting for a worker: every worker of step 0 was lost")
-        _ = machine.receive(from: id("z"), helloFrames(), now: 13)
+        _ = receive(&machine, "z", helloFrames(name: "z"), now: 13)
         XCTAssertEqual(machine.waitingReason(required: 1), "waiting for a worker: every worker of step 0 was lost")
-        let ready = machine.receive(from: id("z"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 14)
+        let ready = receive(&machine, "z", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 14)
         XCTAssertEqual(events(ready, "worker_joined").count, 1)
         XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["z assignment 2..<4", "z weights 0..<0"])
         _ = deliver(&machine, "z", 0, 2..<4, now: 15)
@@ -300,9 +314,9 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     func testAWorkerThatReconnectsMidStepGetsTheStepsWeightsAgain() throws {
         var machine = machine(workers: ["a"])
         XCTAssertEqual(sends(machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)).map(\.1), [.assignment, .weights])
-        let hello = machine.receive(from: id("a"), helloFrames(), now: 1)
+        let hello = receive(&machine, "a", helloFrames(name: "a"), now: 1)
         XCTAssertEqual(events(hello, "worker_lost").count, 1)
-        let ready = machine.receive(from: id("a"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 2)
+        let ready = receive(&machine, "a", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 2)
         XCTAssertEqual(sends(ready).map { "\($0.0) \($0.1) \($0.2)" }, ["a assignment 0..<4", "a weights 0..<0"])
         _ = deliver(&machine, "a", 0, 0..<4, now: 3)
         _ = try finish(&machine, now: 3)
@@ -311,8 +325,8 @@ final class CoordinatorMachineFaultTests: XCTestCase {
     func testAWorkerJoiningMidStepGetsWorkFromTheNextStep() throws {
         var machine = machine(workers: ["a"])
         _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 0)
-        _ = machine.receive(from: id("b"), helloFrames(), now: 0.1)
-        XCTAssertEqual(sends(machine.receive(from: id("b"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0.2)).count, 0)
+        _ = receive(&machine, "b", helloFrames(name: "b"), now: 0.1)
+        XCTAssertEqual(sends(receive(&machine, "b", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 0.2)).count, 0)
         _ = deliver(&machine, "a", 0, 0..<4, now: 1)
         _ = try finish(&machine, now: 1)
         let next = machine.startStep(1, parameters: [Float](repeating: 0, count: 8), now: 2)
@@ -324,13 +338,13 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         XCTAssertEqual(sends(machine.tick(now: 0.5)).count, 0)
         XCTAssertEqual(sends(machine.tick(now: 1)).map { "\($0.0) \($0.1)" }, ["a heartbeat"])
         XCTAssertEqual(sends(machine.tick(now: 1.5)).count, 0)
-        let stranger = machine.receive(from: id("x"), Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 2)
+        let stranger = receive(&machine, "x", Message(type: .heartbeat, jobID: job.jobID).encoded(), now: 2)
         guard case let .send(_, reply)? = stranger.first else { return XCTFail("\(stranger)") }
         XCTAssertEqual(reply.type, .error)
         XCTAssertTrue(String(decoding: reply.metadata, as: UTF8.self).contains(#""rejoin":true"#))
         // A worker that says hello again (it restarted) loses what it owed and is welcomed afresh.
         _ = machine.startStep(0, parameters: [Float](repeating: 0, count: 8), now: 3)
-        let again = machine.receive(from: id("a"), helloFrames(), now: 4)
+        let again = receive(&machine, "a", helloFrames(name: "a"), now: 4)
         XCTAssertEqual(events(again, "worker_lost").count, 1)
         XCTAssertEqual(sends(again).map { "\($0.0) \($0.1)" }, ["a welcome"])
     }
@@ -341,7 +355,7 @@ final class CoordinatorMachineFaultTests: XCTestCase {
         _ = deliver(&machine, "a", 0, 0..<2, now: 1)
         let bad = Message(type: .gradients, jobID: job.jobID, step: 0, microBatches: 2..<4,
                           tensors: [[1, 2, 3, 4, 5, 6], [.nan, 1], [.infinity]]).encoded()
-        XCTAssertEqual(machine.receive(from: id("b"), bad, now: 1), [])
+        XCTAssertEqual(receive(&machine, "b", bad, now: 1), [])
         let result = try XCTUnwrap(machine.finishStep(now: 1))
         XCTAssertEqual(result.nonFiniteSources[1], ["b"])
         XCTAssertEqual(result.nonFiniteSources[nil], ["b"])
@@ -350,6 +364,33 @@ final class CoordinatorMachineFaultTests: XCTestCase {
 }
 
 /// A worker's hello, as `Worker` sends it.
-func helloFrames(host: String = "unknown") -> [[UInt8]] {
-    Message(Hello(name: "w", host: host, pid: 1), jobID: 0).encoded()
+func helloFrames(name: String, host: String = "unknown") -> [[UInt8]] {
+    Message(Hello(name: name, host: host, pid: 1), jobID: 0).encoded()
+}
+
+/// The sessions the coordinator issued to simulated workers, by name, and the delivery of their messages in them.
+final class SimulatedSessions {
+    var byName: [String: UInt64] = [:]
+    private var next: UInt64 = 0x5E55_0000
+
+    /// Sessions for `CoordinatorMachine(newSession:)`: distinct and predictable.
+    func issue() -> UInt64 {
+        next += 1
+        return next
+    }
+
+    /// Hands `frames` from the worker `name` to `machine`, in the session its last welcome gave it (a hello keeps the
+    /// session it carries), and notes the session of a welcome in the reply.
+    func receive(_ machine: inout CoordinatorMachine, _ name: String, _ frames: [[UInt8]], key: String? = nil,
+                 now: Double) -> [CoordinatorMachine.Action] {
+        var frames = frames
+        if frames[0][6] != MessageType.hello.rawValue, let session = byName[name] {
+            withUnsafeBytes(of: session.littleEndian) { frames[0].replaceSubrange(16..<24, with: $0) }
+        }
+        let actions = machine.receive(from: Array(name.utf8), frames, key: key, now: now)
+        for case let .send(peer, message) in actions where message.type == .welcome && peer == Array(name.utf8) {
+            byName[name] = message.session
+        }
+        return actions
+    }
 }

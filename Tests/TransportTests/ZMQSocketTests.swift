@@ -1,3 +1,5 @@
+import CZMQ
+import Foundation
 import Transport
 import Wire
 import XCTest
@@ -50,13 +52,75 @@ final class ZMQSocketTests: XCTestCase {
 
     /// ZMQ_MAXMSGSIZE: an oversized message drops the sender's connection and never reaches the receiver.
     func testOversizedMessagesAreNotDelivered() throws {
-        let router = try ZMQSocket(context, .router)
-        try router.setMaximumMessageSize(1024)
+        let router = try ZMQSocket(context, .router, limits: SocketLimits(maximumFrame: 1024))
         try router.bind("tcp://127.0.0.1:*")
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.connect(try router.lastEndpoint)
         try dealer.send(Message(type: .gradients, jobID: 1, tensors: [[Float](repeating: 1, count: 1000)]).encoded())
         XCTAssertNil(try router.receive(timeout: 0.5))
+    }
+
+    /// A dealer that never reads, with room for one message: the router's sends to it fail with EAGAIN once its
+    /// queue of `sendQueue` messages is full, at once and never waiting (a blocking send would hang this test).
+    func testARoutersSendToAPeerThatDoesNotReadFailsInsteadOfWaiting() throws {
+        let router = try ZMQSocket(context, .router, limits: SocketLimits(sendQueue: 10))
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.setOption(ZMQ_RCVHWM, 1)
+        try dealer.setOption(ZMQ_RCVBUF, 4096)
+        try dealer.setIdentity("silent")
+        try dealer.connect(try router.lastEndpoint)
+        try dealer.send([[1]])
+        let identity = try XCTUnwrap(try router.receive(timeout: 5)?.first)
+        final class Outcome: @unchecked Sendable { var sent = 0; var error: TransportError? }
+        let outcome = Outcome(), done = DispatchSemaphore(value: 0)
+        Thread {
+            let frame = [UInt8](repeating: 7, count: 1000)
+            while outcome.sent < 1_000_000 {
+                do { try router.send([identity, frame]) } catch { outcome.error = error as? TransportError; break }
+                outcome.sent += 1
+            }
+            done.signal()
+        }.start()
+        XCTAssertEqual(done.wait(timeout: .now() + 60), .success, "a send waited for the peer")
+        XCTAssertEqual(outcome.error?.code, EAGAIN)
+        XCTAssertLessThan(outcome.sent, 100_000, "the queue is bounded")
+    }
+
+    /// Zero-copy frames count in the ledger from the send until libzmq has written them to the connection.
+    func testTheLedgerCountsZeroCopyBytesUntilTheyAreWritten() throws {
+        let router = try ZMQSocket(context, .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.setOption(ZMQ_RCVHWM, 1)
+        try dealer.setOption(ZMQ_RCVBUF, 4096)
+        try dealer.connect(try router.lastEndpoint)
+        try dealer.send([[1]])
+        let received = try XCTUnwrap(try router.receive(timeout: 5))
+        XCTAssertEqual(router.ledger.queue(received[0]), SendLedger.Queue())
+        // 32 frames of 1 MiB: far more than the dealer's socket buffers take while it does not read.
+        let tensor = [Float](repeating: 1, count: 1 << 18)
+        for _ in 0..<32 { try router.send(frames: [.bytes(received[0]), .floats(tensor)]) }
+        let queued = router.ledger.queue(received[0])
+        XCTAssertGreaterThan(queued.bytes, 1 << 20)
+        XCTAssertNotNil(queued.oldest)
+        XCTAssertEqual(router.ledger.totalBytes, queued.bytes)
+        for _ in 0..<32 { XCTAssertEqual(try XCTUnwrap(try dealer.receive(timeout: 10)).last?.count, 1 << 20) }
+        let deadline = Date().addingTimeInterval(10)
+        while router.ledger.totalBytes > 0 && Date() < deadline { usleep(1000) }
+        XCTAssertEqual(router.ledger.queue(received[0]), SendLedger.Queue())
+    }
+
+    /// A router's received message carries the sender's address on its identity frame.
+    func testReceivedMessagesNameTheirConnectionsAddress() throws {
+        let router = try ZMQSocket(context, .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.connect(try router.lastEndpoint)
+        try dealer.send([[1]])
+        let frames = try XCTUnwrap(try router.receiveFrames(timeout: 5, wakingOn: nil))
+        XCTAssertEqual(frames[0].peerAddress, "127.0.0.1")
+        XCTAssertNil(frames[0].userID, "no CURVE, no user id")
     }
 
     func testCurveIsAvailable() {

@@ -2,7 +2,7 @@ import Wire
 import XCTest
 
 final class MessageTests: XCTestCase {
-    let sample = Message(type: .gradients, jobID: 0xDEAD_BEEF_0102_0304, step: 77, microBatches: 4..<8,
+    let sample = Message(type: .gradients, jobID: 0xDEAD_BEEF_0102_0304, session: 0x5E55, step: 77, microBatches: 4..<8,
                          block: 2, metadata: Array("{\"loss\":1.5}".utf8), tensors: [[1, -2.5, 0.1], [], [3]])
 
     func testEveryTypeRoundTrips() throws {
@@ -24,8 +24,9 @@ final class MessageTests: XCTestCase {
 
     /// A header written byte by byte from the documented layout decodes to the expected fields.
     func testHeaderLayoutIsTheDocumentedOne() throws {
-        var header: [UInt8] = Array("TRND".utf8) + [3, 0] + [5, 0]
+        var header: [UInt8] = Array("TRND".utf8) + [4, 0] + [5, 0]
         header += [8, 7, 6, 5, 4, 3, 2, 1]  // job id
+        header += [0xAA, 0xBB, 0, 0, 0, 0, 0, 0x11]  // session
         header += [42, 0, 0, 0, 0, 0, 0, 0]  // step
         header += [2, 0, 0, 0, 3, 0, 0, 0]  // micro-batches 2..<5
         header += [1, 0, 0, 0]  // block
@@ -34,7 +35,7 @@ final class MessageTests: XCTestCase {
         header += [8, 0, 0, 0, 0, 0, 0, 0]  // of 8 bytes
         let tensor: [UInt8] = [0, 0, 0x80, 0x3F, 0, 0, 0x20, 0xC0]  // 1.0, -2.5
         let message = try Message.decode([header, tensor])
-        XCTAssertEqual(message, Message(type: .weights, jobID: 0x0102_0304_0506_0708, step: 42,
+        XCTAssertEqual(message, Message(type: .weights, jobID: 0x0102_0304_0506_0708, session: 0x1100_0000_0000_BBAA, step: 42,
                                         microBatches: 2..<5, block: 1, tensors: [[1, -2.5]]))
         XCTAssertEqual(message.encoded(), [header, tensor])
     }
@@ -56,7 +57,7 @@ final class MessageTests: XCTestCase {
         XCTAssertTrue(decoded.tensors[1][0].isNaN)
         var odd = frames
         odd[1].removeLast()
-        odd[0][44] = UInt8(odd[1].count)
+        odd[0][52] = UInt8(odd[1].count)
         assertRejected(odd, "tensor 0 has 21 bytes, not whole bfloat16 values")
     }
 
@@ -69,13 +70,13 @@ final class MessageTests: XCTestCase {
     func testMalformedMessagesAreRejectedWithTheReason() {
         let frames = sample.encoded()
         assertRejected([], "empty message")
-        assertRejected([Array(frames[0].prefix(10))], "header frame has 10 bytes, expected at least 44")
+        assertRejected([Array(frames[0].prefix(10))], "header frame has 10 bytes, expected at least 52")
         var wrongMagic = frames
         wrongMagic[0][0] = UInt8(ascii: "X")
         assertRejected(wrongMagic, "not a trainerd message (wrong magic)")
         var wrongVersion = frames
         wrongVersion[0][4] = 9
-        assertRejected(wrongVersion, "protocol version 9, expected 3")
+        assertRejected(wrongVersion, "protocol version 9, expected 4")
         var unknownType = frames
         unknownType[0][6] = 200
         assertRejected(unknownType, "unknown message type 200")
@@ -93,7 +94,7 @@ final class MessageTests: XCTestCase {
         assertRejected(big, "tensor 0 has 68 bytes, more than the 64 allowed")
         var odd = Message(type: .gradients, jobID: 1, tensors: [[1]]).encoded()
         odd[1].removeLast()
-        odd[0][44] = 3
+        odd[0][52] = 3
         assertRejected(odd, "tensor 0 has 3 bytes, not whole float32 values")
     }
 
@@ -119,6 +120,10 @@ final class MessageTests: XCTestCase {
         rejected(.welcome, #"{"config":"seed: 3","overrides":"x"}"#, #"welcome metadata: "overrides" is not a list"#)
         rejected(.welcome, #"{"config":null,"overrides":[]}"#, #"welcome metadata: "config" is not a string"#)
         rejected(.error, "not json", "error metadata is not a JSON object")
+        rejected(.hello, #"{"host":"a","name":"","pid":1}"#, "hello name is empty")
+        let longName = String(repeating: "w", count: 129)
+        rejected(.hello, #"{"host":"a","name":"\#(longName)","pid":1}"#, "hello name has 129 bytes, more than the 128 allowed")
+        rejected(.hello, #"{"host":"\#(longName)","name":"w","pid":1}"#, "hello host has 129 bytes, more than the 128 allowed")
         assertRejected(Message(type: .welcome, jobID: 1).encoded(), "welcome metadata is missing")
     }
 
