@@ -124,8 +124,8 @@ public struct CoordinatorMachine {
     let newSession: () -> UInt64
     /// With `security`: the CURVE key that first joined under each worker name; the name stays with that key.
     var nameKeys: [String: String] = [:]
-    /// Identities of peers dropped because they did not take what they were sent; what they send is ignored (a
-    /// reconnecting worker comes back on a new connection, under a new identity).
+    /// Identities of peers dropped because they did not take what they were sent; what they send is ignored,
+    /// silently (a reconnecting worker comes back on a new connection, under a new identity).
     var muted: Set<[UInt8]> = []
     /// Muted identities kept at most.
     static let mutedLimit = 4096
@@ -258,7 +258,8 @@ public struct CoordinatorMachine {
         let index = workers.firstIndex { $0.identity == identity }
         let name = index.map { workers[$0].name } ?? address
         func drop(_ reason: String) -> Action { .log(.messageDropped(from: name, address: address, reason: reason)) }
-        if muted.contains(identity) { return [drop("it does not take the messages it is sent")] }
+        // Its loss was logged with the reason; what it sends now is ignored without a word each.
+        if muted.contains(identity) { return [] }
         let message: Message
         do {
             message = try Message.decode(frames, maximumTensorBytes: maximumTensorBytes)
