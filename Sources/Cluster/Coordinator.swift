@@ -113,7 +113,10 @@ public final class Coordinator: GradientSource {
     /// Workers compute; the trainer's model is only evaluated.
     public var computesOnModel: Bool { false }
 
-    public func finish(summary: RunSummary) { sayGoodbye() }
+    public func finish(summary: RunSummary) {
+        for summary in warnings.summaries(now: .infinity) { events.emit(summary) }
+        sayGoodbye()
+    }
 
     /// Says bye to every worker and waits (at most `byeTimeout` seconds) for each to answer bye, so that the
     /// messages are delivered before the coordinator's socket closes.

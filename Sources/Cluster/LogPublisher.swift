@@ -25,7 +25,10 @@ public final class LogPublisher: CoordinatorCompanion {
     public static let maximumFrame = 1024
     /// Events queued per subscriber before they are dropped for it.
     public static let sendQueue: Int32 = 1000
-    public static let socketLimits = SocketLimits(maximumFrame: maximumFrame, sendQueue: sendQueue)
+    /// The kernel's send buffer per subscriber: small, so that one that does not read is noticed after about
+    /// `sendQueue` events rather than megabytes more.
+    public static let sendBuffer: Int32 = 128 << 10
+    public static let socketLimits = SocketLimits(maximumFrame: maximumFrame, sendQueue: sendQueue, sendBuffer: sendBuffer)
 
     /// Publishes on `socket` (an XPUB socket made with `socketLimits`, not yet bound); reports to `events`.
     public init(socket: ZMQSocket, events: EventLog) throws {

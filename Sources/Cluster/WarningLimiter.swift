@@ -1,21 +1,24 @@
 /// Bounds the warnings that peers can cause: at most `perSource` a window from each source (a remote address) and
-/// `total` from all, the rest counted; when a window ends, one summary per source that had warnings left out.
+/// `total` from all, the rest counted; when a window ends, one summary for each of the `perSource` sources that had
+/// the most warnings left out, and one for all the others.
 /// Memory is bounded too: at most `maximumSources` sources are told apart in a window, the others count as one.
-struct WarningLimiter {
+public struct WarningLimiter {
     /// Seconds of a window.
-    static let window = 60.0
-    static let perSource = 20
-    static let total = 200
-    static let maximumSources = 1024
-    static let otherSources = "other addresses"
+    public static let window = 60.0
+    public static let perSource = 20
+    public static let total = 200
+    public static let maximumSources = 1024
+    public static let otherSources = "other addresses"
 
     private var windowStart: Double?
     private var logged: [String: Int] = [:]
     private var loggedTotal = 0
     private var suppressed: [String: Int] = [:]
 
+    public init() {}
+
     /// Whether a warning from `source` is logged now.
-    mutating func admit(_ source: String, now: Double) -> Bool {
+    public mutating func admit(_ source: String, now: Double) -> Bool {
         if windowStart == nil { windowStart = now }
         let known = logged[source] != nil || suppressed[source] != nil || logged.count + suppressed.count < Self.maximumSources
         let source = known ? source : Self.otherSources
@@ -28,10 +31,14 @@ struct WarningLimiter {
         return false
     }
 
-    /// The summaries of a window that has ended at `now` (and starts the next), or none.
-    mutating func summaries(now: Double) -> [ClusterEvent] {
+    /// The summaries of a window that has ended at `now` (and starts the next), or none; `now` infinite ends the
+    /// window at once (the run ends).
+    public mutating func summaries(now: Double) -> [ClusterEvent] {
         guard let start = windowStart, now - start >= Self.window else { return [] }
-        let events = suppressed.sorted { $0.key < $1.key }.map { ClusterEvent.warningsSuppressed(address: $0.key, count: $0.value) }
+        let bySize = suppressed.filter { $0.key != Self.otherSources }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+        var events = bySize.prefix(Self.perSource).map { ClusterEvent.warningsSuppressed(address: $0.key, count: $0.value) }
+        let rest = bySize.dropFirst(Self.perSource).reduce(suppressed[Self.otherSources] ?? 0) { $0 + $1.value }
+        if rest > 0 { events.append(.warningsSuppressed(address: Self.otherSources, count: rest)) }
         self = WarningLimiter()
         return events
     }

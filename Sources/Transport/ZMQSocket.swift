@@ -52,10 +52,13 @@ public struct SocketLimits: Sendable {
     public var maximumFrame: Int?
     /// Messages queued per peer before sends to it fail (a ROUTER) or are dropped for it (a publisher).
     public var sendQueue: Int32?
+    /// Bytes of each connection's kernel send buffer (SO_SNDBUF), when not the system's.
+    public var sendBuffer: Int32?
 
-    public init(maximumFrame: Int? = nil, sendQueue: Int32? = nil) {
+    public init(maximumFrame: Int? = nil, sendQueue: Int32? = nil, sendBuffer: Int32? = nil) {
         self.maximumFrame = maximumFrame
         self.sendQueue = sendQueue
+        self.sendBuffer = sendBuffer
     }
 }
 
@@ -101,6 +104,7 @@ public final class ZMQSocket {
         if kind == .router { try setOption(ZMQ_ROUTER_MANDATORY, 1) }
         if let bytes = limits.maximumFrame { try setInt64Option(ZMQ_MAXMSGSIZE, Int64(bytes)) }
         if let messages = limits.sendQueue { try setOption(ZMQ_SNDHWM, messages) }
+        if let bytes = limits.sendBuffer { try setOption(ZMQ_SNDBUF, bytes) }
     }
 
     deinit { close() }

@@ -9,8 +9,9 @@ import Wire
 import XCTest
 
 /// Random and mutated frames from strangers at a live coordinator on loopback ZeroMQ: N messages while it waits
-/// for workers, then N/5 more while two workers train. The coordinator must take every message and survive, and
-/// the job must end with the single-process weights. `TRAINERD_FUZZ_MESSAGES` sets N (10,000 by default; the
+/// for workers, then N/5 more while two workers train, with a peer alongside that says hello for the job again and
+/// again and never reads. The coordinator must take every message and survive, no worker may be lost, and the job
+/// must end with the single-process weights. `TRAINERD_FUZZ_MESSAGES` sets N (10,000 by default; the
 /// README's 100,000 run uses it).
 final class FuzzTests: XCTestCase {
     static let yaml = InProcessClusterTests.yaml.replacingOccurrences(of: "max_steps: 12", with: "max_steps: 100")
@@ -129,6 +130,10 @@ final class FuzzTests: XCTestCase {
         let (coordinator, trainer) = (cluster.coordinator, cluster.trainer)
         var events: [String: Int] = [:]
         coordinator.events.observers.append { event, _ in events[event, default: 0] += 1 }
+        var lost: [String] = []
+        coordinator.events.observers.append { event, fields in
+            if event == "worker_lost" || event == "worker_left", case let .string(name)? = fields.first?.1 { lost.append(name) }
+        }
 
         let total = messageCount, duringTraining = messageCount / 5
         final class Progress: @unchecked Sendable {
@@ -158,10 +163,17 @@ final class FuzzTests: XCTestCase {
                     try dealer.connect(endpoint)
                     return dealer
                 }
+                let nonReader = try ZMQSocket(context, .dealer)
+                try nonReader.setOption(ZMQ_RCVHWM, 1)
+                try nonReader.setOption(ZMQ_RCVBUF, 4096)
+                try nonReader.setOption(ZMQ_SNDHWM, 0)
+                try nonReader.connect(endpoint)
+                let hello = Message(Hello(name: "hog", host: "fuzz", pid: 1), jobID: job.jobID).encoded()
                 func send(_ index: Int) throws {
                     let stranger = strangers[index % strangers.count]
                     try stranger.send(fuzz.frames())
                     while try stranger.receive(timeout: 0) != nil {}  // answers are not read
+                    if index % 4 == 0 { try nonReader.send(hello) }
                     progress.sent += 1
                 }
                 for index in 0..<total { try send(index) }
@@ -190,6 +202,7 @@ final class FuzzTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(progress.receivedBeforeTraining, total, "the coordinator took every frame before training")
         XCTAssertEqual(summary.weightsSHA256, expected)
         XCTAssertEqual(summary.steps, 100)
+        XCTAssertEqual(lost, [], "no worker lost or left")
         let dropped = coordinator.droppedMessages
         print("fuzz: \(progress.sent) messages sent (\(total) before, \(progress.sentDuringTraining) during training), "
               + "\(counted.received) received by the coordinator, \(dropped) dropped with a reason, "

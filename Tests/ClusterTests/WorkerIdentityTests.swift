@@ -164,3 +164,23 @@ final class WorkerIdentityTests: XCTestCase {
         XCTAssertEqual(rejoin.last, .send(Message(type: .hello, jobID: 0, session: 77, metadata: hello.encoded())))
     }
 }
+
+/// Warnings that peers cause: 20 a minute per address, 200 from all, the rest summed up once the minute is over.
+final class WarningLimiterTests: XCTestCase {
+    func testWarningsAreBoundedPerAddressAndInAllAndTheRestSummedUp() {
+        var limiter = WarningLimiter()
+        XCTAssertEqual((0..<25).filter { limiter.admit("10.0.0.1", now: Double($0)) }.count, 20)
+        XCTAssertEqual((0..<3).filter { _ in limiter.admit("10.0.0.2", now: 30) }.count, 3)
+        XCTAssertEqual(limiter.summaries(now: 59), [], "the minute is not over")
+        XCTAssertEqual(limiter.summaries(now: 60), [.warningsSuppressed(address: "10.0.0.1", count: 5)])
+        XCTAssertTrue(limiter.admit("10.0.0.1", now: 61), "a new minute")
+        // From many addresses: at most 200 in all; past 1,024 addresses, the rest count as one source.
+        var many = WarningLimiter()
+        let admitted = (0..<2000).filter { many.admit("10.1.\($0 / 256).\($0 % 256)", now: 0) }.count
+        XCTAssertEqual(admitted, WarningLimiter.total)
+        // 824 addresses had one warning left out and 976 more were not told apart: 20 summaries, then one for the rest.
+        let summaries = many.summaries(now: .infinity)
+        XCTAssertEqual(summaries.count, WarningLimiter.perSource + 1)
+        XCTAssertEqual(summaries.last, .warningsSuppressed(address: WarningLimiter.otherSources, count: 2000 - WarningLimiter.total - WarningLimiter.perSource))
+    }
+}

@@ -154,10 +154,26 @@ class CLITestCase: XCTestCase {
         return try XCTUnwrap(try doneEvent(run)["weights_sha256"] as? String)
     }
 
-    /// The events logged so far in `run`'s events.jsonl.
+    /// Events already read from each events.jsonl, and the bytes of it read, so that a wait reads only what is new.
+    private var eventCache: [String: (bytes: UInt64, events: [[String: Any]])] = [:]
+
+    /// The events logged so far in `run`'s events.jsonl (whole lines only).
     func events(_ run: String) -> [[String: Any]] {
-        let text = (try? String(contentsOfFile: run + "/events.jsonl", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let path = run + "/events.jsonl"
+        var cached = eventCache[path] ?? (0, [])
+        guard let file = FileHandle(forReadingAtPath: path) else { return cached.events }
+        defer { try? file.close() }
+        if (try? file.seekToEnd()) ?? 0 < cached.bytes { cached = (0, []) }  // a new run in the same directory
+        try? file.seek(toOffset: cached.bytes)
+        let new = (try? file.readToEnd()) ?? Data()
+        guard let lastNewline = new.lastIndex(of: UInt8(ascii: "\n")) else { return cached.events }
+        let whole = new[new.startIndex...lastNewline]
+        cached.events += whole.split(separator: UInt8(ascii: "\n")).compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0)) as? [String: Any]
+        }
+        cached.bytes += UInt64(whole.count)
+        eventCache[path] = cached
+        return cached.events
     }
 
     /// Waits (at most `timeout` s, or until `process` exits) for an event in `run`'s log that satisfies `match`

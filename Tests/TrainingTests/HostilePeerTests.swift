@@ -203,4 +203,83 @@ final class HostilePeerTests: CLITestCase {
               + "in \(String(format: "%.1f", Date().timeIntervalSince(floodStart))) s: \(warningLines.count) warning lines, the longest "
               + "\(warningLines.map(\.utf8.count).max() ?? 0) bytes, events.jsonl \(text.utf8.count) bytes; stopped at step \(stopped)")
     }
+
+    /// Samples a process's resident memory every few milliseconds on a thread of its own; `peak` is the largest.
+    final class MemorySampler: @unchecked Sendable {
+        private let lock = NSLock()
+        private var largest = 0
+        private var running = true
+        private let done = DispatchSemaphore(value: 0)
+
+        init(_ sample: @escaping @Sendable () -> Int) {
+            Thread { [self] in
+                while isRunning {
+                    let bytes = sample()
+                    lock.lock(); largest = max(largest, bytes); lock.unlock()
+                    usleep(2_000)
+                }
+                done.signal()
+            }.start()
+        }
+
+        private var isRunning: Bool { lock.lock(); defer { lock.unlock() }; return running }
+
+        /// Stops sampling; the peak.
+        func stop() -> Int {
+            lock.lock(); running = false; lock.unlock()
+            done.wait()
+            return largest
+        }
+    }
+
+    /// A 64 MiB frame on the workers' port, 4 KiB subscriptions, 10,000 distinct subscriptions and a subscriber that
+    /// never reads on the log port: the coordinator's memory stays within `memoryBound` of what it was, the slow
+    /// subscriber is said to fall behind, and the job goes on unchanged.
+    func testFloodsOfFramesAndSubscriptionsLeaveTheCoordinatorsMemoryBounded() throws {
+        try requireDataset()
+        let cluster = try startWorkers(try coordinator("floods"))
+        try waitForEvent(cluster.run, while: cluster.coordinator, step(atLeast: 10))
+        let pid = cluster.coordinator.processIdentifier
+        let resident: @Sendable () -> Int = {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
+        }
+        let baseline = resident()
+        let sampler = MemorySampler(resident)
+        // One frame of 64 MiB: refused by libzmq as its size is read (the limit is 1 MiB for this model).
+        let big = try ZMQSocket(zmq, .dealer)
+        try big.connect(cluster.endpoint)
+        try big.send([[UInt8](repeating: 7, count: 64 << 20)])
+        // Two subscriptions of 4 KiB (libzmq's own SUB socket cannot hold much longer ones: it frees its
+        // subscription tree recursively), then 10,000 distinct ones of 600 bytes, then a subscriber that never reads.
+        for _ in 0..<2 {
+            let subscriber = try ZMQSocket(zmq, .subscriber)
+            try subscriber.connect(cluster.logEndpoint)
+            try subscriber.subscribe(prefix: [UInt8](repeating: 65, count: 4096))
+        }
+        let many = try ZMQSocket(zmq, .subscriber)
+        try many.connect(cluster.logEndpoint)
+        for index in 0..<10_000 { try many.subscribe(prefix: Array("\(index)-".utf8) + [UInt8](repeating: 66, count: 594)) }
+        let slow = try ZMQSocket(zmq, .subscriber)
+        try slow.setOption(ZMQ_RCVHWM, 1)
+        try slow.setOption(ZMQ_RCVBUF, 4096)
+        try slow.connect(cluster.logEndpoint)
+        try slow.subscribe()
+        let attacked = try lastStep(cluster.run)
+        try waitForEvent(cluster.run, while: cluster.coordinator, timeout: 240) {
+            $0["message"] as? String == "a log subscriber does not keep up: events are dropped for it"
+        }
+        let behindAt = try lastStep(cluster.run)
+        try waitForEvent(cluster.run, while: cluster.coordinator, step(atLeast: behindAt + 20))
+        let peak = sampler.stop()
+        let stopped = try stopAndCheck(cluster)
+        let growth = peak - baseline
+        print("floods from step \(attacked): coordinator RSS \(baseline >> 20) MiB before, peak \(peak >> 20) MiB (+\(growth >> 20) MiB); "
+              + "the slow subscriber reported behind at step \(behindAt); stopped at step \(stopped) with train's weights")
+        XCTAssertLessThan(growth, memoryBound, "peak \(peak), baseline \(baseline)")
+    }
+
+    /// What the floods may add to the coordinator's resident memory for the default model (1.08 MB of weights).
+    let memoryBound = 64 << 20
 }
