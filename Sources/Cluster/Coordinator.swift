@@ -113,21 +113,27 @@ public final class Coordinator: GradientSource {
     /// Workers compute; the trainer's model is only evaluated.
     public var computesOnModel: Bool { false }
 
-    public func finish(summary: RunSummary) {
-        for summary in warnings.summaries(now: .infinity) { events.emit(summary) }
-        sayGoodbye()
-    }
+    public func finish(summary: RunSummary) { sayGoodbye() }
 
     /// Says bye to every worker and waits (at most `byeTimeout` seconds) for each to answer bye, so that the
-    /// messages are delivered before the coordinator's socket closes.
+    /// messages are delivered before the coordinator's socket closes. A worker that reconnected meanwhile (it
+    /// thought the coordinator lost during a long evaluation) says hello on a new connection with its session: it
+    /// gets its bye there.
     public func sayGoodbye() {
-        var waiting = Set(machine.identities)
-        for case let .send(identity, bye) in machine.goodbyes { try? socket.send([identity] + bye.encoded()) }
+        var waiting = Set<UInt64>()
+        for case let .send(identity, bye) in machine.goodbyes {
+            waiting.insert(bye.session)
+            try? socket.send([identity] + bye.encoded())
+        }
         let deadline = now + byeTimeout
         while !waiting.isEmpty && now < deadline {
             guard let frames = try? socket.receive(timeout: 0.1), let identity = frames.first,
-                  let message = try? Message.decode(Array(frames.dropFirst())), message.type == .bye else { continue }
-            waiting.remove(identity)
+                  let message = try? Message.decode(Array(frames.dropFirst())), waiting.contains(message.session) else { continue }
+            if message.type == .bye {
+                waiting.remove(message.session)
+            } else if message.type == .hello {
+                try? socket.send([identity] + Message(type: .bye, jobID: jobID, session: message.session).encoded())
+            }
         }
     }
 

@@ -354,7 +354,7 @@ public struct CoordinatorMachine {
         // `Message.decode` checked the payload.
         let hello = try! message.payload(Hello.self)
         func refused(_ reason: String, rejoin: Bool = false) -> [Action] {
-            [.log(.messageDropped(from: hello.name, address: address, reason: "hello refused: \(reason)")),
+            [.log(.messageDropped(from: address, address: address, reason: "hello as \(hello.name) refused: \(reason)")),
              .send(peer: identity, Message(Refusal(reason, rejoin: rejoin), jobID: jobID))]
         }
         if message.jobID != 0 && message.jobID != jobID {

@@ -31,8 +31,7 @@ public struct WarningLimiter {
         return false
     }
 
-    /// The summaries of a window that has ended at `now` (and starts the next), or none; `now` infinite ends the
-    /// window at once (the run ends).
+    /// The summaries of a window that has ended at `now` (and starts the next), or none.
     public mutating func summaries(now: Double) -> [ClusterEvent] {
         guard let start = windowStart, now - start >= Self.window else { return [] }
         let bySize = suppressed.filter { $0.key != Self.otherSources }.sorted { ($0.value, $1.key) > ($1.value, $0.key) }

@@ -154,16 +154,21 @@ class CLITestCase: XCTestCase {
         return try XCTUnwrap(try doneEvent(run)["weights_sha256"] as? String)
     }
 
-    /// Events already read from each events.jsonl, and the bytes of it read, so that a wait reads only what is new.
-    private var eventCache: [String: (bytes: UInt64, events: [[String: Any]])] = [:]
+    /// Events already read from each events.jsonl, the bytes of it read and its first line (which tells one run's
+    /// file from the next one's in the same place), so that a wait reads only what is new.
+    private var eventCache: [String: (bytes: UInt64, firstLine: Data, events: [[String: Any]])] = [:]
 
     /// The events logged so far in `run`'s events.jsonl (whole lines only).
     func events(_ run: String) -> [[String: Any]] {
         let path = run + "/events.jsonl"
-        var cached = eventCache[path] ?? (0, [])
-        guard let file = FileHandle(forReadingAtPath: path) else { return cached.events }
+        guard let file = FileHandle(forReadingAtPath: path) else { return [] }
         defer { try? file.close() }
-        if (try? file.seekToEnd()) ?? 0 < cached.bytes { cached = (0, []) }  // a new run in the same directory
+        let head = (try? file.read(upToCount: 4096)) ?? Data()
+        let firstLine = head.firstIndex(of: UInt8(ascii: "\n")).map { head[..<$0] } ?? Data()
+        var cached = eventCache[path] ?? (0, Data(), [])
+        if firstLine.isEmpty || cached.firstLine != firstLine || (try? file.seekToEnd()) ?? 0 < cached.bytes {
+            cached = (0, Data(firstLine), [])
+        }
         try? file.seek(toOffset: cached.bytes)
         let new = (try? file.readToEnd()) ?? Data()
         guard let lastNewline = new.lastIndex(of: UInt8(ascii: "\n")) else { return cached.events }
