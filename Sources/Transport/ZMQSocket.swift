@@ -265,6 +265,12 @@ public final class ReceivedFrame {
 
     public var count: Int { message.map { zmq_msg_size($0) } ?? array.count }
 
+    /// A metadata property of a received frame ("Peer-Address", "User-Id", …), if it has one.
+    public func property(_ name: String) -> String? {
+        guard let message, let value = zmq_msg_gets(message, name) else { return nil }
+        return String(cString: value)
+    }
+
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         guard let message else { return try array.withUnsafeBytes(body) }
         return try body(UnsafeRawBufferPointer(start: zmq_msg_data(message), count: zmq_msg_size(message)))
