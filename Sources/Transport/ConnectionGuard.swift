@@ -54,11 +54,12 @@ public struct ConnectionCut: Equatable, Sendable, CustomStringConvertible {
 /// Memory bound: a connection is cut at the first check after its `unread` passes its limit, so what it makes this
 /// process hold stays below `limit + handshakeAllowance + R × checkInterval` wire bytes, R being the rate its bytes
 /// arrive at (on loopback ≈ 3.3 GB/s: 16 MB per 5 ms interval; 10 Gb/s: 6 MB), and all connections together below
-/// Σ raised limits + `totalLimit` + (their rate) × `checkInterval`, while the guard's thread runs on time. libzmq
-/// keeps about one byte per wire byte of frames over 33 bytes, two for 33-byte frames, and 32 for empty frames (a
-/// 64-byte message per 2-byte frame): for a peer sending empty frames the bound is 32 times larger, which is why a
-/// socket's default limit is best kept to what a peer that has not joined sends (a hello: a 256 KiB limit holds such
-/// a peer to about 8 MiB).
+/// Σ raised limits + `totalLimit` + (their rate) × `checkInterval`, while the guard's thread runs on time. In
+/// memory, libzmq keeps a 64-byte message per frame, holding up to 33 bytes itself and a larger payload beside it
+/// with 40 bytes of bookkeeping: per wire byte (a frame of s ≤ 255 bytes takes s + 2) that is 64 / (s + 2), up to 32
+/// for empty frames, then (104 + s) / (s + 2), under 4, falling to about 1 for large frames. So for a peer sending
+/// empty frames the bound is 32 times larger, which is why a socket's default limit is best kept to what a peer
+/// that has not joined sends (a hello: a 256 KiB limit holds such a peer to about 8 MiB).
 ///
 /// Watches TCP connections only; a peer's limit is only as sure as its routing id (use CURVE, or anyone may claim a
 /// joined worker's id). Descriptors are reused: a connection is shut only while getpeername still gives the address
