@@ -28,6 +28,9 @@ public enum ClusterEvent: Equatable, Sendable {
     case peerRefused(address: String, reason: String)
     /// The log stream dropped events for a subscriber that does not keep up (said once a minute).
     case logSubscriberBehind
+    /// `ConnectionGuard` cut the connection from `address` (worker `peer`, or "a peer"): it had sent `unread` bytes
+    /// that were not delivered, over its `limit` (or, `overTotal`, the limit on all not-welcomed connections).
+    case connectionCut(address: String, peer: String, unread: Int, limit: Int, overTotal: Bool)
 
     /// The event's name in the log.
     public var name: String {
@@ -36,7 +39,7 @@ public enum ClusterEvent: Equatable, Sendable {
         case .workerLeft: return "worker_left"
         case .workerLost: return "worker_lost"
         case .straggler: return "straggler"
-        case .workerNotJoined, .messageDropped, .warningsSuppressed, .sendFailed, .logSubscriberBehind: return "warning"
+        case .workerNotJoined, .messageDropped, .warningsSuppressed, .sendFailed, .logSubscriberBehind, .connectionCut: return "warning"
         case .waiting: return "waiting"
         case .workerRestarted: return "worker_restarted"
         case .peerRefused: return "peer_refused"
@@ -46,7 +49,7 @@ public enum ClusterEvent: Equatable, Sendable {
     /// Where a peer-caused warning came from (`WarningLimiter` bounds them per source), or nil for other events.
     var warningSource: String? {
         switch self {
-        case let .messageDropped(_, address, _), let .workerNotJoined(_, _, address, _): return address
+        case let .messageDropped(_, address, _), let .workerNotJoined(_, _, address, _), let .connectionCut(address, _, _, _, _): return address
         case .sendFailed: return "sending"
         default: return nil
         }
@@ -99,6 +102,10 @@ public enum ClusterEvent: Equatable, Sendable {
             return [("address", .string(address)), ("reason", .string(reason))]
         case .logSubscriberBehind:
             return [("message", .string("a log subscriber does not keep up: events are dropped for it"))]
+        case let .connectionCut(address, peer, unread, limit, overTotal):
+            let over = overTotal ? "the limit of \(limit) bytes on all connections not welcomed (it held the most)" : "its limit of \(limit) bytes"
+            return [("message", .string("cut the connection of \(peer) from \(address): \(unread) bytes sent and not delivered, over \(over)")),
+                    ("address", .string(address)), ("unread", .int(unread)), ("limit", .int(limit))]
         }
     }
 }

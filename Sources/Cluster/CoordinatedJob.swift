@@ -33,7 +33,8 @@ public final class CoordinatedJob {
 
     /// A coordinator bound to `bind` (ROUTER, for workers) and, with `logBind`, publishing its events there
     /// (XPUB, for monitors), both with CURVE when the config has `security`; frames beyond the protocol's bounds
-    /// are refused (`Coordinator.socketLimits`, `LogPublisher.socketLimits`).
+    /// are refused (`Coordinator.socketLimits`, `LogPublisher.socketLimits`), and a `ConnectionGuard` cuts a
+    /// connection that has sent more than its limit that was not delivered.
     public static func bound(_ description: JobDescription, config: JobConfig, bind: String, logBind: String?,
                              runDirectory: String?, startWorkers: Int? = nil, context: RunContext? = nil) throws -> CoordinatedJob {
         let training = try TrainingJob(config: config)
@@ -41,15 +42,19 @@ public final class CoordinatedJob {
         let router = try ZMQSocket(zmq, .router, limits: Coordinator.socketLimits(training.layout))
         router.maximumFrames = 2 + WireProtocol.maximumTensors
         let publisher = try logBind.map { _ in try ZMQSocket(zmq, .xpublisher, limits: LogPublisher.socketLimits) }
+        let connectionGuard = try ConnectionGuard(
+            context: zmq, watching: [(router, Coordinator.connectionLimit)] + (publisher.map { [($0, LogPublisher.connectionLimit)] } ?? []),
+            totalLimit: Coordinator.totalConnectionLimit)
         let security = try config.security.map {
             try CoordinatorSecurity(secretKeyFile: $0.secretKey, allowedKeys: $0.allowedKeys, context: zmq,
-                                    sockets: [router] + (publisher.map { [$0] } ?? []))
+                                    sockets: [router] + (publisher.map { [$0] } ?? []), guard: connectionGuard)
         }
         try router.bind(bind)
         let job = try CoordinatedJob(description, job: training, socket: router, runDirectory: runDirectory,
                                      startWorkers: startWorkers, context: context)
         job.endpoint = try router.lastEndpoint
         job.security = security
+        job.coordinator.connectionGuard = connectionGuard
         if let publisher, let logBind {
             let log = try LogPublisher(socket: publisher, events: job.trainer.events)
             try publisher.bind(logBind)

@@ -62,6 +62,19 @@ public final class Coordinator: GradientSource {
     /// Messages queued for one peer before sends to it fail.
     public static let sendQueue: Int32 = 1000
 
+    /// Bytes a connection that has not been welcomed may have sent that were not delivered (`ConnectionGuard`): a
+    /// hello needs a few hundred.
+    public static let connectionLimit = 256 << 10
+    /// The same for all such connections together.
+    public static let totalConnectionLimit = 64 << 20
+    /// The same for a welcomed worker: its gradients for two steps' micro-batches (a step's, and a straggler's late
+    /// ones) and the kernel's receive buffer (up to 32 MiB).
+    public var workerConnectionLimit: Int { 2 * (machine.microBatches + 1) * (machine.modelBytes + (64 << 10)) + (33 << 20) }
+    /// Cuts connections that send more than their limit without it being delivered; welcomed workers get
+    /// `workerConnectionLimit`.
+    public var connectionGuard: ConnectionGuard?
+    private var raisedLimits: Set<[UInt8]> = []
+
     /// Bytes that may be queued for one peer: two copies of the weights (a step's, and the next one's while the
     /// last piece of the first is on its way) and 1 MiB of welcome and small messages.
     public var queueLimit: Int { 2 * machine.modelBytes + (1 << 20) }
@@ -146,6 +159,7 @@ public final class Coordinator: GradientSource {
                                         key: identity.userID, now: now))
         }
         try perform(machine.tick(now: now))
+        reportCuts()
         for identity in machine.identities {
             let queue = socket.queue(to: identity)
             guard let oldest = queue.oldest, now - oldest > cluster.heartbeatTimeout else { continue }
@@ -177,6 +191,20 @@ public final class Coordinator: GradientSource {
                 log(event)
             }
         }
+    }
+
+    /// Logs the connections the guard cut, and gives workers welcomed since the last call their raised limit
+    /// (and takes it from those that are gone).
+    private func reportCuts() {
+        guard let connectionGuard else { return }
+        for cut in connectionGuard.takeCuts() {
+            let who = cut.identity.map(machine.describePeer) ?? "a peer"
+            log(.connectionCut(address: cut.address, peer: who, unread: cut.unread, limit: cut.limit, overTotal: cut.overTotal))
+        }
+        let current = Set(machine.identities)
+        for identity in raisedLimits.subtracting(current) { connectionGuard.setLimit(nil, forPeer: identity) }
+        for identity in current.subtracting(raisedLimits) { connectionGuard.setLimit(workerConnectionLimit, forPeer: identity) }
+        raisedLimits = current
     }
 
     /// Hands a message to the transport without waiting; a peer that cannot take it is dropped.

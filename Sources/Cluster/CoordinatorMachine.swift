@@ -116,7 +116,7 @@ public struct CoordinatorMachine {
     public let jobID: UInt64
     public let cluster: JobConfig.ClusterSection
     let layout: ParameterLayout
-    let microBatches: Int
+    public let microBatches: Int
     /// Every worker: the members in the order they were admitted, then the welcomed ones in the order they came.
     var workers: [WorkerRecord] = []
     var round: Round?

@@ -23,6 +23,9 @@ public final class LogPublisher: CoordinatorCompanion {
     /// Bytes of the largest frame a subscriber may send: a subscription (one byte, then the topic) needs 1, but the
     /// limit also bounds the handshake's frames, and CURVE's INITIATE has a few hundred.
     public static let maximumFrame = 1024
+    /// Bytes a subscriber's connection may send that are not delivered (`ConnectionGuard`; subscriptions are never
+    /// counted as delivered): its handshake and a few dozen subscriptions.
+    public static let connectionLimit = 64 << 10
     /// Events queued per subscriber before they are dropped for it.
     public static let sendQueue: Int32 = 1000
     /// The kernel's send buffer per subscriber: small, so that one that does not read is noticed after about

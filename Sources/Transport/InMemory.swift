@@ -35,7 +35,8 @@ public final class InMemoryRouter: MessageSocket, @unchecked Sendable {
     public init() {}
 
     /// A DEALER connected to this router under `identity`; connecting again with the same identity takes over
-    /// the old connection (ROUTER_HANDOVER).
+    /// the old connection (as a ZeroMQ ROUTER with ROUTER_HANDOVER would; trainerd's does not hand over, and its
+    /// workers connect under a fresh random identity each time).
     public func connect(identity: String) -> InMemoryDealer {
         let queue = MessageQueue()
         lock.lock()

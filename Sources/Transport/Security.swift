@@ -65,11 +65,12 @@ public struct HandshakeRefusal: Equatable, Sendable {
 /// Admits CURVE peers by public key and reports everyone it turns away, with their address.
 ///
 /// It answers libzmq's ZAP requests (RFC 27) on `inproc://zeromq.zap.01` of its context, allowing only
-/// `allowedKeys`, and watches the sockets it is given for failed handshakes, which is how a plaintext peer shows
-/// (libzmq never asks ZAP about it). Runs on a thread of its own; `takeRefusals` is safe from any thread.
+/// `allowedKeys`, on a thread of its own. Failed handshakes, which is how a plaintext peer shows (libzmq never asks
+/// ZAP about it), come from the `ConnectionGuard` of the watched sockets, which reads their monitors (a socket has
+/// only one). `takeRefusals` is safe from any thread.
 ///
-/// Thread-safe: `lock` guards `refusals`, `allowed` and `running`; `handler` and `monitors` are used only on the
-/// gatekeeper's thread once it has started.
+/// Thread-safe: `lock` guards `refusals`, `allowed` and `running`; `handler` is used only on the gatekeeper's
+/// thread once it has started.
 public final class Gatekeeper: @unchecked Sendable {
     private let lock = NSLock()
     private var refusals: [HandshakeRefusal] = []
@@ -77,14 +78,36 @@ public final class Gatekeeper: @unchecked Sendable {
     private var running = true
     private let done = DispatchSemaphore(value: 0)
     private let handler: ZMQSocket
-    private let monitors: [HandshakeMonitor]
+    private let connectionGuard: ConnectionGuard
+    /// Whether `stop` stops the guard too (the gatekeeper made it).
+    private let ownsGuard: Bool
 
     /// `allowedKeys` maps Z85 public keys to names (the key file's stem). Call before `bind` on the watched sockets.
-    public init(context: ZMQContext, allowedKeys: [String: String], watching sockets: [ZMQSocket]) throws {
+    /// It watches `sockets` with a guard of its own that bounds nothing; to bound them too, make the
+    /// `ConnectionGuard` and use `init(context:allowedKeys:guard:)`.
+    public convenience init(context: ZMQContext, allowedKeys: [String: String], watching sockets: [ZMQSocket]) throws {
+        let unbounded = try ConnectionGuard(context: context, watching: sockets.map { ($0, Int.max) }, totalLimit: .max)
+        try self.init(context: context, allowedKeys: allowedKeys, guard: unbounded, owningGuard: true)
+    }
+
+    /// The same for the sockets `connectionGuard` watches, whose handshake failures it reports as refusals (the
+    /// guard's owner stops it, after the gatekeeper).
+    public convenience init(context: ZMQContext, allowedKeys: [String: String], guard connectionGuard: ConnectionGuard) throws {
+        try self.init(context: context, allowedKeys: allowedKeys, guard: connectionGuard, owningGuard: false)
+    }
+
+    private init(context: ZMQContext, allowedKeys: [String: String], guard connectionGuard: ConnectionGuard,
+                 owningGuard: Bool) throws {
         allowed = allowedKeys
-        handler = try ZMQSocket(context, .reply)
-        try handler.bind("inproc://zeromq.zap.01")
-        monitors = try sockets.enumerated().map { index, socket in try HandshakeMonitor(context, socket, index: index) }
+        self.connectionGuard = connectionGuard
+        ownsGuard = owningGuard
+        do {
+            handler = try ZMQSocket(context, .reply)
+            try handler.bind("inproc://zeromq.zap.01")
+        } catch {
+            if owningGuard { connectionGuard.stop() }
+            throw error
+        }
         Thread.detachNewThread { [self] in
             while isRunning { serve() }
             done.signal()
@@ -97,12 +120,13 @@ public final class Gatekeeper: @unchecked Sendable {
         return running
     }
 
-    /// Stops the thread (its sockets close with it).
+    /// Stops the thread (its socket closes with it), and the guard the gatekeeper made.
     public func stop() {
         lock.lock()
         running = false
         lock.unlock()
         done.wait()
+        if ownsGuard { connectionGuard.stop() }
     }
 
     /// Allows another public key (a worker `launch` started with a key it made).
@@ -112,13 +136,13 @@ public final class Gatekeeper: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// The peers turned away since the last call.
+    /// The peers turned away since the last call: by ZAP, then by failed handshakes.
     public func takeRefusals() -> [HandshakeRefusal] {
         lock.lock()
-        defer { lock.unlock() }
         let taken = refusals
         refusals = []
-        return taken
+        lock.unlock()
+        return taken + connectionGuard.takeHandshakeFailures()
     }
 
     private func refuse(_ address: String, _ reason: String) {
@@ -127,14 +151,9 @@ public final class Gatekeeper: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Waits up to 0.1 s for ZAP requests and monitor events and handles them. Monitor events are read as
-    /// soon as they come, so that an accepted connection's address is looked up while it is still open.
+    /// Waits up to 0.1 s for a ZAP request and answers it.
     private func serve() {
-        guard let ready = try? ZMQSocket.poll([handler] + monitors.map(\.pair), timeout: 0.1) else { return }
-        if ready[0], let request = try? handler.receive(timeout: 0) { answer(request, on: handler) }
-        for monitor in monitors {
-            while let failure = monitor.nextFailure() { refuse(failure.address, failure.reason) }
-        }
+        if let request = try? handler.receive(timeout: 0.1) { answer(request, on: handler) }
     }
 
     /// A ZAP request: version, request id, domain, address, routing id, mechanism, credentials…
@@ -142,7 +161,7 @@ public final class Gatekeeper: @unchecked Sendable {
         guard request.count >= 6 else { return }
         let address = String(decoding: request[3], as: UTF8.self)
         let mechanism = String(decoding: request[5], as: UTF8.self)
-        var status = "400", text = "not allowed"
+        var status = "400", text = "not allowed", userID = ""
         if mechanism == "CURVE", request.count >= 7, request[6].count == 32 {
             var z85 = [CChar](repeating: 0, count: 41)
             _ = zmq_z85_encode(&z85, request[6], 32)
@@ -151,81 +170,48 @@ public final class Gatekeeper: @unchecked Sendable {
             let name = allowed[key]
             lock.unlock()
             if let name {
-                (status, text) = ("200", "OK \(name)")
+                // The key is the user id of every message from the connection (its "User-Id" property).
+                (status, text, userID) = ("200", "OK \(name)", key)
             } else {
                 refuse(address, "CURVE key \(key) is not in the allowed keys")
             }
         } else {
             refuse(address, "\(mechanism) security is not accepted")
         }
-        try? handler.send([Array("1.0".utf8), request[1], Array(status.utf8), Array(text.utf8), [], []])
+        try? handler.send([Array("1.0".utf8), request[1], Array(status.utf8), Array(text.utf8), Array(userID.utf8), []])
     }
 }
 
 /// Reads a socket's monitor events and turns failed handshakes into refusals with the peer's address: an
 /// accepted connection's address is looked up from its descriptor, and the handshake failure is reported when
 /// that connection closes. On a connecting socket, a refusal by the server's ZAP handler is reported at once.
+/// (The coordinator's binding sockets have a `ConnectionGuard` instead, which does the same.)
 public final class HandshakeMonitor {
-    let pair: ZMQSocket
+    private let monitor: SocketMonitor
     private var addresses: [Int32: String] = [:]
-    private var failed: String?
+    private var failures = FailedHandshakes()
 
     public init(_ context: ZMQContext, _ socket: ZMQSocket, index: Int = 0, connecting: Bool = false) throws {
-        let endpoint = "inproc://trainerd-monitor-\(UInt(bitPattern: ObjectIdentifier(socket).hashValue))-\(index)"
-        let events = ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | (connecting ? ZMQ_EVENT_HANDSHAKE_FAILED_AUTH : 0)
-        guard zmq_socket_monitor(try socket.rawHandle, endpoint, events) == 0 else {
-            throw TransportError("monitoring a socket")
-        }
-        pair = try ZMQSocket(context, .pair)
-        try pair.connect(endpoint)
+        let events = MonitorEvent.handshakeEvents | (connecting ? ZMQ_EVENT_HANDSHAKE_FAILED_AUTH : 0)
+        monitor = try SocketMonitor(context, socket, events: events, name: "handshake-\(index)")
     }
 
     /// The next connection that failed its handshake, if any (does not wait).
     public func nextFailure() -> (address: String, reason: String)? {
-        while let frames = try? pair.receive(timeout: 0), let first = frames.first, first.count >= 6 {
-            let event = Int32(UInt16(first[0]) | UInt16(first[1]) << 8)
-            let value = first[2...5].reversed().reduce(Int32(0)) { $0 << 8 | Int32($1) }
-            switch event {
+        while let event = monitor.next() {
+            switch event.kind {
             case ZMQ_EVENT_ACCEPTED:
-                addresses[value] = peerAddress(value)
+                addresses[event.value] = PeerAddress(descriptor: event.value)?.host ?? "unknown"
             case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
                 // Only a connecting socket sees this: the server's ZAP handler said no (a binding socket's own
                 // refusals come from the gatekeeper).
-                return ("the server", "refused this key (ZAP status \(value))")
-            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                failed = value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-                    ? "no CURVE handshake (a plaintext peer, or another security mechanism)"
-                    : "a malformed handshake (ZMTP protocol error \(String(value, radix: 16)))"
-            case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                // A plaintext peer often shows only as a closed pipe in libzmq 4.3, not as a mechanism mismatch.
-                failed = "no CURVE handshake (a plaintext peer, or a wrong server key): \(String(cString: strerror(value)))"
-            case ZMQ_EVENT_DISCONNECTED:
-                let address = addresses.removeValue(forKey: value) ?? "unknown"
-                if let reason = failed {
-                    failed = nil
-                    return (address, reason)
-                }
+                return ("the server", "refused this key (ZAP status \(event.value))")
             default:
-                break
+                let refusal = failures.note(event) { addresses[$0] ?? "unknown" }
+                if event.kind == ZMQ_EVENT_DISCONNECTED { addresses[event.value] = nil }
+                if let refusal { return (refusal.address, refusal.reason) }
             }
         }
         return nil
-    }
-
-    private func peerAddress(_ descriptor: Int32) -> String {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(descriptor, $0, &length) == 0 }
-        }
-        guard ok else { return "unknown" }
-        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        let found = withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                getnameinfo($0, length, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0
-            }
-        }
-        return found ? String(cString: host) : "unknown"
     }
 }

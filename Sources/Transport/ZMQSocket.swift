@@ -208,6 +208,11 @@ public final class ZMQSocket {
     /// Frames of one received message kept in memory; a message with more is returned cut to one frame over.
     public var maximumFrames = Int.max
 
+    /// The guard told of every message this (binding) socket delivers, set by `ConnectionGuard.init`.
+    var connectionGuard: ConnectionGuard?
+    /// Whether a `SocketMonitor` reads this socket's events (libzmq allows one monitor per socket).
+    var isMonitored = false
+
     /// Frames at least this large are handed to libzmq without a copy.
     public static let zeroCopyThreshold = 4096
 
@@ -272,6 +277,7 @@ public final class ZMQSocket {
         }
         guard items[0].revents & Int16(ZMQ_POLLIN) != 0 else { return nil }
         var frames: [ReceivedFrame] = []
+        var delivered = connectionGuard.map { _ in DeliveredMessage() }
         var more = true
         while more {
             let frame = ReceivedFrame()
@@ -284,7 +290,9 @@ public final class ZMQSocket {
             more = zmq_msg_more(frame.message) != 0
             // Frames past the limit are read and thrown away; the message, one frame too long, fails decoding.
             if frames.count <= maximumFrames { frames.append(frame) }
+            delivered?.add(frame.message!)
         }
+        if let connectionGuard, let delivered { connectionGuard.credit(delivered, routingID: kind == .router ? frames.first : nil) }
         return frames
     }
 }

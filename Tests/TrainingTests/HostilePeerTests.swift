@@ -232,8 +232,8 @@ final class HostilePeerTests: CLITestCase {
         }
     }
 
-    /// A 64 MiB frame on the workers' port, 4 KiB subscriptions, 10,000 distinct subscriptions and a subscriber that
-    /// never reads on the log port: the coordinator's memory stays within `memoryBound` of what it was, the slow
+    /// A 64 MiB frame and a message of 5,000 frames of 80 KiB on the workers' port; 4 KiB subscriptions, 10,000
+    /// distinct subscriptions and a subscriber that never reads on the log port: the coordinator's memory stays within `memoryBound` of what it was, the slow
     /// subscriber is said to fall behind, and the job goes on unchanged.
     func testFloodsOfFramesAndSubscriptionsLeaveTheCoordinatorsMemoryBounded() throws {
         try requireDataset()
@@ -247,10 +247,19 @@ final class HostilePeerTests: CLITestCase {
         }
         let baseline = resident()
         let sampler = MemorySampler(resident)
-        // One frame of 64 MiB: refused by libzmq as its size is read (the limit is 1 MiB for this model).
+        // One frame of 64 MiB: refused by libzmq as its size is read (the limit is 1 MiB for this model). One message
+        // of 5,000 frames of 80 KiB (400 MB): cut by the connection guard after 256 KiB not delivered.
         let big = try ZMQSocket(zmq, .dealer)
         try big.connect(cluster.endpoint)
         try big.send([[UInt8](repeating: 7, count: 64 << 20)])
+        let many = try ZMQSocket(zmq, .dealer)
+        try many.setOption(ZMQ_SNDHWM, 0)
+        try many.connect(cluster.endpoint)
+        let frame = [UInt8](repeating: 8, count: 80 << 10)
+        try many.send(Array(repeating: frame, count: 5000))
+        try waitForEvent(cluster.run, while: cluster.coordinator) {
+            ($0["message"] as? String)?.hasPrefix("cut the connection of a peer from 127.0.0.1") == true
+        }
         // Two subscriptions of 4 KiB (libzmq's own SUB socket cannot hold much longer ones: it frees its
         // subscription tree recursively), then 10,000 distinct ones of 600 bytes, then a subscriber that never reads.
         for _ in 0..<2 {
@@ -258,9 +267,9 @@ final class HostilePeerTests: CLITestCase {
             try subscriber.connect(cluster.logEndpoint)
             try subscriber.subscribe(prefix: [UInt8](repeating: 65, count: 4096))
         }
-        let many = try ZMQSocket(zmq, .subscriber)
-        try many.connect(cluster.logEndpoint)
-        for index in 0..<10_000 { try many.subscribe(prefix: Array("\(index)-".utf8) + [UInt8](repeating: 66, count: 594)) }
+        let subscriptions = try ZMQSocket(zmq, .subscriber)
+        try subscriptions.connect(cluster.logEndpoint)
+        for index in 0..<10_000 { try subscriptions.subscribe(prefix: Array("\(index)-".utf8) + [UInt8](repeating: 66, count: 594)) }
         let slow = try ZMQSocket(zmq, .subscriber)
         try slow.setOption(ZMQ_RCVHWM, 1)
         try slow.setOption(ZMQ_RCVBUF, 4096)
@@ -271,12 +280,14 @@ final class HostilePeerTests: CLITestCase {
             $0["message"] as? String == "a log subscriber does not keep up: events are dropped for it"
         }
         let behindAt = try lastStep(cluster.run)
+        let cuts = warnings(cluster.run).filter { $0.hasPrefix("cut the connection") }
+        XCTAssertGreaterThanOrEqual(cuts.count, 2, "the 5,000-frame message and the 10,000 subscriptions: \(cuts)")
         try waitForEvent(cluster.run, while: cluster.coordinator, step(atLeast: behindAt + 20))
         let peak = sampler.stop()
         let stopped = try stopAndCheck(cluster)
         let growth = peak - baseline
         print("floods from step \(attacked): coordinator RSS \(baseline >> 20) MiB before, peak \(peak >> 20) MiB (+\(growth >> 20) MiB); "
-              + "the slow subscriber reported behind at step \(behindAt); stopped at step \(stopped) with train's weights")
+              + "cuts: \(cuts); the slow subscriber reported behind at step \(behindAt); stopped at step \(stopped) with train's weights")
         XCTAssertLessThan(growth, memoryBound, "peak \(peak), baseline \(baseline)")
     }
 
