@@ -52,7 +52,7 @@ struct WorkerCommand: ParsableCommand {
         commandName: "worker", abstract: "Compute gradients for a coordinator (the job's config comes from it).")
 
     @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:5555.") var connect: String
-    @Option(help: "A stable name (the ZeroMQ identity); default host-pid.") var name: String?
+    @Option(help: "A name unique among the job's connected workers; default host-pid.") var name: String?
     @Option(help: "Kernel threads (default: the job's training.threads).") var threads: Int?
     @Option(help: "Seconds to wait for the coordinator's welcome.") var joinTimeout = 30.0
     @Option(help: "Seconds to keep reconnecting to a coordinator that was lost.") var retryTimeout = 600.0
