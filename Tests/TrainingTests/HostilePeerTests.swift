@@ -77,13 +77,6 @@ final class HostilePeerTests: CLITestCase {
 
     func hello(_ name: String, host: String = "attacker") -> [[UInt8]] { Message(Hello(name: name, host: host, pid: 1), jobID: 0).encoded() }
 
-    /// The coordinator's resident memory in bytes.
-    func residentBytes(_ process: Process) -> Int {
-        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
-    }
-
     func warnings(_ run: String) -> [String] {
         events(run).filter { $0["event"] as? String == "warning" }.compactMap { $0["message"] as? String }
     }
@@ -240,6 +233,7 @@ final class HostilePeerTests: CLITestCase {
         let cluster = try startWorkers(try coordinator("floods"))
         try waitForEvent(cluster.run, while: cluster.coordinator, step(atLeast: 10))
         let pid = cluster.coordinator.processIdentifier
+        /// The coordinator's resident memory in bytes, from /proc.
         let resident: @Sendable () -> Int = {
             let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
