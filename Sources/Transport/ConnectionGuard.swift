@@ -67,7 +67,7 @@ public struct ConnectionCut: Equatable, Sendable, CustomStringConvertible {
 /// connection closed may be credited to the next connection with the same number, which then holds at most one
 /// limit more until the next check clamps it.
 ///
-/// Thread-safe: `lock` guards `deliveries`, `peerLimits`, `cuts`, `handshakeFailures` and `running`; `watched`,
+/// Thread-safe: `lock` guards `deliveries`, `peerLimits`, `cuts` and `handshakeFailures`; `watched`,
 /// `pairs` and `connections` are used only on the guard's thread once it has started. A watched socket tells its
 /// guard of each message it delivers, on the socket's own thread, taking the lock once.
 public final class ConnectionGuard: @unchecked Sendable {
@@ -117,8 +117,7 @@ public final class ConnectionGuard: @unchecked Sendable {
     private var peerLimits: [[UInt8]: Int] = [:]
     private var cuts: [ConnectionCut] = []
     private var handshakeFailures: [HandshakeRefusal] = []
-    private var running = true
-    private let done = DispatchSemaphore(value: 0)
+    private var thread: WorkerThread?
     private var watched: [Watched]
     private let pairs: [ZMQSocket]
     private var connections: [Int32: Connection] = [:]
@@ -137,26 +136,11 @@ public final class ConnectionGuard: @unchecked Sendable {
         pairs = watched.map(\.monitor.pair)
         self.totalLimit = totalLimit
         for (socket, _) in sockets { socket.connectionGuard = self }
-        Thread.detachNewThread { [self] in
-            run()
-            done.signal()
-        }
-    }
-
-    private var isRunning: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return running
+        thread = WorkerThread { [self] in run($0) }
     }
 
     /// Stops the thread (its monitor sockets close with it); the watched sockets are no longer bounded.
-    public func stop() {
-        lock.lock()
-        let wasRunning = running
-        running = false
-        lock.unlock()
-        if wasRunning { done.wait() }
-    }
+    public func stop() { thread?.stop() }
 
     /// Gives the connections of a ROUTER peer `identity` (its routing id) a limit of `bytes`, or with nil their
     /// socket's default again. It applies from the first message the application receives from a connection, which
@@ -212,9 +196,9 @@ public final class ConnectionGuard: @unchecked Sendable {
         }
     }
 
-    private func run() {
+    private func run(_ thread: WorkerThread) {
         var nextCheck = ProcessInfo.processInfo.systemUptime
-        while isRunning {
+        while thread.isRunning {
             let now = ProcessInfo.processInfo.systemUptime
             let wait = connections.isEmpty ? Self.idleWait : max(0.001, nextCheck - now)
             _ = try? ZMQSocket.poll(pairs, timeout: wait)

@@ -69,14 +69,13 @@ public struct HandshakeRefusal: Equatable, Sendable {
 /// ZAP about it), come from the `ConnectionGuard` of the watched sockets, which reads their monitors (a socket has
 /// only one). `takeRefusals` is safe from any thread.
 ///
-/// Thread-safe: `lock` guards `refusals`, `allowed` and `running`; `handler` is used only on the gatekeeper's
+/// Thread-safe: `lock` guards `refusals` and `allowed`; `handler` is used only on the gatekeeper's
 /// thread once it has started.
 public final class Gatekeeper: @unchecked Sendable {
     private let lock = NSLock()
     private var refusals: [HandshakeRefusal] = []
     private var allowed: [String: String]
-    private var running = true
-    private let done = DispatchSemaphore(value: 0)
+    private var thread: WorkerThread?
     private let handler: ZMQSocket
     private let connectionGuard: ConnectionGuard
     /// Whether `stop` stops the guard too (the gatekeeper made it).
@@ -108,24 +107,14 @@ public final class Gatekeeper: @unchecked Sendable {
             if owningGuard { connectionGuard.stop() }
             throw error
         }
-        Thread.detachNewThread { [self] in
-            while isRunning { serve() }
-            done.signal()
+        thread = WorkerThread { [self] thread in
+            while thread.isRunning { serve() }
         }
-    }
-
-    private var isRunning: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return running
     }
 
     /// Stops the thread (its socket closes with it), and the guard the gatekeeper made.
     public func stop() {
-        lock.lock()
-        running = false
-        lock.unlock()
-        done.wait()
+        thread?.stop()
         if ownsGuard { connectionGuard.stop() }
     }
 
