@@ -74,6 +74,9 @@ public final class Coordinator: GradientSource {
     /// `workerConnectionLimit`.
     public var connectionGuard: ConnectionGuard?
     private var raisedLimits: Set<[UInt8]> = []
+    /// Workers a send found gone (EHOSTUNREACH), in the order found. Each is declared lost only once a receive has
+    /// found nothing more queued: what the worker sent before its connection closed (a bye) is read first.
+    private var closedConnections: [[UInt8]] = []
 
     /// Bytes that may be queued for one peer: two copies of the weights (a step's, and the next one's while the
     /// last piece of the first is on its way) and 1 MiB of welcome and small messages.
@@ -154,9 +157,17 @@ public final class Coordinator: GradientSource {
     /// not taken what they were sent.
     private func receiveOne(timeout: Double) throws {
         for companion in companions { try companion.poll(self) }
-        if let frames = try socket.receiveFrames(timeout: timeout, wakingOn: nil), let identity = frames.first {
-            try perform(machine.receive(from: identity.bytes, Array(frames.dropFirst()), address: identity.peerAddress ?? "unknown",
-                                        key: identity.userID, now: now))
+        if let frames = try socket.receiveFrames(timeout: closedConnections.isEmpty ? timeout : 0, wakingOn: nil) {
+            if let identity = frames.first {
+                try perform(machine.receive(from: identity.bytes, Array(frames.dropFirst()), address: identity.peerAddress ?? "unknown",
+                                            key: identity.userID, now: now))
+            }
+        } else {
+            let closed = closedConnections
+            closedConnections = []
+            for identity in closed {
+                try perform(machine.undeliverable(to: identity, reason: "its connection closed", muting: false, now: now))
+            }
         }
         try perform(machine.tick(now: now))
         reportCuts()
@@ -224,7 +235,7 @@ public final class Coordinator: GradientSource {
             try perform(machine.undeliverable(to: peer, reason: "its queue is full (\(Self.sendQueue) messages it has not taken)",
                                               muting: true, now: now))
         } catch let error as TransportError where error.code == EHOSTUNREACH {
-            try perform(machine.undeliverable(to: peer, reason: "its connection closed", muting: false, now: now))
+            if machine.identities.contains(peer) && !closedConnections.contains(peer) { closedConnections.append(peer) }
         } catch let error as TransportError {
             log(.sendFailed(type: message.type, to: machine.describePeer(peer), error: "\(error)"))
         }

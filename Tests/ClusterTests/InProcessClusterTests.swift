@@ -144,4 +144,78 @@ final class InProcessClusterTests: XCTestCase {
         XCTAssertTrue(warnings.contains { $0.hasPrefix("worker no-data on ") && $0.hasSuffix(" did not join: failed: /nowhere/train-images-idx3-ubyte.gz: file not found") }, "\(warnings)")
         XCTAssertEqual(outcome.error, "/nowhere/train-images-idx3-ubyte.gz: file not found")
     }
+
+    /// A ROUTER whose peer said bye and closed before the coordinator read the bye: ZeroMQ then fails sends to the
+    /// peer (EHOSTUNREACH) while the bye still waits in the receive queue. This stand-in holds back the bye of
+    /// `leaving`, drops its connection, and hands the bye over only once a send to it has failed.
+    final class ByeAfterCloseRouter: MessageSocket, @unchecked Sendable {
+        let router = InMemoryRouter()
+        let leaving: [UInt8]
+        private let lock = NSLock()
+        private var heldBye: [[UInt8]]?
+        private var releasedBye: [[UInt8]]?
+        private(set) var failedSends = 0
+
+        init(leaving: String) { self.leaving = Array(leaving.utf8) }
+
+        func send(_ frames: [[UInt8]]) throws {
+            do {
+                try router.send(frames)
+            } catch {
+                lock.lock()
+                if frames[0] == leaving, let bye = heldBye { (heldBye, releasedBye) = (nil, bye) }
+                failedSends += 1
+                lock.unlock()
+                throw error
+            }
+        }
+
+        func receive(timeout: Double) throws -> [[UInt8]]? {
+            lock.lock()
+            if let bye = releasedBye {
+                releasedBye = nil
+                lock.unlock()
+                return bye
+            }
+            lock.unlock()
+            guard let frames = try router.receive(timeout: timeout) else { return nil }
+            guard frames[0] == leaving, let message = try? Message.decode(Array(frames.dropFirst())), message.type == .bye else {
+                return frames
+            }
+            lock.lock()
+            heldBye = frames
+            lock.unlock()
+            router.disconnect(identity: String(decoding: leaving, as: UTF8.self))
+            return try receive(timeout: 0)
+        }
+    }
+
+    /// A worker that leaves (bye) and closes its connection before the coordinator reads the bye has left, not
+    /// been lost: the failed send to it waits for what is still queued from it.
+    func testAByeQueuedBeforeTheConnectionClosedCountsAsLeaving() throws {
+        let config = try JobConfig.parse(yaml: Self.yaml)
+        let single = try Trainer(config: config, runDirectory: nil, data: Self.data(config)).run().weightsSHA256
+        // Heartbeats often: the held bye waits for the coordinator's next send to the worker.
+        let job = JobDescription(yaml: Self.yaml, overrides: ["cluster.heartbeat_interval=0.05"])
+        let socket = ByeAfterCloseRouter(leaving: "leaves")
+        let trainer = try CoordinatedJob(job, config: try job.parse(), socket: socket, runDirectory: nil, data: Self.data(config),
+                                         startWorkers: 2).trainer
+        let leave = StopRequest()
+        var departures: [String] = []
+        trainer.events.observers.append { event, fields in
+            if event == "step", case .int(4)? = fields.first(where: { $0.0 == "step" })?.1 { leave.request() }
+            if event == "worker_left" || event == "worker_lost", case let .string(name)? = fields.first(where: { $0.0 == "worker" })?.1 {
+                departures.append("\(event) \(name)")
+            }
+        }
+        let threads = [("stays", StopRequest()), ("leaves", leave)].map { name, stop in
+            Thread {
+                try? Worker(connect: { socket.router.connect(identity: name) }, name: name, loadDatasets: { Self.data($0) }, stop: stop).run()
+            }
+        }
+        threads.forEach { $0.start() }
+        XCTAssertEqual(try trainer.run().weightsSHA256, single)
+        XCTAssertEqual(departures, ["worker_left leaves"])
+        XCTAssertGreaterThan(socket.failedSends, 0, "a send to the worker that left failed before its bye was read")
+    }
 }

@@ -15,7 +15,25 @@ class CLITestCase: XCTestCase {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
     }
 
-    override func tearDown() { try? FileManager.default.removeItem(atPath: scratch) }
+    /// Processes `start` started: any still running when the test ends (it failed part-way) is killed.
+    private var started: [Process] = []
+
+    /// Kills what the test left running and, when it failed, prints the end of each log it wrote (the scratch
+    /// directory is removed).
+    override func tearDown() {
+        for process in started where process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        if (testRun?.failureCount ?? 0) > 0 {
+            let logs = ((try? FileManager.default.contentsOfDirectory(atPath: scratch)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+            for name in logs {
+                let lines = ((try? String(contentsOfFile: scratch + "/" + name, encoding: .utf8)) ?? "").split(separator: "\n")
+                print("--- last \(min(lines.count, 40)) lines of \(name)\n" + lines.suffix(40).joined(separator: "\n"))
+            }
+        }
+        try? FileManager.default.removeItem(atPath: scratch)
+    }
 
     /// The trainerd binary built next to this test bundle.
     var executable: String {
@@ -115,6 +133,7 @@ class CLITestCase: XCTestCase {
         process.standardOutput = try file(output)
         process.standardError = try file(log)
         try process.run()
+        started.append(process)
         return process
     }
 
