@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what trainerd needs to build and run on Debian/Ubuntu, skipping what is already there:
-# C libraries (zlib, OpenSSL's libcrypto, libzmq) with pkg-config, Fashion-MNIST from Debian's dataset package, and
-# the text of Debian's fortunes package (the character-level language model's corpus).
+# C libraries (zlib, OpenSSL's libcrypto, libzmq, SQLite for the daemon's job store) with pkg-config, Fashion-MNIST
+# from Debian's dataset package, and the text of Debian's fortunes package (the character-level language model's
+# corpus).
 # With --tests it also makes sure there are systemd-analyze (the unit files' test), Slurm and munge (the Slurm test's
 # one-node cluster) and, in Python, NumPy (the tests' independent evaluator), prometheus-client (its parser checks
 # the metrics file) and kubernetes-validate (Kubernetes' own schemas check the manifests).
@@ -20,7 +21,7 @@ install_missing() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-install_missing pkg-config zlib1g-dev libssl-dev libzmq3-dev dataset-fashion-mnist fortunes
+install_missing pkg-config zlib1g-dev libssl-dev libzmq3-dev libsqlite3-dev dataset-fashion-mnist fortunes
 
 if ! command -v swift >/dev/null 2>&1; then
     echo "setup: the Swift 6 toolchain is needed (https://www.swift.org/install/linux/) and 'swift' is not on PATH" >&2
@@ -38,6 +39,7 @@ install_python_package() {
 if [ "${1:-}" = "--tests" ]; then
     install_missing slurm-wlm munge  # the Slurm test's one-node cluster
     command -v systemd-analyze >/dev/null 2>&1 || install_missing systemd  # systemd-analyze, for the unit files' test
+    command -v curl >/dev/null 2>&1 || install_missing curl  # a client of its own for the daemon's API tests
     install_python_package numpy numpy "the independent evaluator of trained weights"
     install_python_package prometheus_client prometheus-client "its parser checks the metrics file"
     install_python_package kubernetes_validate kubernetes-validate "Kubernetes' schemas check the manifests"

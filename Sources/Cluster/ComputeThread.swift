@@ -1,5 +1,6 @@
 import Foundation
 import Training
+import Transport
 
 /// Runs a job's gradient computations one after another on a thread of its own and wakes the worker's loop
 /// (through a pipe it can poll next to its socket) with every piece they hand on, and when one fails.
@@ -9,20 +10,11 @@ final class ComputeThread: @unchecked Sendable {
     private let queue = DispatchQueue(label: "trainerd.compute")
     private let lock = NSLock()
     private var results: [ComputeResult] = []
-    private let pipeDescriptors: [Int32]
+    private let wake = WakePipe()
     private var source: LocalGradientSource?
 
-    init() {
-        var descriptors: [Int32] = [0, 0]
-        precondition(pipe(&descriptors) == 0, "cannot create a pipe")
-        _ = fcntl(descriptors[0], F_SETFL, fcntl(descriptors[0], F_GETFL) | O_NONBLOCK)
-        pipeDescriptors = descriptors
-    }
-
-    deinit { pipeDescriptors.forEach { close($0) } }
-
     /// Readable while finished work waits to be taken.
-    var wakeDescriptor: Int32 { pipeDescriptors[0] }
+    var wakeDescriptor: Int32 { wake.descriptor }
 
     /// Computes with `source` from the next submission on; it moves to the compute thread, which alone uses it.
     func load(_ source: LocalGradientSource) {
@@ -48,14 +40,12 @@ final class ComputeThread: @unchecked Sendable {
         lock.lock()
         results.append(result)
         lock.unlock()
-        var byte: UInt8 = 1
-        _ = write(pipeDescriptors[1], &byte, 1)
+        wake.signal()
     }
 
     /// The finished work, oldest first.
     func takeResults() -> [ComputeResult] {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while read(pipeDescriptors[0], &buffer, buffer.count) > 0 {}
+        wake.drain()
         lock.lock()
         defer { lock.unlock() }
         let taken = results

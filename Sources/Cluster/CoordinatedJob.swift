@@ -21,8 +21,9 @@ public final class CoordinatedJob {
                       startWorkers: startWorkers, context: context)
     }
 
-    init(_ description: JobDescription, job: TrainingJob, socket: MessageSocket, runDirectory: String?, startWorkers: Int?,
-         context: RunContext?) throws {
+    /// Wires a coordinator on `socket` to a trainer of `job`, built from `description`.
+    public init(_ description: JobDescription, job: TrainingJob, socket: MessageSocket, runDirectory: String?, startWorkers: Int? = nil,
+                context: RunContext? = nil) throws {
         let config = job.config
         let context = context ?? job.context()
         let events = try EventLog(runDirectory: runDirectory)

@@ -88,6 +88,7 @@ public final class Coordinator: GradientSource {
 
     public func sums(step: Int, parameters: [Float]) throws -> StepSums {
         let required = hasStarted ? cluster.minWorkers : startWorkers
+        try performReleases()
         try waitWhile { $0.waitingReason(required: required) }
         hasStarted = true
         try context.trace.span("send_weights", "communication") { try perform(machine.startStep(step, parameters: parameters, now: now)) }
@@ -118,6 +119,20 @@ public final class Coordinator: GradientSource {
                 }
             }
             try receiveOne(timeout: min(0.5, cluster.heartbeatInterval / 2))
+        }
+    }
+
+    /// Names of workers to let go at the next step boundary (`release`); any thread may add to it.
+    private let releases = LockedNames()
+
+    /// Lets worker `name` go at the job's next step boundary: it is told bye and leaves the job (a daemon moves
+    /// a pool worker this way). Thread-safe.
+    public func release(_ name: String) { releases.insert(name) }
+
+    private func performReleases() throws {
+        guard machine.isBetweenSteps else { return }
+        for name in releases.takeAll() {
+            try perform(machine.release(name: name, reason: "released to the pool", now: now))
         }
     }
 
@@ -157,6 +172,7 @@ public final class Coordinator: GradientSource {
     /// not taken what they were sent.
     private func receiveOne(timeout: Double) throws {
         for companion in companions { try companion.poll(self) }
+        try performReleases()
         if let frames = try socket.receiveFrames(timeout: closedConnections.isEmpty ? timeout : 0, wakingOn: nil) {
             if let identity = frames.first {
                 try perform(machine.receive(from: identity.bytes, Array(frames.dropFirst()), address: identity.peerAddress ?? "unknown",
@@ -246,5 +262,25 @@ public final class Coordinator: GradientSource {
         if case .messageDropped = event { droppedMessages += 1 }
         if let source = event.warningSource, !warnings.admit(source, now: now) { return }
         events.emit(event)
+    }
+}
+
+/// A set of names behind a lock, taken whole.
+final class LockedNames: @unchecked Sendable {
+    private let lock = NSLock()
+    private var names: [String] = []
+
+    func insert(_ name: String) {
+        lock.lock()
+        if !names.contains(name) { names.append(name) }
+        lock.unlock()
+    }
+
+    func takeAll() -> [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        let taken = names
+        names = []
+        return taken
     }
 }

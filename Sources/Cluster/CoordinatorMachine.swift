@@ -288,7 +288,7 @@ public struct CoordinatorMachine {
         case .error:
             let reason = (try? message.payload(Refusal.self).reason) ?? "no reason given"
             return remove(identity, .lost("failed: \(reason)"), now: now, tellPeer: false)
-        case .welcome, .assignment, .weights:
+        case .welcome, .assignment, .weights, .pooled:
             return [drop("a \(message.type) message, which only the coordinator sends")]
         }
     }
@@ -325,6 +325,16 @@ public struct CoordinatorMachine {
     }
 
     /// Declares the worker named `name` lost (its process is known to have exited).
+    /// Lets worker `name` go between steps: it is told bye (a daemon's pool worker goes back to the pool) and
+    /// leaves as if it had said bye. Nothing happens during a step or for a name not in the job.
+    public mutating func release(name: String, reason: String, now: Double) -> [Action] {
+        guard round == nil, let worker = workers.first(where: { $0.name == name }) else { return [] }
+        return [.send(peer: worker.identity, Message(type: .bye, jobID: jobID, session: worker.session))]
+            + remove(worker.identity, .left(reason), now: now)
+    }
+
+    public var isBetweenSteps: Bool { round == nil }
+
     public mutating func declareLost(name: String, reason: String, now: Double) -> [Action] {
         guard let worker = workers.first(where: { $0.name == name }) else { return [] }
         return remove(worker.identity, .lost(reason), now: now)

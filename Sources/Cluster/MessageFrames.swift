@@ -6,5 +6,5 @@ extension ReceivedFrame: FrameBytes {}
 
 extension Message {
     /// The frames to send; float32 tensors go out from their own arrays (zero-copy in libzmq).
-    var outgoingFrames: [OutgoingFrame] { encoded(bytes: OutgoingFrame.bytes, float32: OutgoingFrame.floats) }
+    public var outgoingFrames: [OutgoingFrame] { encoded(bytes: OutgoingFrame.bytes, float32: OutgoingFrame.floats) }
 }

@@ -98,7 +98,7 @@ public final class Worker {
                                        jobName: config.name, now: Self.now))
         } catch {
             try? perform(machine.joinFailed("\(error)", now: Self.now))
-            throw error
+            if machine.pool == nil { throw error }  // a pool worker goes back to its pool instead
         }
     }
 }

@@ -14,6 +14,10 @@ import Wire
 /// (`coordinator --resume`), or gives up after `retryTimeout`. Each time the
 /// coordinator forgets the worker (a rejoin request, a lost coordinator) the generation grows, and work started
 /// under an older generation is void.
+///
+/// A daemon (`trainerd serve`) answers the hello with `pooled`: the worker then waits in the pool, exchanging
+/// heartbeats, until a job welcomes it; from then on a bye from a job (it ended, or the daemon moved the worker)
+/// or a job it cannot load sends it back to the pool with a new hello instead of ending it.
 public struct WorkerMachine {
     public enum Action: Equatable, Sendable {
         case send(Message)
@@ -33,6 +37,8 @@ public struct WorkerMachine {
     public enum Phase: Equatable {
         /// Hello sent at `since`, the first welcome not yet in; another goes out at `nextHello`, if set.
         case greeting(since: Double, nextHello: Double?)
+        /// In a daemon's pool, waiting for a job.
+        case idle
         /// Welcomed; building the job.
         case loading
         /// In the job: heartbeats, assignments, gradients.
@@ -59,6 +65,8 @@ public struct WorkerMachine {
     public private(set) var session: UInt64 = 0
     /// Why the coordinator last asked this worker to say hello again, while greeting.
     var lastRefusal: String?
+    /// The heartbeats of the daemon's pool, once it has said `pooled`: the worker stays between jobs.
+    public private(set) var pool: Pooled?
     /// The job's timing and wire settings, known once joined.
     public private(set) var cluster = JobConfig.ClusterSection()
     /// Work computed under an older generation is void (the coordinator forgot it).
@@ -100,6 +108,7 @@ public struct WorkerMachine {
         } catch {
             return [.log("dropped a message from the coordinator: \(error)")]
         }
+        if message.type == .pooled { return pooled(try message.payload(Pooled.self), now: now) }
         if message.type != .welcome && message.type != .error && message.jobID != jobID {
             return [.log("dropped a message of type \(message.type) for job \(String(message.jobID, radix: 16))")]
         }
@@ -123,8 +132,12 @@ public struct WorkerMachine {
             return [.compute(step: message.step, range: message.microBatches, weights: feed(for: message.step), generation: generation)]
         case .bye:
             abandonWeights("the run is over")
-            phase = .finished
-            return [send(Message(type: .bye, jobID: jobID), now: now), .finish]
+            let answer = send(Message(type: .bye, jobID: jobID), now: now)
+            guard pool != nil, hasJoined || phase == .loading else {
+                phase = .finished
+                return [answer, .finish]
+            }
+            return [answer, .log("left job \(String(jobID, radix: 16)); back in the pool")] + returnToPool(now: now)
         case .error:
             let refusal = try message.payload(Refusal.self)
             guard refusal.rejoin else { throw ClusterError("the coordinator refused this worker: \(refusal.reason)") }
@@ -142,6 +155,8 @@ public struct WorkerMachine {
             return []
         case .hello, .gradients:
             return [.log("dropped a \(message.type) message, which only workers send")]
+        case .pooled:
+            return []
         }
     }
 
@@ -154,10 +169,14 @@ public struct WorkerMachine {
         return [.log("joined job \(jobName) (\(String(jobID, radix: 16)))"), send(Message(type: .heartbeat, jobID: jobID), now: now)]
     }
 
-    /// The `join` action failed: tell the coordinator why (the worker then stops).
+    /// The `join` action failed: tell the coordinator why (the worker then stops, or goes back to its pool).
     public mutating func joinFailed(_ reason: String, now: Double) -> [Action] {
-        phase = .finished
-        return [send(Message(Refusal(reason), jobID: jobID), now: now), .finish]
+        let report = send(Message(Refusal(reason), jobID: jobID), now: now)
+        guard pool != nil else {
+            phase = .finished
+            return [report, .finish]
+        }
+        return [report, .log("cannot join job \(String(jobID, radix: 16)) (\(reason)); back in the pool")] + returnToPool(now: now)
     }
 
     /// Heartbeats; notices a silent coordinator and reconnects with growing pauses; gives up after the join or
@@ -173,6 +192,14 @@ public struct WorkerMachine {
             guard let nextHello, now >= nextHello else { return [] }
             phase = .greeting(since: since, nextHello: nil)
             return [sayHello(now: now)]
+        case .idle:
+            guard let pool else { return [] }
+            if silence > pool.heartbeatTimeout {
+                phase = .reconnecting(since: now, nextHello: now, pause: 1)
+                return [.log("lost the pool's daemon (silent for \(Int(silence)) s); reconnecting")] + (try tick(now: now))
+            }
+            guard now - lastSent >= pool.heartbeatInterval else { return [] }
+            return [send(Message(type: .heartbeat, jobID: 0), now: now)]
         case .loading, .finished:
             return []
         case .working, .rejoining:
@@ -251,11 +278,45 @@ public struct WorkerMachine {
             phase = .working
             return [.log("rejoined the coordinator"), send(Message(type: .heartbeat, jobID: jobID), now: now)]
         }
-        guard case .greeting = phase else { return [] }  // a repeated welcome while loading
+        switch phase {
+        case .greeting, .idle: break
+        default: return []  // a repeated welcome while loading
+        }
         jobID = message.jobID
         session = message.session
         phase = .loading
         return [.join(job, jobID: message.jobID)]
+    }
+
+    /// In the pool (`pooled` from a daemon): wait for a job, with heartbeats.
+    /// After a reconnect the job this worker was in is gone: its work is void.
+    private mutating func pooled(_ pool: Pooled, now: Double) -> [Action] {
+        let joining = self.pool == nil
+        self.pool = pool
+        switch phase {
+        case .greeting: break
+        case .reconnecting: forgetJob()
+        default: return []
+        }
+        lastHeard = now
+        phase = .idle
+        return joining ? [.log("in the pool of \(endpoint), waiting for a job")] : []
+    }
+
+    /// Forgets the job (its work is void) and says hello to the pool again.
+    private mutating func returnToPool(now: Double) -> [Action] {
+        forgetJob()
+        phase = .greeting(since: now, nextHello: nil)
+        return [sayHello(now: now)]
+    }
+
+    private mutating func forgetJob() {
+        abandonWeights("this worker left the job")
+        jobID = 0
+        session = 0
+        blockSizes = nil
+        cluster = JobConfig.ClusterSection()
+        generation += 1
     }
 
     private mutating func sayHello(now: Double) -> Action {

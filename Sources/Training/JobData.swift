@@ -6,9 +6,83 @@ import Foundation
 public typealias JobDatasets = (train: any SampleSource, test: any SampleSource)
 
 /// The train and test sets a config names, checked against the model's input and output widths.
-public func loadData(_ config: JobConfig) throws -> JobDatasets {
-    if config.data.isText { return try loadText(config) }
-    var (train, test) = try ImageDataset.loadMNISTStyle(directory: config.data.directory)
+public func loadData(_ config: JobConfig) throws -> JobDatasets { try loadData(config, files: readFiles) }
+
+/// The files of a config's datasets as read: images and labels, or a corpus's text.
+enum LoadedFiles {
+    case images(train: ImageDataset, test: ImageDataset)
+    case text(FortunesCorpus)
+
+    var bytes: Int {
+        switch self {
+        case let .images(train, test): train.pixels.count + test.pixels.count + 4 * (train.labels.count + test.labels.count)
+        case let .text(corpus): corpus.train.utf8.count + corpus.validation.utf8.count
+        }
+    }
+}
+
+func readFiles(_ data: JobConfig.DataSection) throws -> LoadedFiles {
+    if data.isText { return .text(try FortunesCorpus(directory: data.directory, validationEvery: data.validationEvery)) }
+    let (train, test) = try ImageDataset.loadMNISTStyle(directory: data.directory)
+    return .images(train: train, test: test)
+}
+
+/// Dataset files read once per process and reused by the jobs that follow (a pool worker's next job, a daemon's
+/// next coordinator), up to `capacity` bytes; the least recently used go first. Thread-safe: `lock` guards
+/// `entries` (two jobs asking at once for the same files may both read them).
+public final class DatasetCache: @unchecked Sendable {
+    public let capacity: Int
+    private let lock = NSLock()
+    private var entries: [String: (files: LoadedFiles, used: UInt64)] = [:]
+    private var clock: UInt64 = 0
+
+    /// `capacity`: bytes kept at most (default: a quarter of the machine's memory).
+    public init(capacity: Int = Int(ProcessInfo.processInfo.physicalMemory / 4)) { self.capacity = capacity }
+
+    /// The train and test sets of `config`, as `loadData` gives them, read from disk only when not kept.
+    public func load(_ config: JobConfig) throws -> JobDatasets { try loadData(config, files: files) }
+
+    /// What an entry stands for: where the files are and how they are split.
+    public static func key(_ data: JobConfig.DataSection) -> String {
+        data.isText ? "text \(data.validationEvery) \(data.directory)" : "images \(data.directory)"
+    }
+
+    /// Keys of the entries kept, least recently used first.
+    public var keys: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.sorted { $0.value.used < $1.value.used }.map(\.key)
+    }
+
+    private func files(_ data: JobConfig.DataSection) throws -> LoadedFiles {
+        let key = Self.key(data)
+        lock.lock()
+        clock += 1
+        if let entry = entries[key] {
+            entries[key]!.used = clock
+            lock.unlock()
+            return entry.files
+        }
+        lock.unlock()
+        let files = try readFiles(data)
+        lock.lock()
+        defer { lock.unlock() }
+        clock += 1
+        entries[key] = (files, clock)
+        while entries.values.reduce(0, { $0 + $1.files.bytes }) > capacity,
+              let oldest = entries.min(by: { $0.value.used < $1.value.used })?.key, oldest != key {
+            entries[oldest] = nil
+        }
+        return files
+    }
+}
+
+func loadData(_ config: JobConfig, files read: (JobConfig.DataSection) throws -> LoadedFiles) throws -> JobDatasets {
+    var train: ImageDataset, test: ImageDataset
+    switch try read(config.data) {
+    case let .text(corpus): return try loadText(config, corpus: corpus)
+    case let .images(trainImages, testImages): (train, test) = (trainImages, testImages)
+    }
     (train.mean, train.std) = (config.data.mean, config.data.std)
     (test.mean, test.std) = (config.data.mean, config.data.std)
     let sizes = config.model.sizes
@@ -24,8 +98,7 @@ public func loadData(_ config: JobConfig) throws -> JobDatasets {
 }
 
 /// The fortunes corpus as windows of model.context characters: the vocabulary is every character of both splits.
-func loadText(_ config: JobConfig) throws -> JobDatasets {
-    let corpus = try FortunesCorpus(directory: config.data.directory, validationEvery: config.data.validationEvery)
+func loadText(_ config: JobConfig, corpus: FortunesCorpus) throws -> JobDatasets {
     let vocabulary = CharacterVocabulary(text: corpus.train + corpus.validation)
     let train = TokenDataset(tokens: try vocabulary.encode(corpus.train), context: config.model.context, vocabulary: vocabulary)
     let validation = TokenDataset(tokens: try vocabulary.encode(corpus.validation), context: config.model.context,

@@ -1,35 +1,12 @@
 import Foundation
 
-/// A thread-safe queue of messages with a timed wait: `condition` guards `messages`.
-final class MessageQueue: @unchecked Sendable {
-    private var messages: [[[UInt8]]] = []
-    private let condition = NSCondition()
-
-    func push(_ message: [[UInt8]]) {
-        condition.lock()
-        messages.append(message)
-        condition.signal()
-        condition.unlock()
-    }
-
-    func pop(timeout: Double) -> [[UInt8]]? {
-        condition.lock()
-        defer { condition.unlock() }
-        let deadline = Date().addingTimeInterval(timeout)
-        while messages.isEmpty {
-            guard condition.wait(until: deadline) else { return nil }
-        }
-        return messages.removeFirst()
-    }
-}
-
 /// An in-process stand-in for a ROUTER and its DEALERs, with ZeroMQ's routing rules (identity frames, and
 /// ROUTER_MANDATORY's failure for an unknown peer), for tests that need no network.
 ///
 /// Thread-safe: `lock` guards `dealers`; the queues guard themselves.
 public final class InMemoryRouter: MessageSocket, @unchecked Sendable {
-    private let inbox = MessageQueue()
-    private var dealers: [[UInt8]: MessageQueue] = [:]
+    private let inbox = MessageQueue<[[UInt8]]>()
+    private var dealers: [[UInt8]: MessageQueue<[[UInt8]]>] = [:]
     private let lock = NSLock()
 
     public init() {}
@@ -38,7 +15,7 @@ public final class InMemoryRouter: MessageSocket, @unchecked Sendable {
     /// the old connection (as a ZeroMQ ROUTER with ROUTER_HANDOVER would; trainerd's does not hand over, and its
     /// workers connect under a fresh random identity each time).
     public func connect(identity: String) -> InMemoryDealer {
-        let queue = MessageQueue()
+        let queue = MessageQueue<[[UInt8]]>()
         lock.lock()
         dealers[Array(identity.utf8)] = queue
         lock.unlock()
@@ -67,10 +44,10 @@ public final class InMemoryRouter: MessageSocket, @unchecked Sendable {
 /// The worker side of an `InMemoryRouter`.
 public final class InMemoryDealer: MessageSocket, Sendable {
     let identity: [UInt8]
-    private let router: MessageQueue
-    private let inbox: MessageQueue
+    private let router: MessageQueue<[[UInt8]]>
+    private let inbox: MessageQueue<[[UInt8]]>
 
-    init(identity: [UInt8], router: MessageQueue, inbox: MessageQueue) {
+    init(identity: [UInt8], router: MessageQueue<[[UInt8]]>, inbox: MessageQueue<[[UInt8]]>) {
         self.identity = identity
         self.router = router
         self.inbox = inbox

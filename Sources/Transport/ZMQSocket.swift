@@ -299,7 +299,9 @@ public final class ZMQSocket {
 
 /// One received frame. From a ZeroMQ socket its bytes stay in libzmq's message buffer, released with the frame,
 /// so reading a tensor from it copies once, straight into the tensor.
-public final class ReceivedFrame {
+///
+/// Used by one thread at a time: handing a frame to another thread (a daemon's loop to a job) hands it over.
+public final class ReceivedFrame: @unchecked Sendable {
     fileprivate let message: UnsafeMutablePointer<zmq_msg_t>?
     private let array: [UInt8]
 
@@ -313,6 +315,13 @@ public final class ReceivedFrame {
     public init(_ bytes: [UInt8]) {
         message = nil
         array = bytes
+    }
+
+    /// A routing-id frame held in an array, with its connection's properties (a message passed on in-process).
+    public convenience init(_ bytes: [UInt8], peerAddress: String?, userID: String?) {
+        self.init(bytes)
+        self.peerAddress = peerAddress
+        self.userID = userID
     }
 
     deinit {

@@ -77,6 +77,17 @@ extension Message {
         return header
     }
 
+    /// The type and session of a message, read from its header frame alone; nil when the frame is not a header of
+    /// this protocol version. What a daemon needs to route a message without decoding it.
+    public static func peek<Frame: FrameBytes>(_ header: Frame) -> (type: MessageType, session: UInt64)? {
+        header.withUnsafeBytes { raw in
+            guard raw.count >= WireProtocol.headerSize, Array(raw[0..<4]) == WireProtocol.magic,
+                  UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) == WireProtocol.version,
+                  let type = MessageType(rawValue: raw[6]) else { return nil }
+            return (type, UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
+        }
+    }
+
     /// Parses and checks frames: magic, version, known type, frame count and every length. `maximumTensorBytes`
     /// bounds each tensor frame (the model's largest block).
     public static func decode<Frame: FrameBytes>(_ frames: [Frame], maximumTensorBytes: Int = Int.max) throws -> Message {

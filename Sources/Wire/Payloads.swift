@@ -61,6 +61,19 @@ public struct Refusal: MetadataPayload {
     }
 }
 
+/// daemon → worker: this worker is in the pool. Until a job welcomes it, the two exchange heartbeats every
+/// `heartbeatInterval` s, and each counts the other lost after `heartbeatTimeout` s of silence.
+public struct Pooled: MetadataPayload {
+    public static let messageType = MessageType.pooled
+    public var heartbeatInterval: Double
+    public var heartbeatTimeout: Double
+
+    public init(heartbeatInterval: Double, heartbeatTimeout: Double) {
+        self.heartbeatInterval = heartbeatInterval
+        self.heartbeatTimeout = heartbeatTimeout
+    }
+}
+
 extension MetadataPayload {
     /// The payload as a metadata frame.
     public func encoded() -> [UInt8] {
@@ -92,6 +105,7 @@ private func describe(_ type: Any.Type) -> String {
     case is String.Type: return "a string"
     case is Bool.Type: return "a boolean"
     case is Int.Type: return "an integer"
+    case is Double.Type: return "a number"
     case is [Any].Type, is [String].Type: return "a list"
     default: return "a \(type)"
     }
@@ -122,6 +136,11 @@ extension Message {
             if hello.name.isEmpty { throw WireError("hello name is empty") }
         case .welcome: _ = try payload(Welcome.self)
         case .error: _ = try payload(Refusal.self)
+        case .pooled:
+            let pooled = try payload(Pooled.self)
+            guard pooled.heartbeatInterval > 0, pooled.heartbeatTimeout > pooled.heartbeatInterval else {
+                throw WireError("pooled heartbeats: interval \(pooled.heartbeatInterval) s and timeout \(pooled.heartbeatTimeout) s (the timeout must be longer)")
+            }
         case .assignment, .gradients, .weights, .heartbeat, .bye: break
         }
     }

@@ -26,8 +26,8 @@
 public enum WireProtocol {
     public static let magic: [UInt8] = Array("TRND".utf8)
     /// 2: gradients travel a block at a time, as backward produces them. 3: no sender field; typed metadata.
-    /// 4: a session per join.
-    public static let version: UInt16 = 4
+    /// 4: a session per join. 5: a daemon's pool (`pooled`).
+    public static let version: UInt16 = 5
     /// Bytes of the fixed header, before the tensor lengths.
     public static let headerSize = 52
     /// Tensor frames a message may carry.
@@ -71,4 +71,7 @@ public enum MessageType: UInt8, CaseIterable, Sendable {
     case bye = 7
     /// either way: refused or failed (metadata: `Refusal`).
     case error = 8
+    /// daemon → worker: in the daemon's pool, waiting for a job (metadata: `Pooled`). From then on the worker
+    /// stays: a bye from a job sends it back to the pool with a new hello, rather than ending it.
+    case pooled = 9
 }

@@ -49,9 +49,10 @@ struct CoordinatorCommand: ParsableCommand {
 
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "worker", abstract: "Compute gradients for a coordinator (the job's config comes from it).")
+        commandName: "worker",
+        abstract: "Compute gradients for a coordinator (the job's config comes from it), or join a daemon's pool and stay.")
 
-    @Option(help: "The coordinator's endpoint, e.g. tcp://10.0.0.1:5555.") var connect: String
+    @Option(help: "The coordinator's or the daemon's (trainerd serve --bind) endpoint, e.g. tcp://10.0.0.1:5555.") var connect: String
     @Option(help: "A name unique among the job's connected workers; default host-pid.") var name: String?
     @Option(help: "Kernel threads (default: the job's training.threads).") var threads: Int?
     @Option(help: "Seconds to wait for the coordinator's welcome.") var joinTimeout = 30.0
@@ -73,7 +74,7 @@ struct WorkerCommand: ParsableCommand {
                     monitor = watching
                     return dealer
                 }, name: identity, endpoint: connect, joinTimeout: joinTimeout, retryTimeout: retryTimeout, threads: threads,
-                   stop: stopRequestOnSignals(), trace: trace, log: { line in
+                   loadDatasets: DatasetCache().load, stop: stopRequestOnSignals(), trace: trace, log: { line in
                     FileHandle.standardError.write(Data("worker \(identity): \(line)\n".utf8))
                 })
                 worker.stopReason = {

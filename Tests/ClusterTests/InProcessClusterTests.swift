@@ -138,7 +138,7 @@ final class InProcessClusterTests: XCTestCase {
             let message = try Message.decode(frames)
             if message.type == .error { replies.append(try message.payload(Refusal.self).reason) }
         }
-        XCTAssertTrue(replies.contains("protocol version 0, expected 4"), "\(replies)")
+        XCTAssertTrue(replies.contains("protocol version 0, expected 5"), "\(replies)")
         XCTAssertTrue(replies.contains { $0.hasPrefix("this coordinator runs job ") }, "\(replies)")
         XCTAssertTrue(warnings.contains("dropped a message from unknown: header frame has 3 bytes, expected at least 52"), "\(warnings)")
         XCTAssertTrue(warnings.contains { $0.hasPrefix("worker no-data on ") && $0.hasSuffix(" did not join: failed: /nowhere/train-images-idx3-ubyte.gz: file not found") }, "\(warnings)")

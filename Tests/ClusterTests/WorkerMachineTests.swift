@@ -189,4 +189,49 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(failing.joinFailed("/data/train.gz: file not found", now: 1),
                        [.send(Message(Refusal("/data/train.gz: file not found"), jobID: jobID)), .finish])
     }
+
+    /// A daemon answers the hello with `pooled`: the worker waits without a join timeout, exchanging heartbeats;
+    /// a job's bye, or a job it cannot load, sends it back to the pool with a fresh hello (session 0) instead of
+    /// ending it; a silent daemon is reconnected to.
+    func testAPooledWorkerStaysBetweenJobs() throws {
+        var machine = WorkerMachine(hello: hello, endpoint: "tcp://d:1", joinTimeout: 30, retryTimeout: 600, now: 0)
+        XCTAssertEqual(machine.start(now: 0), [helloMessage])
+        let pooled = frames(Message(Pooled(heartbeatInterval: 2, heartbeatTimeout: 8), jobID: 0))
+        XCTAssertEqual(try machine.receive(pooled, now: 0.1), [.log("in the pool of tcp://d:1, waiting for a job")])
+        XCTAssertEqual(machine.phase, .idle)
+        XCTAssertEqual(try machine.tick(now: 1), [])
+        XCTAssertEqual(try machine.tick(now: 2.2), [.send(Message(type: .heartbeat, jobID: 0))])
+        XCTAssertEqual(try machine.receive(frames(Message(type: .heartbeat, jobID: 0)), now: 7), [])
+        XCTAssertEqual(try machine.tick(now: 40), [.log("lost the pool's daemon (silent for 33 s); reconnecting"), .reconnect, helloMessage],
+                       "idle for longer than the join timeout is fine; a silent daemon is not")
+        XCTAssertEqual(try machine.receive(pooled, now: 40.1), [])
+        XCTAssertEqual(machine.phase, .idle)
+        // A job welcomes it (session 9), it works, and the job says bye: back to the pool.
+        var welcome = Message(job.welcome, jobID: jobID)
+        welcome.session = 9
+        XCTAssertEqual(try machine.receive(frames(welcome), now: 41), [.join(job, jobID: jobID)])
+        XCTAssertEqual(machine.joined(blockSizes: [2], cluster: cluster, jobName: "small", now: 41).last,
+                       .send(Message(type: .heartbeat, jobID: jobID, session: 9)))
+        XCTAssertEqual(try machine.receive(frames(Message(type: .bye, jobID: jobID, session: 9)), now: 42),
+                       [.send(Message(type: .bye, jobID: jobID, session: 9)), .log("left job 2a; back in the pool"), helloMessage])
+        XCTAssertEqual(machine.session, 0)
+        XCTAssertFalse(machine.hasJoined)
+        XCTAssertEqual(try machine.receive(pooled, now: 42.1), [])
+        XCTAssertEqual(machine.phase, .idle)
+        // A job it cannot load: the job hears why, and the worker is back in the pool.
+        XCTAssertEqual(try machine.receive(frames(welcome), now: 43), [.join(job, jobID: jobID)])
+        var refusal = Message(Refusal("no data"), jobID: jobID)
+        refusal.session = 9
+        XCTAssertEqual(machine.joinFailed("no data", now: 43),
+                       [.send(refusal),
+                        .log("cannot join job 2a (no data); back in the pool"), helloMessage])
+        XCTAssertNotEqual(machine.phase, .finished)
+    }
+
+    func testWithoutAPoolAByeEndsTheWorkerAsBefore() throws {
+        var machine = try joinedMachine()
+        XCTAssertEqual(try machine.receive(frames(Message(type: .bye, jobID: jobID)), now: 1),
+                       [.send(Message(type: .bye, jobID: jobID)), .finish])
+        XCTAssertEqual(machine.phase, .finished)
+    }
 }

@@ -10,6 +10,7 @@ final class MessageTests: XCTestCase {
             .hello: Hello(name: "w1", host: "a", pid: 7).encoded(),
             .welcome: Welcome(config: "seed: 3", overrides: ["training.batch_size=16"]).encoded(),
             .error: Refusal("no", rejoin: true).encoded(),
+            .pooled: Pooled(heartbeatInterval: 1, heartbeatTimeout: 10).encoded(),
         ]
         for type in MessageType.allCases {
             var message = sample
@@ -24,7 +25,7 @@ final class MessageTests: XCTestCase {
 
     /// A header written byte by byte from the documented layout decodes to the expected fields.
     func testHeaderLayoutIsTheDocumentedOne() throws {
-        var header: [UInt8] = Array("TRND".utf8) + [4, 0] + [5, 0]
+        var header: [UInt8] = Array("TRND".utf8) + [5, 0] + [5, 0]
         header += [8, 7, 6, 5, 4, 3, 2, 1]  // job id
         header += [0xAA, 0xBB, 0, 0, 0, 0, 0, 0x11]  // session
         header += [42, 0, 0, 0, 0, 0, 0, 0]  // step
@@ -76,7 +77,9 @@ final class MessageTests: XCTestCase {
         assertRejected(wrongMagic, "not a trainerd message (wrong magic)")
         var wrongVersion = frames
         wrongVersion[0][4] = 9
-        assertRejected(wrongVersion, "protocol version 9, expected 4")
+        assertRejected(wrongVersion, "protocol version 9, expected 5")
+        assertRejected(Message(Pooled(heartbeatInterval: 5, heartbeatTimeout: 1), jobID: 0).encoded(),
+                       "pooled heartbeats: interval 5.0 s and timeout 1.0 s (the timeout must be longer)")
         var unknownType = frames
         unknownType[0][6] = 200
         assertRejected(unknownType, "unknown message type 200")

@@ -1,0 +1,81 @@
+import ArgumentParser
+import ControlAPI
+import Daemon
+import Foundation
+import JobStore
+import Training
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the trainer daemon: a job queue, a standing pool of workers, and the control API.")
+
+    @Option(help: "Directory for the job database (trainerd.sqlite) and the jobs' run directories.") var stateDir: String
+    @Option(help: "Endpoint for pool workers, e.g. tcp://0.0.0.0:5555.") var bind: String
+    @Option(help: "Address of the control API (HTTP, or HTTPS with --tls-cert and --tls-key).") var api = "127.0.0.1:8470"
+    @Option(help: "PEM certificate chain for the API's TLS.") var tlsCert: String?
+    @Option(help: "PEM private key for the API's TLS.") var tlsKey: String?
+    @Option(help: "Seconds between heartbeats with idle pool workers.") var heartbeatInterval = 1.0
+    @Option(help: "Seconds of silence after which an idle pool worker is gone.") var heartbeatTimeout = 10.0
+
+    func run() throws {
+        do {
+            guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+            let (host, port) = try hostAndPort(api, option: "--api")
+            let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data("serve: \($0)\n".utf8)) }
+            let store = try JobStore(directory: stateDir)
+            let daemon = try Daemon(store: store, options: Daemon.Options(bind: bind, heartbeatInterval: heartbeatInterval,
+                                                                          heartbeatTimeout: heartbeatTimeout), log: log)
+            let api = ControlAPI(daemon: daemon, log: log)
+            let scheme = tlsCert == nil ? "http" : "https"
+            let (tlsCert, tlsKey) = (self.tlsCert, self.tlsKey)
+            let server = Task {
+                do {
+                    try await api.serve(host: host, port: port, certificate: tlsCert, key: tlsKey) { bound in
+                        log("api on \(scheme)://\(host):\(bound)")
+                    }
+                } catch {
+                    log("api: \(error)")
+                    Foundation.exit(1)
+                }
+            }
+            try daemon.run(stop: stopRequestOnSignals())
+            server.cancel()
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// "HOST:PORT" split; the error names the option.
+func hostAndPort(_ text: String, option: String) throws -> (String, Int) {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port),
+          colon != text.startIndex else {
+        throw ValidationError("\(option) \(text): expected HOST:PORT, e.g. 127.0.0.1:8470")
+    }
+    return (String(text[..<colon]), port)
+}
+
+struct TokenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Make access tokens for the daemon's API.", subcommands: [Create.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a token and print it once, as the last line (the daemon keeps only its hash).")
+
+        @Argument(help: "Who the token is for; jobs it submits carry this name.") var name: String
+        @Option(help: "read (list and follow), submit (also submit and cancel its own jobs) or admin (cancel any).") var role: String
+        @Option(help: "The daemon's --state-dir.") var stateDir: String
+
+        func run() throws {
+            do {
+                guard let role = Role(rawValue: role) else { throw ValidationError("--role \(role): expected read, submit or admin") }
+                let token = try JobStore(directory: stateDir).createToken(name: name, role: role, now: Date().timeIntervalSince1970)
+                FileHandle.standardError.write(Data("token \(name) (\(role.rawValue)); it is shown only now:\n".utf8))
+                print(token)
+            } catch {
+                fail(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// `trainerd serve` with pool workers, all real processes on loopback, driven through the command line (`submit`,
+/// `show --json`, `cancel`, `token create`) and, for the API's status codes, curl. Every wait is for an event in a
+/// job's events.jsonl or a line in the daemon's log; open-ended jobs are ended with `cancel`, so nothing depends on
+/// how fast the machine trains.
+final class StandingClusterTests: CLITestCase {
+    /// No evaluation between steps, a checkpoint every 10, and heartbeats fast enough that a worker notices a dead
+    /// daemon within 2 s.
+    let job = ["--set", "training.eval_every=0", "--set", "training.checkpoint_every=10",
+               "--set", "cluster.heartbeat_interval=0.2", "--set", "cluster.heartbeat_timeout=2"]
+
+    struct Daemon {
+        var process: Process
+        var state: String
+        var endpoint: String
+        var server: String
+        var log: String
+    }
+
+    func startDaemon(state: String, workerPort: UInt16? = nil, apiPort: UInt16? = nil) throws -> Daemon {
+        let endpoint = "tcp://127.0.0.1:\(try workerPort ?? freePort())", port = try apiPort ?? freePort()
+        let log = state + "-serve-\(UUID().uuidString.prefix(8)).log"
+        let process = try start(["serve", "--state-dir", state, "--bind", endpoint, "--api", "127.0.0.1:\(port)",
+                                 "--heartbeat-timeout", "30"], log: log)
+        try waitForText(log, containing: "api on http://127.0.0.1:\(port)", while: process)
+        return Daemon(process: process, state: state, endpoint: endpoint, server: "http://127.0.0.1:\(port)", log: log)
+    }
+
+    func token(_ state: String, _ name: String, role: String) throws -> String {
+        let made = try trainerd(["token", "create", name, "--role", role, "--state-dir", state])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        return String(try XCTUnwrap(made.stdout.split(separator: "\n").last))
+    }
+
+    func client(_ daemon: Daemon, _ token: String, _ arguments: [String]) throws -> Result {
+        try trainerd(arguments + ["--server", daemon.server, "--token", token])
+    }
+
+    /// Submits the default config with `overrides`; the job's id (the last line `submit` prints).
+    func submit(_ daemon: Daemon, _ token: String, _ overrides: [String], options: [String] = []) throws -> Int {
+        let result = try client(daemon, token, ["submit", config] + overrides + options)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        return try XCTUnwrap(Int(result.stdout.split(separator: "\n").last ?? ""), result.stdout)
+    }
+
+    func show(_ daemon: Daemon, _ token: String, _ id: Int) throws -> [String: Any] {
+        let result = try client(daemon, token, ["show", "\(id)", "--json"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+    }
+
+    func run(_ daemon: Daemon, _ id: Int) -> String { daemon.state + "/jobs/\(id)" }
+
+    func startWorkers(_ daemon: Daemon, _ names: [String]) throws -> [Process] {
+        let workers = try names.map { name in
+            try start(["worker", "--connect", daemon.endpoint, "--name", name, "--threads", "1"], log: scratch + "/\(name).log")
+        }
+        for name in names { try waitForText(daemon.log, containing: "worker \(name) on ", while: daemon.process) }
+        return workers
+    }
+
+    func step(workers: Int) -> ([String: Any]) -> Bool {
+        { $0["event"] as? String == "step" && $0["workers"] as? Int == workers }
+    }
+
+    func event(_ name: String) -> ([String: Any]) -> Bool { { $0["event"] as? String == name } }
+
+    func logs(_ daemon: Daemon) -> String {
+        ([daemon.log] + ((try? FileManager.default.contentsOfDirectory(atPath: scratch)) ?? []).filter { $0.hasSuffix(".log") }
+            .map { scratch + "/" + $0 })
+            .map { "--- \($0)\n" + ((try? String(contentsOfFile: $0, encoding: .utf8)) ?? "") }.joined(separator: "\n")
+    }
+
+    /// The scenario on 3 pool workers. A (min 1, max 3, open-ended) takes all three; B (min 1, max 2) waits;
+    /// C (priority 1, exactly 2) takes two of A's at A's next step boundary; when C ends they go back to A, the
+    /// running job below its max; when A is cancelled B starts with two. The same three worker processes serve
+    /// every job and join the pool once each; B and C end with `train`'s hash, A with `train`'s hash to the step it
+    /// was cancelled at.
+    func testJobsShareAStandingPoolAndWorkersMoveAtStepBoundaries() throws {
+        try requireDataset()
+        let daemon = try startDaemon(state: scratch + "/state")
+        let admin = try token(daemon.state, "alice", role: "admin")
+        let workers = try startWorkers(daemon, ["w0", "w1", "w2"])
+        let a = try submit(daemon, admin, job + openEnded, options: ["--workers", "1:3"])
+        try waitForEvent(run(daemon, a), while: daemon.process, step(workers: 3))
+        let finite = job + ["--set", "training.max_steps=60"]
+        let b = try submit(daemon, admin, finite, options: ["--workers", "1:2"])
+        let c = try submit(daemon, admin, finite + ["--set", "seed=5"], options: ["--workers", "2", "--priority", "1"])
+        try waitForEvent(run(daemon, c), while: daemon.process, event("done"))
+        try waitForEvent(run(daemon, a), while: daemon.process, after: event("worker_left"), step(workers: 3))
+        XCTAssertEqual(try show(daemon, admin, b)["state"] as? String, "queued", "B waits while A holds the workers")
+        let cancelled = try client(daemon, admin, ["cancel", "\(a)"])
+        XCTAssertEqual(cancelled.stdout, "job \(a): cancelling at its next step boundary\n", cancelled.stderr)
+        try waitForEvent(run(daemon, b), while: daemon.process, event("done"))
+
+        let stopped = try doneEvent(run(daemon, a))
+        XCTAssertEqual(stopped["event"] as? String, "stopped", logs(daemon))
+        let stopStep = try XCTUnwrap(stopped["step"] as? Int)
+        let shown = try [a, b, c].map { try show(daemon, admin, $0) }
+        XCTAssertEqual(shown.map { $0["state"] as? String }, ["cancelled", "completed", "completed"])
+        XCTAssertEqual(shown[0]["weights_sha256"] as? String, try trainedHash(job + openEnded, to: stopStep))
+        XCTAssertEqual(shown[1]["weights_sha256"] as? String, try trainedHash(finite, to: 60))
+        XCTAssertEqual(shown[2]["weights_sha256"] as? String, try trainedHash(finite + ["--set", "seed=5"], to: 60))
+        XCTAssertEqual(shown[1]["step"] as? Int, 60)
+
+        // A gave two workers to C and got them back; B ran on two of them after A.
+        let aEvents = events(run(daemon, a)), cEvents = events(run(daemon, c)), bEvents = events(run(daemon, b))
+        let released = aEvents.filter { $0["event"] as? String == "worker_left" && $0["reason"] as? String == "released to the pool" }
+        XCTAssertEqual(released.count, 2, logs(daemon))
+        let cJoined = Set(cEvents.filter(event("worker_joined")).compactMap { $0["worker"] as? String })
+        XCTAssertEqual(cJoined, Set(released.compactMap { $0["worker"] as? String }))
+        XCTAssertEqual(bEvents.filter(event("worker_joined")).count, 2)
+        XCTAssertEqual(bEvents.filter(event("step")).compactMap { $0["workers"] as? Int }.max(), 2, "B's max")
+        // The same processes throughout: each is alive and joined the pool once.
+        let daemonLog = try String(contentsOfFile: daemon.log, encoding: .utf8)
+        for (index, worker) in workers.enumerated() {
+            XCTAssertTrue(worker.isRunning, "w\(index) exited")
+            XCTAssertEqual(daemonLog.components(separatedBy: "worker w\(index) on ").count - 1, 1, daemonLog)
+        }
+        print("standing pool: A cancelled at step \(stopStep), C took \(cJoined.sorted()) from A and gave them back, "
+              + "B ran after A on 2 workers; all three with train's weights")
+        daemon.process.interrupt()
+        XCTAssertEqual(finish(daemon.process), 0, logs(daemon))
+        workers.forEach { $0.terminate() }
+        workers.forEach { XCTAssertEqual(finish($0), 0) }
+    }
+
+    /// kill -9 of the daemon while two jobs run and a third waits: started again on the same state directory, it
+    /// continues both from their newest checkpoints with the same workers (they reconnect by themselves) and keeps
+    /// the third, which runs once they are cancelled; all end with `train`'s weights.
+    func testAKilledDaemonContinuesItsJobsFromTheirCheckpoints() throws {
+        try requireDataset()
+        let state = scratch + "/state"
+        let workerPort = try freePort(), apiPort = try freePort()
+        var daemon = try startDaemon(state: state, workerPort: workerPort, apiPort: apiPort)
+        let admin = try token(state, "alice", role: "admin")
+        let workers = try startWorkers(daemon, ["w0", "w1", "w2"])
+        let x = try submit(daemon, admin, job + openEnded, options: ["--workers", "1"])
+        let y = try submit(daemon, admin, job + openEnded + ["--set", "seed=7"], options: ["--workers", "1"])
+        try waitForEvent(run(daemon, x), while: daemon.process, event("checkpoint"))
+        try waitForEvent(run(daemon, y), while: daemon.process, event("checkpoint"))
+        let finite = job + ["--set", "training.max_steps=30"]
+        let z = try submit(daemon, admin, finite, options: ["--workers", "2"])
+        kill(daemon.process.processIdentifier, SIGKILL)
+        daemon.process.waitUntilExit()
+
+        daemon = try startDaemon(state: state, workerPort: workerPort, apiPort: apiPort)
+        XCTAssertEqual(try show(daemon, admin, z)["state"] as? String, "queued", "the job submitted before the kill is there")
+        for id in [x, y] {
+            try waitForEvent(run(daemon, id), while: daemon.process, event("resumed"))
+            try waitForEvent(run(daemon, id), while: daemon.process, after: event("resumed"), event("checkpoint"))
+            XCTAssertGreaterThan(try XCTUnwrap(events(run(daemon, id)).last(where: event("job_start"))?["start_step"] as? Int), 0)
+            XCTAssertEqual(try client(daemon, admin, ["cancel", "\(id)"]).status, 0)
+        }
+        try waitForEvent(run(daemon, z), while: daemon.process, event("done"))
+        for (id, overrides) in [(x, job + openEnded), (y, job + openEnded + ["--set", "seed=7"])] {
+            let stopped = try doneEvent(run(daemon, id))
+            XCTAssertEqual(stopped["event"] as? String, "stopped", logs(daemon))
+            let shown = try show(daemon, admin, id)
+            XCTAssertEqual(shown["state"] as? String, "cancelled")
+            XCTAssertEqual(shown["weights_sha256"] as? String, try trainedHash(overrides, to: try XCTUnwrap(stopped["step"] as? Int)))
+        }
+        XCTAssertEqual(try show(daemon, admin, z)["weights_sha256"] as? String, try trainedHash(finite, to: 30))
+        XCTAssertTrue(workers.allSatisfy(\.isRunning), "the workers stayed up through the daemon's restart")
+        daemon.process.interrupt()
+        XCTAssertEqual(finish(daemon.process), 0, logs(daemon))
+        workers.forEach { $0.terminate() }
+    }
+
+    /// A bad config is refused at submit naming the field; a job whose data is missing fails alone, next to one
+    /// that completes; a queued job is cancelled at once.
+    func testFailuresStayWithTheirJob() throws {
+        try requireDataset()
+        let daemon = try startDaemon(state: scratch + "/state")
+        let admin = try token(daemon.state, "alice", role: "admin")
+        let refused = try client(daemon, admin, ["submit", config, "--set", "training.batch_size=0"])
+        XCTAssertEqual(refused.status, 1)
+        let trained = try trainerd(["train", config, "--set", "training.batch_size=0", "--run-dir", scratch + "/bad"])
+        XCTAssertTrue(refused.stderr.hasSuffix(trained.stderr.replacingOccurrences(of: "trainerd: error: ", with: "")),
+                      "\(refused.stderr) / \(trained.stderr)")
+        XCTAssertTrue(refused.stderr.contains("training.batch_size"), refused.stderr)
+        let workers = try startWorkers(daemon, ["w0", "w1"])
+        let finite = job + ["--set", "training.max_steps=20"]
+        let broken = try submit(daemon, admin, finite + ["--set", "data.directory=" + scratch + "/nowhere"], options: ["--workers", "1"])
+        let good = try submit(daemon, admin, finite, options: ["--workers", "1"])
+        let waiting = try submit(daemon, admin, finite, options: ["--workers", "3"])
+        let cancelled = try client(daemon, admin, ["cancel", "\(waiting)"])
+        XCTAssertEqual(cancelled.stdout, "job \(waiting): cancelled\n", cancelled.stderr)
+        try waitForEvent(run(daemon, good), while: daemon.process, event("done"))
+        try waitForText(daemon.log, containing: "job \(broken): failed", while: daemon.process)
+        let failed = try show(daemon, admin, broken)
+        XCTAssertEqual(failed["state"] as? String, "failed")
+        XCTAssertTrue((failed["failure"] as? String ?? "").contains(scratch + "/nowhere"), "\(failed)")
+        XCTAssertEqual(try show(daemon, admin, good)["weights_sha256"] as? String, try trainedHash(finite, to: 20))
+        XCTAssertEqual(try show(daemon, admin, waiting)["state"] as? String, "cancelled")
+        XCTAssertTrue(workers.allSatisfy(\.isRunning))
+        daemon.process.interrupt()
+        XCTAssertEqual(finish(daemon.process), 0, logs(daemon))
+        workers.forEach { $0.terminate() }
+    }
+
+    /// curl, a client of its own, against the API: no token and an unknown one get 401 (logged with the address),
+    /// a read token 403 on submit; a submit token cannot cancel another submitter's job, an admin can.
+    func testTokensDecideWhoMayDoWhat() throws {
+        let daemon = try startDaemon(state: scratch + "/state")
+        let reader = try token(daemon.state, "rita", role: "read")
+        let alice = try token(daemon.state, "alice", role: "submit")
+        let bob = try token(daemon.state, "bob", role: "submit")
+        let admin = try token(daemon.state, "root", role: "admin")
+        func curl(_ method: String, _ path: String, token: String?, body: String? = nil) throws -> (status: Int, body: String) {
+            var arguments = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, daemon.server + path]
+            if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
+            if let body { arguments += ["-H", "Content-Type: application/json", "--data-binary", body] }
+            let result = try run("/usr/bin/curl", arguments, timeout: 30)
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+        }
+        let yaml = try String(contentsOfFile: config, encoding: .utf8)
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["config": yaml, "overrides": ["training.max_steps=5"], "min_workers": 3]), as: UTF8.self)
+        XCTAssertEqual(try curl("GET", "/v1/jobs", token: nil).status, 401)
+        XCTAssertEqual(try curl("GET", "/v1/jobs", token: "trainerd_" + String(repeating: "0", count: 64)).status, 401)
+        XCTAssertEqual(try curl("GET", "/v1/jobs", token: reader).status, 200)
+        let denied = try curl("POST", "/v1/jobs", token: reader, body: body)
+        XCTAssertEqual(denied.status, 403)
+        XCTAssertTrue(denied.body.contains("role read"), denied.body)
+        let submitted = try curl("POST", "/v1/jobs", token: alice, body: body)
+        XCTAssertEqual(submitted.status, 201, submitted.body)
+        let id = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(submitted.body.utf8)) as? [String: Any])?["id"] as? Int)
+        XCTAssertEqual(try curl("POST", "/v1/jobs/\(id)/cancel", token: bob).status, 403)
+        XCTAssertEqual(try curl("POST", "/v1/jobs/\(id)/cancel", token: reader).status, 403)
+        let cancelled = try curl("POST", "/v1/jobs/\(id)/cancel", token: admin)
+        XCTAssertEqual(cancelled.status, 200)
+        XCTAssertTrue(cancelled.body.contains("\"state\":\"cancelled\""), cancelled.body)
+        let refusedByCLI = try client(daemon, reader, ["submit", config])
+        XCTAssertEqual(refusedByCLI.status, 1)
+        XCTAssertTrue(refusedByCLI.stderr.contains("answered 403"), refusedByCLI.stderr)
+        let log = try String(contentsOfFile: daemon.log, encoding: .utf8)
+        XCTAssertTrue(log.contains("api: refused GET /v1/jobs from 127.0.0.1: no bearer token"), log)
+        XCTAssertTrue(log.contains("api: refused GET /v1/jobs from 127.0.0.1: unknown token"), log)
+        daemon.process.interrupt()
+        XCTAssertEqual(finish(daemon.process), 0)
+    }
+}
