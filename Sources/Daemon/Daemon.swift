@@ -84,7 +84,14 @@ public final class Daemon: @unchecked Sendable {
     /// Cancels job `id`: a queued job at once, a running one at its next step boundary (with a checkpoint).
     public func cancel(_ id: Int64) throws -> JobRecord {
         let record = try store.cancel(id, now: now)
-        if record.state == .running { loop.async { [self] in jobs[id]?.stop.request() } }
+        if record.state == .running {
+            loop.async { [self] in
+                if let job = jobs[id] { return job.stop.request() }
+                // Running before the daemon restarted, and not continued yet: nothing is training it.
+                try? store.finish(id, as: .cancelled, now: now)
+                log("job \(id): cancelled before it continued")
+            }
+        }
         if record.state == .cancelled { loop.async { [self] in needsPlan = true } }
         return record
     }
