@@ -48,6 +48,8 @@ public final class Daemon: @unchecked Sendable {
     /// Session → the job that issued it (from the welcomes the jobs sent).
     private var sessions: [UInt64: Int64] = [:]
     private var needsPlan = true
+    /// After a failed plan (the store could not be read), the next try waits until then.
+    private var planRetry = 0.0
     private var stopping = false
     private var droppedMessages = 0
 
@@ -130,7 +132,15 @@ public final class Daemon: @unchecked Sendable {
             if let frames = try router.receiveFrames(timeout: 0.05, wakingOn: loop.wake.descriptor) { route(frames) }
             loop.runPending()
             perform(pool.tick(now: now))
-            if needsPlan && !stopping { try plan() }
+            if needsPlan && !stopping && now >= planRetry {
+                do {
+                    try plan()
+                } catch {
+                    needsPlan = true
+                    planRetry = now + 1
+                    log("scheduling failed, retrying in 1 s: \(error)")
+                }
+            }
         }
         loop.close()
         router.close()
