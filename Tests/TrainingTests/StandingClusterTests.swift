@@ -20,13 +20,14 @@ final class StandingClusterTests: CLITestCase {
         var log: String
     }
 
-    func startDaemon(state: String, workerPort: UInt16? = nil, apiPort: UInt16? = nil) throws -> Daemon {
+    func startDaemon(state: String, workerPort: UInt16? = nil, apiPort: UInt16? = nil, tls: [String] = []) throws -> Daemon {
         let endpoint = "tcp://127.0.0.1:\(try workerPort ?? freePort())", port = try apiPort ?? freePort()
         let log = state + "-serve-\(UUID().uuidString.prefix(8)).log"
         let process = try start(["serve", "--state-dir", state, "--bind", endpoint, "--api", "127.0.0.1:\(port)",
-                                 "--heartbeat-timeout", "30"], log: log)
-        try waitForText(log, containing: "api on http://127.0.0.1:\(port)", while: process)
-        return Daemon(process: process, state: state, endpoint: endpoint, server: "http://127.0.0.1:\(port)", log: log)
+                                 "--heartbeat-timeout", "30"] + tls, log: log)
+        let server = (tls.isEmpty ? "http" : "https") + "://127.0.0.1:\(port)"
+        try waitForText(log, containing: "api on \(server)", while: process)
+        return Daemon(process: process, state: state, endpoint: endpoint, server: server, log: log)
     }
 
     func token(_ state: String, _ name: String, role: String) throws -> String {
@@ -240,6 +241,29 @@ final class StandingClusterTests: CLITestCase {
         let log = try String(contentsOfFile: daemon.log, encoding: .utf8)
         XCTAssertTrue(log.contains("api: refused GET /v1/jobs from 127.0.0.1: no bearer token"), log)
         XCTAssertTrue(log.contains("api: refused GET /v1/jobs from 127.0.0.1: unknown token"), log)
+        daemon.process.interrupt()
+        XCTAssertEqual(finish(daemon.process), 0)
+    }
+
+    /// With a certificate and key the API speaks only HTTPS: curl trusting that certificate gets its answer, plain
+    /// HTTP gets none, and curl without the certificate refuses the server.
+    func testTheAPIServesTLSWithTheGivenCertificate() throws {
+        let certificate = scratch + "/api.pem", key = scratch + "/api.key"
+        let made = try run("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
+                                                "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           timeout: 60)
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let daemon = try startDaemon(state: scratch + "/state", tls: ["--tls-cert", certificate, "--tls-key", key])
+        let reader = try token(daemon.state, "rita", role: "read")
+        let trusted = try run("/usr/bin/curl", ["-s", "--cacert", certificate, "-H", "Authorization: Bearer \(reader)",
+                                                daemon.server + "/v1/jobs"], timeout: 30)
+        XCTAssertEqual(trusted.status, 0, trusted.stderr)
+        XCTAssertEqual(trusted.stdout, "[]")
+        let untrusted = try run("/usr/bin/curl", ["-s", daemon.server + "/v1/jobs"], timeout: 30)
+        XCTAssertEqual(untrusted.status, 60, "curl: the peer's certificate cannot be verified")
+        let plain = try run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                              daemon.server.replacingOccurrences(of: "https:", with: "http:") + "/v1/jobs"], timeout: 30)
+        XCTAssertNotEqual(plain.stdout, "200", "plain HTTP is not served")
         daemon.process.interrupt()
         XCTAssertEqual(finish(daemon.process), 0)
     }
