@@ -51,7 +51,6 @@ public final class Daemon: @unchecked Sendable {
     /// After a failed plan (the store could not be read), the next try waits until then.
     private var planRetry = 0.0
     private var stopping = false
-    private var droppedMessages = 0
 
     public init(store: JobStore, options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.store = store
@@ -148,17 +147,11 @@ public final class Daemon: @unchecked Sendable {
 
     /// Hands a message to the job its sender is lent to, or to the pool.
     private func route(_ frames: [ReceivedFrame]) {
-        guard frames.count >= 2, let (type, session) = Message.peek(frames[1]) else {
-            droppedMessages += 1
-            return
-        }
+        guard frames.count >= 2, let (type, session) = Message.peek(frames[1]) else { return }  // not a message of ours
         let identity = frames[0].bytes
         let address = frames[0].peerAddress ?? "unknown"
         if type == .hello {
-            guard let message = try? Message.decode(Array(frames.dropFirst())) else {
-                droppedMessages += 1
-                return
-            }
+            guard let message = try? Message.decode(Array(frames.dropFirst())) else { return }
             if session != 0, let jobID = sessions[session], let job = jobs[jobID] {
                 // A worker of a running job reconnected or was asked to rejoin: the job hears it.
                 pool.rejoined(identity, message, to: jobID, address: address, now: now)
@@ -173,10 +166,7 @@ public final class Daemon: @unchecked Sendable {
         if session != 0, let jobID = routes[identity], let job = jobs[jobID] {
             return job.socket.deliver(frames)
         }
-        guard pool.member(identity) != nil, let message = try? Message.decode(Array(frames.dropFirst())) else {
-            droppedMessages += 1
-            return
-        }
+        guard pool.member(identity) != nil, let message = try? Message.decode(Array(frames.dropFirst())) else { return }
         perform(pool.receive(from: identity, message, address: address, now: now))
     }
 
