@@ -9,6 +9,9 @@ public enum ClusterEvent: Equatable, Sendable {
     case workerLeft(worker: String, host: String, reason: String, step: Int?, workers: Int)
     /// A worker fell silent, missed the step deadline, failed, or said hello again; what it owed went to the others.
     case workerLost(worker: String, host: String, reason: String, step: Int?, workers: Int)
+    /// A worker reported that it cannot run the job (it could not load the config or the data, or its
+    /// computation threw); it is then lost (or not joined).
+    case workerFailed(worker: String, host: String, reason: String)
     /// A welcomed worker failed, fell silent or left before it was admitted.
     case workerNotJoined(worker: String, host: String, address: String, reason: String)
     /// A worker's micro-batches were still outstanding after `straggler_delay` and went to idle workers as well.
@@ -38,6 +41,7 @@ public enum ClusterEvent: Equatable, Sendable {
         case .workerJoined: return "worker_joined"
         case .workerLeft: return "worker_left"
         case .workerLost: return "worker_lost"
+        case .workerFailed: return "worker_failed"
         case .straggler: return "straggler"
         case .workerNotJoined, .messageDropped, .warningsSuppressed, .sendFailed, .logSubscriberBehind, .connectionCut: return "warning"
         case .waiting: return "waiting"
@@ -79,6 +83,8 @@ public enum ClusterEvent: Equatable, Sendable {
         case let .workerLeft(worker, host, reason, step, workers), let .workerLost(worker, host, reason, step, workers):
             return [("worker", .string(worker)), ("host", .string(host)), ("reason", .string(reason)),
                     ("step", step.map { .int($0) } ?? .null), ("workers", .int(workers))]
+        case let .workerFailed(worker, host, reason):
+            return [("worker", .string(worker)), ("host", .string(host)), ("reason", .string(reason))]
         case let .workerNotJoined(worker, host, address, reason):
             return [("message", .string("worker \(worker) on \(host) did not join: \(reason)")), ("worker", .string(worker)),
                     ("host", .string(host)), ("address", .string(address))]

@@ -59,7 +59,7 @@ public final class CoordinatedJob {
         if let publisher, let logBind {
             let log = try LogPublisher(socket: publisher, events: job.trainer.events)
             try publisher.bind(logBind)
-            job.trainer.events.observers.append(log.publish)
+            job.trainer.events.observers.append { log.publish($0, $1) }
             job.coordinator.companions.append(log)
         }
         if let security { job.coordinator.companions.append(RefusalReporter(security.gatekeeper)) }

@@ -74,6 +74,9 @@ public final class Coordinator: GradientSource {
     /// `workerConnectionLimit`.
     public var connectionGuard: ConnectionGuard?
     private var raisedLimits: Set<[UInt8]> = []
+    /// Identities gone from the job whose raised limit stays until then: what a worker sent before it left or
+    /// reconnected (in the kernels' buffers, up to megabytes) still arrives on its old connection.
+    private var limitsLowered: [[UInt8]: Double] = [:]
     /// Workers a send found gone (EHOSTUNREACH), in the order found. Each is declared lost only once a receive has
     /// found nothing more queued: what the worker sent before its connection closed (a bye) is read first.
     private var closedConnections: [[UInt8]] = []
@@ -221,17 +224,26 @@ public final class Coordinator: GradientSource {
     }
 
     /// Logs the connections the guard cut, and gives workers welcomed since the last call their raised limit
-    /// (and takes it from those that are gone).
+    /// (and takes it from those gone for `heartbeat_timeout`).
     private func reportCuts() {
         guard let connectionGuard else { return }
         for cut in connectionGuard.takeCuts() {
             let who = cut.identity.map(machine.describePeer) ?? "a peer"
             log(.connectionCut(address: cut.address, peer: who, unread: cut.unread, limit: cut.limit, overTotal: cut.overTotal))
         }
-        let current = Set(machine.identities)
-        for identity in raisedLimits.subtracting(current) { connectionGuard.setLimit(nil, forPeer: identity) }
+        let current = Set(machine.identities), now = now
         for identity in current.subtracting(raisedLimits) { connectionGuard.setLimit(workerConnectionLimit, forPeer: identity) }
-        raisedLimits = current
+        for identity in raisedLimits.subtracting(current) where limitsLowered[identity] == nil {
+            limitsLowered[identity] = now + cluster.heartbeatTimeout
+        }
+        raisedLimits.formUnion(current)
+        guard !limitsLowered.isEmpty else { return }
+        for (identity, time) in limitsLowered where current.contains(identity) || time <= now {
+            limitsLowered[identity] = nil
+            guard !current.contains(identity) else { continue }
+            connectionGuard.setLimit(nil, forPeer: identity)
+            raisedLimits.remove(identity)
+        }
     }
 
     /// Hands a message to the transport without waiting; a peer that cannot take it is dropped.

@@ -287,7 +287,8 @@ public struct CoordinatorMachine {
             return remove(identity, .left("said bye"), now: now)
         case .error:
             let reason = (try? message.payload(Refusal.self).reason) ?? "no reason given"
-            return remove(identity, .lost("failed: \(reason)"), now: now, tellPeer: false)
+            let reported: [Action] = index.map { [.log(.workerFailed(worker: workers[$0].name, host: workers[$0].host, reason: reason))] } ?? []
+            return reported + remove(identity, .lost("failed: \(reason)"), now: now, tellPeer: false)
         case .welcome, .assignment, .weights, .pooled:
             return [drop("a \(message.type) message, which only the coordinator sends")]
         }

@@ -18,25 +18,48 @@ import Wire
 /// error on its own thread, in its own context, that ends only that job.
 public final class Daemon: @unchecked Sendable {
     public struct Options: Sendable {
+        /// The workers' endpoint (ROUTER).
         public var bind: String
+        /// The log stream's endpoint (XPUB), every job's events under its id as the topic; nil: none.
+        public var logBind: String?
+        /// CURVE on both ports: the daemon's secret key file and the directory of allowed public keys (`*.pub`).
+        public var secretKeyFile: String?
+        public var allowedKeys: String?
         /// Heartbeats between the daemon and its idle pool workers.
         public var heartbeatInterval: Double
         public var heartbeatTimeout: Double
 
-        public init(bind: String, heartbeatInterval: Double = 1, heartbeatTimeout: Double = 10) {
+        public init(bind: String, logBind: String? = nil, secretKeyFile: String? = nil, allowedKeys: String? = nil,
+                    heartbeatInterval: Double = 1, heartbeatTimeout: Double = 10) {
             self.bind = bind
+            self.logBind = logBind
+            self.secretKeyFile = secretKeyFile
+            self.allowedKeys = allowedKeys
             self.heartbeatInterval = heartbeatInterval
             self.heartbeatTimeout = heartbeatTimeout
         }
     }
+
+    /// A job whose workers report this many times that they cannot run it (they cannot load its config or data,
+    /// or their computation throws) ends as failed.
+    public static let workerFailuresToFail = 3
+    /// Ended jobs whose latest events the log port keeps for late subscribers.
+    static let endedJobsCached = 100
 
     public let store: JobStore
     let options: Options
     let loop = LoopQueue()
     private let zmq = ZMQContext()
     private let router: ZMQSocket
+    private let publisherSocket: ZMQSocket?
+    private let publisher: LogPublisher?
+    private let connectionGuard: ConnectionGuard
+    private let security: CoordinatorSecurity?
+    private let refusals: RefusalReporter?
     /// The worker socket's endpoint as bound (with the port chosen).
     public let endpoint: String
+    /// The log stream's endpoint as bound, with `logBind`.
+    public let logEndpoint: String?
     private let datasets = DatasetCache()
     private let log: @Sendable (String) -> Void
 
@@ -51,17 +74,47 @@ public final class Daemon: @unchecked Sendable {
     /// After a failed plan (the store could not be read), the next try waits until then.
     private var planRetry = 0.0
     private var stopping = false
+    /// Pool members whose connection limit is raised (they serve a job), and to what.
+    private var raisedLimits: [[UInt8]: Int] = [:]
+    private var limitsChanged = false
+    /// Ended jobs, oldest first, whose last events the log port still keeps.
+    private var endedTopics: [String] = []
 
     public init(store: JobStore, options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.store = store
         self.options = options
         self.log = log
         pool = PoolMachine(heartbeatInterval: options.heartbeatInterval, heartbeatTimeout: options.heartbeatTimeout)
+        let zmq = zmq
         router = try ZMQSocket(zmq, .router, limits: SocketLimits(maximumFrame: WireProtocol.maximumFrame,
                                                                    sendQueue: Coordinator.sendQueue))
         router.maximumFrames = 2 + WireProtocol.maximumTensors
+        publisherSocket = try options.logBind.map { _ in try ZMQSocket(zmq, .xpublisher, limits: LogPublisher.socketLimits) }
+        let sockets = [router] + (publisherSocket.map { [$0] } ?? [])
+        connectionGuard = try ConnectionGuard(
+            context: zmq, watching: [(router, Coordinator.connectionLimit)] + (publisherSocket.map { [($0, LogPublisher.connectionLimit)] } ?? []),
+            totalLimit: Coordinator.totalConnectionLimit)
+        switch (options.secretKeyFile, options.allowedKeys) {
+        case let (secretKeyFile?, allowedKeys?):
+            security = try CoordinatorSecurity(secretKeyFile: secretKeyFile, allowedKeys: allowedKeys, context: zmq,
+                                               sockets: sockets, guard: connectionGuard)
+        case (nil, nil):
+            security = nil
+        default:
+            throw DaemonError("CURVE needs both the daemon's secret key file and the directory of allowed keys")
+        }
+        refusals = security.map { RefusalReporter($0.gatekeeper) }
+        publisher = try publisherSocket.map { socket in
+            try LogPublisher(socket: socket, topics: true) { log("log port: a subscriber does not keep up; events are dropped for it") }
+        }
         try router.bind(options.bind)
         endpoint = try router.lastEndpoint
+        if let publisherSocket, let logBind = options.logBind {
+            try publisherSocket.bind(logBind)
+            logEndpoint = try publisherSocket.lastEndpoint
+        } else {
+            logEndpoint = nil
+        }
     }
 
     private var now: Double { Date().timeIntervalSince1970 }
@@ -89,8 +142,7 @@ public final class Daemon: @unchecked Sendable {
             loop.async { [self] in
                 if let job = jobs[id] { return job.stop.request() }
                 // Running before the daemon restarted, and not continued yet: nothing is training it.
-                try? store.finish(id, as: .cancelled, now: now)
-                log("job \(id): cancelled before it continued")
+                end(id, as: .cancelled)
             }
         }
         if record.state == .cancelled { loop.async { [self] in needsPlan = true } }
@@ -117,7 +169,8 @@ public final class Daemon: @unchecked Sendable {
     /// checkpoint and stays `running` in the store, to be continued by the next `serve` on the same state
     /// directory), waiting at most `drainTimeout` s for them.
     public func run(stop: StopRequest, drainTimeout: Double = 60) throws {
-        log("serving workers on \(endpoint); state in \(store.directory)")
+        log("serving workers on \(endpoint)" + (logEndpoint.map { ", the log stream on \($0)" } ?? "")
+            + (security == nil ? "" : ", with CURVE") + "; state in \(store.directory)")
         var drainDeadline: Double?
         while true {
             if stop.isRequested {
@@ -131,6 +184,9 @@ public final class Daemon: @unchecked Sendable {
             if let frames = try router.receiveFrames(timeout: 0.05, wakingOn: loop.wake.descriptor) { route(frames) }
             loop.runPending()
             perform(pool.tick(now: now))
+            publisher?.poll()
+            reportRefusedPeers()
+            if limitsChanged { raiseConnectionLimits() }
             if needsPlan && !stopping && now >= planRetry {
                 do {
                     try plan()
@@ -142,7 +198,37 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         loop.close()
+        connectionGuard.stop()
+        security?.gatekeeper.stop()
         router.close()
+        publisherSocket?.close()
+    }
+
+    /// Logs the connections the guard cut and the peers CURVE refused.
+    private func reportRefusedPeers() {
+        for cut in connectionGuard.takeCuts() {
+            let who = cut.identity.flatMap(pool.member).map { "worker \($0.name)" } ?? "a peer"
+            log("cut the connection of \(who) from \(cut.address): \(cut.unread) bytes sent and not delivered, over \(cut.limit)")
+        }
+        for refusal in refusals?.take() ?? [] { log("refused a peer from \(refusal.address): \(refusal.reason)") }
+    }
+
+    /// A pool member serving a job (or on its way back from one, its last gradients in flight) may have that job's
+    /// `workerConnectionLimit` undelivered; an idle one, a peer's default.
+    private func raiseConnectionLimits() {
+        limitsChanged = false
+        var wanted: [[UInt8]: Int] = [:]
+        for member in pool.members {
+            switch member.phase {
+            case let .lent(job), let .returning(_, job):
+                if let limit = jobs[job]?.workerConnectionLimit { wanted[member.identity] = limit }
+            case .idle:
+                break
+            }
+        }
+        for identity in raisedLimits.keys where wanted[identity] == nil { connectionGuard.setLimit(nil, forPeer: identity) }
+        for (identity, limit) in wanted where raisedLimits[identity] != limit { connectionGuard.setLimit(limit, forPeer: identity) }
+        raisedLimits = wanted
     }
 
     /// Hands a message to the job its sender is lent to, or to the pool.
@@ -150,24 +236,26 @@ public final class Daemon: @unchecked Sendable {
         guard frames.count >= 2, let (type, session) = Message.peek(frames[1]) else { return }  // not a message of ours
         let identity = frames[0].bytes
         let address = frames[0].peerAddress ?? "unknown"
+        let key = frames[0].userID
         if type == .hello {
             guard let message = try? Message.decode(Array(frames.dropFirst())) else { return }
             if session != 0, let jobID = sessions[session], let job = jobs[jobID] {
                 // A worker of a running job reconnected or was asked to rejoin: the job hears it.
-                pool.rejoined(identity, message, to: jobID, address: address, now: now)
+                pool.rejoined(identity, message, to: jobID, address: address, key: key, now: now)
                 routes[identity] = jobID
+                limitsChanged = true
                 job.socket.deliver(frames)
                 return
             }
             routes[identity] = nil
-            return perform(pool.receive(from: identity, message, address: address, now: now))
+            return perform(pool.receive(from: identity, message, address: address, key: key, now: now))
         }
         // Session 0 is a worker idle in its own view (not yet welcomed by the job it was given to): the pool's.
         if session != 0, let jobID = routes[identity], let job = jobs[jobID] {
             return job.socket.deliver(frames)
         }
         guard pool.member(identity) != nil, let message = try? Message.decode(Array(frames.dropFirst())) else { return }
-        perform(pool.receive(from: identity, message, address: address, now: now))
+        perform(pool.receive(from: identity, message, address: address, key: key, now: now))
     }
 
     private func perform(_ actions: [PoolMachine.Action]) {
@@ -183,9 +271,11 @@ public final class Daemon: @unchecked Sendable {
                 log("\(event)")
             case .free:
                 needsPlan = true
+                limitsChanged = true
             case let .gone(identity, _):
                 routes[identity] = nil
                 needsPlan = true
+                limitsChanged = true
             }
         }
     }
@@ -253,7 +343,8 @@ public final class Daemon: @unchecked Sendable {
         routes[member.identity] = job.id
         job.workers.removeAll { $0 == name }
         job.workers.append(name)
-        let identity = ReceivedFrame(member.identity, peerAddress: member.address, userID: nil)
+        limitsChanged = true
+        let identity = ReceivedFrame(member.identity, peerAddress: member.address, userID: member.key)
         job.socket.deliver([identity] + member.hello.encoded().map(ReceivedFrame.init))
         log("job \(job.id): gave it worker \(name)")
     }
@@ -272,9 +363,24 @@ public final class Daemon: @unchecked Sendable {
         log("job \(id) (\(record.name)): \(resume ? "continuing from its newest checkpoint" : "started")")
         let runDirectory = store.runDirectory(id)
         let progress = ProgressRecorder(store: store, job: id)
+        let topic = String(id)
         let thread = Thread { [self, datasets] in
-            let result = job.run(runDirectory: runDirectory, datasets: datasets) { [self] event, fields in
+            let built = { [self] (limit: Int) in
+                loop.async { [self] in
+                    job.workerConnectionLimit = limit
+                    limitsChanged = true
+                }
+            }
+            let result = job.run(runDirectory: runDirectory, datasets: datasets, built: built) { [self] event, fields in
                 progress.observe(event, fields)
+                if logEndpoint != nil {
+                    let line = EventLog.line(event, fields)
+                    loop.async { [self] in publisher?.publish(event, fields, line: line, topic: topic) }
+                }
+                if event == "worker_failed", case let .string(name)? = fields.first(where: { $0.0 == "worker" })?.1,
+                   case let .string(reason)? = fields.first(where: { $0.0 == "reason" })?.1 {
+                    loop.async { [self] in workerFailed(name, reason: reason, in: id) }
+                }
                 if event == "done" || event == "stopped" { loop.async { [self] in jobs[id]?.finishing = true } }
                 if event == "worker_left" || event == "worker_lost",
                    case let .string(name)? = fields.first(where: { $0.0 == "worker" })?.1 {
@@ -300,35 +406,60 @@ public final class Daemon: @unchecked Sendable {
         needsPlan = true
     }
 
+    /// A worker reported that it cannot run job `id`; the `workerFailuresToFail`th report ends the job as failed.
+    private func workerFailed(_ name: String, reason: String, in id: Int64) {
+        guard let job = jobs[id], job.failure == nil else { return }
+        job.workerFailures += 1
+        log("job \(id): worker \(name) cannot run it (\(job.workerFailures) of \(Self.workerFailuresToFail) such reports fail the job): \(reason)")
+        guard job.workerFailures >= Self.workerFailuresToFail else { return }
+        job.failure = "its workers reported \(job.workerFailures) times that they cannot run it; the last, \(name), said: \(reason)"
+        job.stop.request()
+    }
+
     private func ended(_ id: Int64, _ result: Result<RunSummary, Error>) {
         guard let job = jobs.removeValue(forKey: id) else { return }
         for member in pool.members where member.phase == .lent(job: id) { pool.returning(member.identity, now: now) }
         sessions = sessions.filter { $0.value != id }
         needsPlan = true
+        limitsChanged = true
         let cancelled = (try? store.job(id))?.cancelRequested ?? false
+        let summary = try? result.get()
+        let loss = summary.flatMap { $0.loss.isNaN ? nil : Double($0.loss) }
+        if let failure = job.failure {
+            end(id, as: .failed, step: summary?.steps, loss: loss, failure: failure)
+        } else if let summary, summary.finished {
+            end(id, as: .completed, step: summary.steps, loss: loss, accuracy: summary.testAccuracy, weightsSHA256: summary.weightsSHA256)
+        } else if cancelled {
+            end(id, as: .cancelled, step: summary?.steps, loss: loss, weightsSHA256: summary?.weightsSHA256)
+        } else if let summary {
+            log("job \(id): stopped at step \(summary.steps) with the daemon; it continues when the daemon starts again")
+        } else if case let .failure(error) = result, stopping && job.stop.isRequested {
+            log("job \(id): stopped with the daemon (\(error)); it continues when the daemon starts again")
+        } else if case let .failure(error) = result {
+            end(id, as: .failed, failure: "\(error)")
+        }
+    }
+
+    /// Ends job `id` as `state`: its event log (and its log-port stream) ends with a `job_end` event, then the store
+    /// records the end, so that whoever sees the stored end finds the whole log.
+    private func end(_ id: Int64, as state: JobState, step: Int? = nil, loss: Double? = nil, accuracy: Double? = nil,
+                     weightsSHA256: String? = nil, failure: String? = nil) {
+        var fields: [(String, JSONValue)] = [("job_id", .int(Int(id))), ("state", .string(state.rawValue))]
+        if let step { fields.append(("step", .int(step))) }
+        if let weightsSHA256 { fields.append(("weights_sha256", .string(weightsSHA256))) }
+        if let failure { fields.append(("failure", .string(failure))) }
+        (try? EventLog(runDirectory: store.runDirectory(id)))?.emit("job_end", fields)
+        if let publisher {
+            publisher.publish("job_end", fields, topic: String(id))
+            endedTopics.append(String(id))
+            if endedTopics.count > Self.endedJobsCached { publisher.forget(topic: endedTopics.removeFirst()) }
+        }
         do {
-            switch result {
-            case let .success(summary) where summary.finished:
-                try store.finish(id, as: .completed, now: now, step: summary.steps, loss: Double(summary.loss),
-                                 accuracy: summary.testAccuracy, weightsSHA256: summary.weightsSHA256)
-                log("job \(id): completed at step \(summary.steps), weights_sha256 \(summary.weightsSHA256)")
-            case let .success(summary) where cancelled:
-                try store.finish(id, as: .cancelled, now: now, step: summary.steps, loss: summary.loss.isNaN ? nil : Double(summary.loss),
-                                 weightsSHA256: summary.weightsSHA256)
-                log("job \(id): cancelled at step \(summary.steps)")
-            case let .success(summary):
-                log("job \(id): stopped at step \(summary.steps) with the daemon; it continues when the daemon starts again")
-            case .failure where cancelled:
-                try store.finish(id, as: .cancelled, now: now)
-                log("job \(id): cancelled")
-            case let .failure(error) where stopping && job.stop.isRequested:
-                log("job \(id): stopped with the daemon (\(error)); it continues when the daemon starts again")
-            case let .failure(error):
-                try store.finish(id, as: .failed, now: now, failure: "\(error)")
-                log("job \(id): failed: \(error)")
-            }
+            try store.finish(id, as: state, now: now, step: step, loss: loss, accuracy: accuracy, weightsSHA256: weightsSHA256, failure: failure)
+            log("job \(id): \(state.rawValue)" + (step.map { " at step \($0)" } ?? "") + (weightsSHA256.map { ", weights_sha256 \($0)" } ?? "")
+                + (failure.map { ": \($0)" } ?? ""))
         } catch {
-            log("job \(id): its end could not be stored: \(error)")
+            log("job \(id): its end (\(state.rawValue)) could not be stored: \(error)")
         }
     }
 }

@@ -21,6 +21,13 @@ final class DaemonJob: @unchecked Sendable {
     var releasing: Set<String> = []
     /// The job has trained its last step and is saying bye: it takes no more workers (the loop's thread only).
     var finishing = false
+    /// Times a worker reported it could not run the job (the loop's thread only).
+    var workerFailures = 0
+    /// Why the daemon is ending the job as failed, once it is (the loop's thread only).
+    var failure: String?
+    /// What a worker's connection may send undelivered while it serves the job, once the coordinator exists
+    /// (`Coordinator.workerConnectionLimit`; the loop's thread only).
+    var workerConnectionLimit: Int?
 
     private let lock = NSLock()
     private var coordinator: Coordinator?
@@ -48,21 +55,23 @@ final class DaemonJob: @unchecked Sendable {
     }
 
     /// Builds and runs the job on the calling thread (its own): the summary, or the error that ended it. Workers
-    /// still in the job are told bye either way. `observe` sees every event the job logs.
-    func run(runDirectory: String, datasets: DatasetCache,
+    /// still in the job are told bye either way. `built` is told the coordinator's limit for a worker's connection
+    /// before any worker is welcomed; `observe` sees every event the job logs.
+    func run(runDirectory: String, datasets: DatasetCache, built: (_ workerConnectionLimit: Int) -> Void,
              observe: @escaping (String, [(String, JSONValue)]) -> Void) -> Result<RunSummary, Error> {
         var job: CoordinatedJob?
         do {
             let description = self.description
             let config = try description.parse()
             let training = try TrainingJob(config: config, loadDatasets: datasets.load)
-            let built = try CoordinatedJob(description, job: training, socket: socket, runDirectory: runDirectory,
+            let coordinated = try CoordinatedJob(description, job: training, socket: socket, runDirectory: runDirectory,
                                            context: training.context(stop: stop))
-            job = built
-            built.trainer.events.observers.append(observe)
-            attach(built.coordinator)
-            if resume { _ = built.trainer.resume() }
-            return .success(try built.trainer.run())
+            job = coordinated
+            coordinated.trainer.events.observers.append(observe)
+            built(coordinated.coordinator.workerConnectionLimit)
+            attach(coordinated.coordinator)
+            if resume { _ = coordinated.trainer.resume() }
+            return .success(try coordinated.trainer.run())
         } catch {
             job?.coordinator.sayGoodbye()
             return .failure(error)

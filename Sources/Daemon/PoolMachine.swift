@@ -23,7 +23,7 @@ public enum PoolEvent: Equatable, Sendable, CustomStringConvertible {
 /// pool and the worker exchange heartbeats; in a job, the job's coordinator hears it instead, and its messages go
 /// there. When the job lets it go (a bye: the job ended or released it; or the job lost it) it is `returning`:
 /// its next hello makes it free again, and one that does not say hello within `heartbeatTimeout` is gone. A name is held by one connection at a time; a second one is asked to say hello again later
-/// (`rejoin`), as a job's coordinator does.
+/// (`rejoin`), as a job's coordinator does. With CURVE a name also stays with the key that first joined under it.
 public struct PoolMachine {
     public enum Action: Equatable, Sendable {
         case send(identity: [UInt8], Message)
@@ -46,6 +46,8 @@ public struct PoolMachine {
         public var name: String
         public var host: String
         public var address: String
+        /// The CURVE public key it connected with (with security).
+        public var key: String?
         public var phase: Phase
         /// The hello it joined with, for the job it is given to.
         public var hello: Message
@@ -57,6 +59,8 @@ public struct PoolMachine {
     public let heartbeatTimeout: Double
     /// In the order they joined.
     public private(set) var members: [Member] = []
+    /// With CURVE: the key that first joined under each name.
+    private var keyOfName: [String: String] = [:]
 
     public init(heartbeatInterval: Double = 1, heartbeatTimeout: Double = 10) {
         self.heartbeatInterval = heartbeatInterval
@@ -66,13 +70,20 @@ public struct PoolMachine {
     public func member(_ identity: [UInt8]) -> Member? { members.first { $0.identity == identity } }
     public var idle: [Member] { members.filter { $0.phase == .idle } }
 
-    /// A message from a peer that is not in a job: a hello, or an idle member's heartbeat or bye.
-    public mutating func receive(from identity: [UInt8], _ message: Message, address: String, now: Double) -> [Action] {
+    /// A message from a peer that is not in a job: a hello, or an idle member's heartbeat or bye. `key` is the CURVE
+    /// public key the peer connected with (with security).
+    public mutating func receive(from identity: [UInt8], _ message: Message, address: String, key: String? = nil,
+                                 now: Double) -> [Action] {
         let index = members.firstIndex { $0.identity == identity }
         if let index { members[index].lastHeard = now }
         switch message.type {
         case .hello:
             guard let hello = try? message.payload(Hello.self) else { return [] }
+            if let key, let owner = keyOfName[hello.name], owner != key {
+                let reason = "the name \(hello.name) belongs to another worker's key"
+                return [.log(.refused(address: address, reason: reason)), .send(identity: identity, Message(Refusal(reason), jobID: 0))]
+            }
+            if let key { keyOfName[hello.name] = key }
             if let holder = members.first(where: { $0.name == hello.name && $0.identity != identity }) {
                 let reason = "the name \(hello.name) is held by another connection (\(holder.address)); say hello again once it has closed"
                 return [.log(.refused(address: address, reason: reason)),
@@ -85,8 +96,8 @@ public struct PoolMachine {
                 members[index].lastSent = now
                 return [.send(identity: identity, pooled), .free(identity: identity)]
             }
-            members.append(Member(identity: identity, name: hello.name, host: hello.host, address: address, phase: .idle,
-                                  hello: message, lastHeard: now, lastSent: now))
+            members.append(Member(identity: identity, name: hello.name, host: hello.host, address: address, key: key,
+                                  phase: .idle, hello: message, lastHeard: now, lastSent: now))
             return [.log(.joined(worker: hello.name, host: hello.host, address: address)),
                     .send(identity: identity, pooled), .free(identity: identity)]
         case .heartbeat:
@@ -117,14 +128,16 @@ public struct PoolMachine {
 
     /// A worker said hello to `job` again with its session (it reconnected, or the job asked it to rejoin): it is
     /// lent to that job, under this connection.
-    public mutating func rejoined(_ identity: [UInt8], _ message: Message, to job: Int64, address: String, now: Double) {
+    public mutating func rejoined(_ identity: [UInt8], _ message: Message, to job: Int64, address: String, key: String? = nil,
+                                  now: Double) {
         guard let hello = try? message.payload(Hello.self) else { return }
+        if let key, let owner = keyOfName[hello.name], owner != key { return }  // the job refuses it too
         members.removeAll { $0.name == hello.name && $0.identity != identity }
         if let index = members.firstIndex(where: { $0.identity == identity }) {
             members[index].phase = .lent(job: job)
             members[index].lastHeard = now
         } else {
-            members.append(Member(identity: identity, name: hello.name, host: hello.host, address: address,
+            members.append(Member(identity: identity, name: hello.name, host: hello.host, address: address, key: key,
                                   phase: .lent(job: job), hello: message, lastHeard: now, lastSent: now))
         }
     }

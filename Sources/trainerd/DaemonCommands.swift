@@ -11,6 +11,10 @@ struct Serve: ParsableCommand {
 
     @Option(help: "Directory for the job database (trainerd.sqlite) and the jobs' run directories.") var stateDir: String
     @Option(help: "Endpoint for pool workers, e.g. tcp://0.0.0.0:5555.") var bind: String
+    @Option(help: "Endpoint for the log stream (every job's events, the job id as topic: trainerd monitor --job), e.g. tcp://0.0.0.0:5556.")
+    var logBind: String?
+    @Option(help: "CURVE on the worker and log ports: the daemon's secret key file (trainerd keygen).") var secretKey: String?
+    @Option(help: "CURVE: the directory of the public keys (*.pub) of the workers and monitors let in.") var allowedKeys: String?
     @Option(help: "Address of the control API (HTTP, or HTTPS with --tls-cert and --tls-key).") var api = "127.0.0.1:8470"
     @Option(help: "PEM certificate chain for the API's TLS.") var tlsCert: String?
     @Option(help: "PEM private key for the API's TLS.") var tlsKey: String?
@@ -20,11 +24,13 @@ struct Serve: ParsableCommand {
     func run() throws {
         do {
             guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+            guard (secretKey == nil) == (allowedKeys == nil) else { throw ValidationError("--secret-key and --allowed-keys go together") }
             let (host, port) = try hostAndPort(api, option: "--api")
             let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data("serve: \($0)\n".utf8)) }
             let store = try JobStore(directory: stateDir)
-            let daemon = try Daemon(store: store, options: Daemon.Options(bind: bind, heartbeatInterval: heartbeatInterval,
-                                                                          heartbeatTimeout: heartbeatTimeout), log: log)
+            let options = Daemon.Options(bind: bind, logBind: logBind, secretKeyFile: secretKey, allowedKeys: allowedKeys,
+                                         heartbeatInterval: heartbeatInterval, heartbeatTimeout: heartbeatTimeout)
+            let daemon = try Daemon(store: store, options: options, log: log)
             let api = ControlAPI(daemon: daemon, log: log)
             let scheme = tlsCert == nil ? "http" : "https"
             let (tlsCert, tlsKey) = (self.tlsCert, self.tlsKey)

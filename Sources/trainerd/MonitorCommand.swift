@@ -5,47 +5,13 @@ import Training
 import Transport
 import Wire
 
-/// Publishes the run's events on a ZeroMQ XPUB socket. A monitor that subscribes mid-run first gets a
-/// `snapshot` event with the latest job, step and eval fields (the last-value cache of the zguide), then every
-/// event as it happens.
-final class LogPublisher {
-    private let socket: ZMQSocket
-    private var latest: [String: [(String, JSONValue)]] = [:]
-
-    /// Publishes on `socket` (an XPUB socket, bound).
-    init(socket: ZMQSocket) {
-        self.socket = socket
-    }
-
-    func publish(_ event: String, _ fields: [(String, JSONValue)]) {
-        serveNewSubscribers()
-        if ["job_start", "worker_joined", "eval", "step"].contains(event) { latest[event] = fields }
-        send(event, fields)
-    }
-
-    /// A subscription message (first byte 1) means a new monitor: bring it up to date at once.
-    func serveNewSubscribers() {
-        var newSubscriber = false
-        while let frames = try? socket.receive(timeout: 0), let first = frames.first?.first {
-            if first == 1 { newSubscriber = true }
-        }
-        if newSubscriber && !latest.isEmpty {
-            let snapshot = ["job_start", "worker_joined", "eval", "step"].compactMap { name in latest[name].map { (name, JSONValue.object($0)) } }
-            send("snapshot", snapshot)
-        }
-    }
-
-    private func send(_ event: String, _ fields: [(String, JSONValue)]) {
-        let line = JSONValue.object([("event", .string(event)), ("time", .number(Date().timeIntervalSince1970))] + fields)
-        try? socket.send([Array(line.serialized.utf8)])
-    }
-}
-
 struct Monitor: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Follow a job's log stream: step, loss, accuracy, throughput, workers and per-layer gradient norms.")
 
-    @Argument(help: "The coordinator's log endpoint (its --log-bind), e.g. tcp://10.0.0.1:5556.") var endpoint: String
+    @Argument(help: "The coordinator's or the daemon's log endpoint (its --log-bind), e.g. tcp://10.0.0.1:5556.") var endpoint: String
+    @Option(help: "On a daemon's log port: follow this job alone, to its end (without it: every job, each line marked with its job).")
+    var job: Int64?
     @Flag(help: "Print the raw JSON events, one a line.") var json = false
     @Option(help: "A layer whose gradient norm is below this is marked as vanishing.") var vanishing = 1e-6
     @Option(help: "A layer whose gradient norm is above this is marked as exploding.") var exploding = 1e2
@@ -55,11 +21,11 @@ struct Monitor: ParsableCommand {
 
     func run() throws {
         do {
-            let subscription = try LogSubscription(endpoint: endpoint, keys: keys)
+            let subscription = try LogSubscription(endpoint: endpoint, keys: keys, job: job)
             var lastEvent = Date()
             var lastStepShown = Date.distantPast
             while true {
-                guard let (line, event, name) = try subscription.next(timeout: 1) else {
+                guard let (line, event, name, topic) = try subscription.next(timeout: 1) else {
                     if idleTimeout > 0 && Date().timeIntervalSince(lastEvent) > idleTimeout {
                         throw ClusterError("\(endpoint): no events for \(Int(idleTimeout)) s")
                     }
@@ -67,24 +33,31 @@ struct Monitor: ParsableCommand {
                 }
                 lastEvent = Date()
                 if json {
-                    print(String(decoding: line, as: UTF8.self))
+                    let text = String(decoding: line, as: UTF8.self)
+                    // Every job's stream: each line says whose it is (the topic is digits; a line starts with `{`).
+                    print(job == nil ? topic.map { "{\"job_id\":\($0)," + text.dropFirst() } ?? text : text)
                 } else if name != "step" || Date().timeIntervalSince(lastStepShown) >= every {
                     if name == "step" { lastStepShown = Date() }
-                    show(name, event)
+                    show(name, event, prefix: job == nil ? topic.map { "[job \($0)] " } ?? "" : "")
                 }
                 fflush(nil)  // every stream: stdout is a C global
-                if name == "done" || name == "stopped" { return }
+                // A coordinator's stream ends with its job, and so does one job's on a daemon's (--job), at its
+                // `job_end`: a job stopped with the daemon goes on when the daemon is back. Every job's does not end.
+                guard job != nil || topic == nil else { continue }
+                let last: Set = topic == nil ? ["done", "stopped"] : ["job_end"]
+                if last.contains(name) || (name == "snapshot" && last.contains { event[$0] != nil }) { return }
             }
         } catch {
             fail(error)
         }
     }
 
-    func show(_ name: String, _ event: [String: Any]) {
+    func show(_ name: String, _ event: [String: Any], prefix: String = "") {
+        let print = { (text: String) in Swift.print(prefix + text) }
         switch name {
         case "snapshot":
-            for key in ["job_start", "worker_joined", "eval", "step"] {
-                if let fields = event[key] as? [String: Any] { show(key, fields) }
+            for key in LogPublisher.cached {
+                if let fields = event[key] as? [String: Any] { show(key, fields, prefix: prefix) }
             }
         case "job_start":
             print("job \(event["job"] ?? "?"): \(event["model"] ?? "?"), \(event["parameters"] ?? "?") parameters, \(event["steps"] ?? "?") steps")
@@ -118,6 +91,11 @@ struct Monitor: ParsableCommand {
             print("done: step \(event["step"] ?? "?"), test accuracy \(event["test_accuracy"] ?? "?"), weights_sha256 \(event["weights_sha256"] ?? "?")")
         case "stopped":
             print("stopped at step \(event["step"] ?? "?")")
+        case "worker_failed":
+            print("worker \(event["worker"] ?? "?") cannot run the job: \(event["reason"] ?? "?")")
+        case "job_end":
+            print("job \(event["job_id"] ?? "?") \(event["state"] ?? "?") at step \(event["step"] ?? "?")"
+                  + ((event["failure"] as? String).map { ": \($0)" } ?? ""))
         default:
             break
         }
@@ -141,33 +119,38 @@ struct Monitor: ParsableCommand {
     }
 }
 
-/// A subscription to a coordinator's log stream (its --log-bind), with CURVE when keys are given: what `monitor`
-/// and `status` read.
+/// A subscription to a coordinator's or a daemon's log stream (its --log-bind), with CURVE when keys are given: what
+/// `monitor` and `status` read. On a daemon's stream each event comes under its job's id; `job` picks one.
 struct LogSubscription {
     let endpoint: String
+    let job: Int64?
     /// Whether this subscription uses CURVE (keys were given).
     let encrypted: Bool
     private let socket: ZMQSocket
     private let handshakes: HandshakeMonitor?
 
-    init(endpoint: String, keys: ClientKeyOptions) throws {
+    init(endpoint: String, keys: ClientKeyOptions, job: Int64? = nil) throws {
         self.endpoint = endpoint
+        self.job = job
         let curve = try keys.load()
         encrypted = curve != nil
         (socket, handshakes) = try keys.connect(.subscriber, endpoint, context: ZMQContext(),
                                                 limits: SocketLimits(maximumFrame: WireProtocol.maximumMetadata), keys: curve)
-        try socket.subscribe()
+        try socket.subscribe(prefix: job.map { Array(String($0).utf8) } ?? [])
     }
 
-    /// The next event within `timeout` seconds (its line, fields and name), or nil; throws when the coordinator
-    /// refused this client's key.
-    func next(timeout: Double) throws -> (line: [UInt8], event: [String: Any], name: String)? {
+    /// The next event within `timeout` seconds (its line, fields, name, and job id on a daemon's stream), or nil;
+    /// throws when the coordinator refused this client's key.
+    func next(timeout: Double) throws -> (line: [UInt8], event: [String: Any], name: String, job: String?)? {
         if let refused = handshakes?.nextFailure() {
             throw ClusterError("\(endpoint): the coordinator \(refused.reason); add this monitor's public key to its allowed_keys")
         }
-        guard let frames = try socket.receive(timeout: timeout), let line = frames.first,
+        guard let frames = try socket.receive(timeout: timeout), let line = frames.last,
               let event = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
               let name = event["event"] as? String else { return nil }
-        return (Array(line), event, name)
+        let topic = frames.count == 2 ? String(decoding: frames[0], as: UTF8.self) : nil
+        // A subscription is a prefix: job 1's also brings jobs 10 to 19.
+        if let job, let topic, topic != String(job) { return nil }
+        return (Array(line), event, name, topic)
     }
 }

@@ -11,6 +11,7 @@ struct Status: ParsableCommand {
         abstract: "Check a job through its coordinator's log stream (--log-bind): one line and status 0 if it answers, 1 if not.")
 
     @Argument(help: "The coordinator's log endpoint (its --log-bind), e.g. tcp://10.0.0.1:5556.") var endpoint: String
+    @Option(help: "On a daemon's log port: the job to check (without it: the first job that answers).") var job: Int64?
     @Option(help: "Seconds to wait for an answer.") var timeout = 5.0
     @Flag(help: "Print the coordinator's snapshot as JSON instead.") var json = false
     @OptionGroup var keys: ClientKeyOptions
@@ -21,10 +22,10 @@ struct Status: ParsableCommand {
 
     func run() throws {
         do {
-            let subscription = try LogSubscription(endpoint: endpoint, keys: keys)
+            let subscription = try LogSubscription(endpoint: endpoint, keys: keys, job: job)
             let deadline = Date().addingTimeInterval(timeout)
             while Date() < deadline {
-                guard let (line, event, name) = try subscription.next(timeout: 0.2), name == "snapshot" else { continue }
+                guard let (line, event, name, _) = try subscription.next(timeout: 0.2), name == "snapshot" else { continue }
                 print(json ? String(decoding: line, as: UTF8.self) : Self.summary(event))
                 return
             }

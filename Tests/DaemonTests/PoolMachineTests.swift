@@ -28,6 +28,24 @@ final class PoolMachineTests: XCTestCase {
         XCTAssertEqual(pool.members.count, 1)
     }
 
+    /// With CURVE, a name stays with the key that first joined under it: another allowed key is refused for good
+    /// (no rejoin), even once the first connection is gone; the first key may come back on a new connection.
+    func testWithCURVEANameStaysWithItsKey() {
+        var pool = PoolMachine()
+        _ = pool.receive(from: a, hello("w0"), address: "x", key: "KEY-A", now: 0)
+        _ = pool.lost(a, reason: "its connection closed")
+        let refused = pool.receive(from: b, hello("w0"), address: "y", key: "KEY-B", now: 1)
+        guard case let .send(identity, message)? = refused.last else { return XCTFail("\(refused)") }
+        XCTAssertEqual(identity, b)
+        XCTAssertEqual(try message.payload(Refusal.self).rejoin, false)
+        XCTAssertTrue(pool.members.isEmpty)
+        let c: [UInt8] = [3]
+        XCTAssertEqual(pool.receive(from: c, hello("w0"), address: "z", key: "KEY-A", now: 2).last, .free(identity: c))
+        XCTAssertEqual(pool.member(c)?.key, "KEY-A", "given to the job with the worker's hello")
+        pool.rejoined(b, hello("w0"), to: 7, address: "y", key: "KEY-B", now: 3)
+        XCTAssertEqual(pool.members.map(\.identity), [c], "another key's rejoin takes nothing over")
+    }
+
     func testIdleMembersHeartbeatAndSilentOnesAreGone() {
         var pool = PoolMachine(heartbeatInterval: 1, heartbeatTimeout: 5)
         _ = pool.receive(from: a, hello("w0"), address: "x", now: 0)

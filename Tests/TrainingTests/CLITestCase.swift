@@ -88,10 +88,45 @@ class CLITestCase: XCTestCase {
                           "Fashion-MNIST is not installed (deploy/setup.sh installs dataset-fashion-mnist)")
     }
 
+    /// The run's last event from the trainer (`done`, or `stopped`).
     func doneEvent(_ runDirectory: String) throws -> [String: Any] {
         let text = try String(contentsOfFile: runDirectory + "/events.jsonl", encoding: .utf8)
-        let last = try XCTUnwrap(text.split(separator: "\n").last)
+        // A daemon's job ends its log with `job_end`; the trainer's last event is the one before.
+        let lines = text.split(separator: "\n").filter { !$0.hasPrefix("{\"event\":\"job_end\"") }
+        let last = try XCTUnwrap(lines.last)
         return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+    }
+
+    /// `count` network namespaces, each a host with one address, 10.203.`subnet`.(i + 1)/24, on a bridge in a
+    /// namespace of its own: a real network stack between them. Removed when the test ends; the test is skipped
+    /// where they cannot be made (not root, no `ip`).
+    func networkNamespaces(_ count: Int, subnet: Int) throws -> [(name: String, address: String)] {
+        try XCTSkipUnless(getuid() == 0, "network namespaces need root")
+        let tag = String(getpid() % 100_000) + "s\(subnet)"
+        let bridge = "trd\(tag)sw"
+        let hosts = (0..<count).map { (name: "trd\(tag)h\($0)", address: "10.203.\(subnet).\($0 + 1)") }
+        func ip(_ arguments: [String]) throws {
+            let result = try run("/usr/bin/env", ["ip"] + arguments, timeout: 20)
+            if result.status != 0 { throw XCTSkip("cannot set up network namespaces here: ip \(arguments.joined(separator: " ")): \(result.stderr)") }
+        }
+        addTeardownBlock { [self] in
+            for name in [bridge] + hosts.map(\.name) { _ = try? run("/usr/bin/env", ["ip", "netns", "del", name], timeout: 20) }
+        }
+        for name in [bridge] + hosts.map(\.name) { try ip(["netns", "add", name]) }
+        try ip(["-n", bridge, "link", "add", "br0", "type", "bridge"])
+        try ip(["-n", bridge, "link", "set", "br0", "up"])
+        for (index, host) in hosts.enumerated() {
+            let (inside, outside) = ("t\(tag)h\(index)", "t\(tag)b\(index)")
+            try ip(["link", "add", inside, "type", "veth", "peer", "name", outside])
+            try ip(["link", "set", inside, "netns", host.name])
+            try ip(["link", "set", outside, "netns", bridge])
+            try ip(["-n", host.name, "addr", "add", host.address + "/24", "dev", inside])
+            try ip(["-n", host.name, "link", "set", inside, "up"])
+            try ip(["-n", host.name, "link", "set", "lo", "up"])
+            try ip(["-n", bridge, "link", "set", outside, "master", "br0"])
+            try ip(["-n", bridge, "link", "set", outside, "up"])
+        }
+        return hosts
     }
 
     /// A TCP listener on a free loopback port; the caller closes it.
@@ -120,16 +155,19 @@ class CLITestCase: XCTestCase {
         return port
     }
 
-    /// Starts trainerd; its stderr goes to the file `log` and its stdout to `output` when given, else nowhere.
-    func start(_ arguments: [String], log: String? = nil, output: String? = nil) throws -> Process {
+    /// Starts trainerd (in `directory`, in network namespace `namespace`, when given); its stderr goes to the file
+    /// `log` and its stdout to `output` when given, else nowhere.
+    func start(_ arguments: [String], log: String? = nil, output: String? = nil, directory: String? = nil,
+               namespace: String? = nil) throws -> Process {
         func file(_ path: String?) throws -> FileHandle {
             guard let path else { return FileHandle.nullDevice }
             _ = FileManager.default.createFile(atPath: path, contents: nil)
             return try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         }
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
+        process.executableURL = URL(fileURLWithPath: namespace == nil ? executable : "/usr/bin/env")
+        process.arguments = namespace.map { ["ip", "netns", "exec", $0, executable] + arguments } ?? arguments  // ip execs it
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         process.standardOutput = try file(output)
         process.standardError = try file(log)
         try process.run()

@@ -95,44 +95,17 @@ final class CLITests: CLITestCase {
     /// crosses a real network stack; the weights equal `train`'s. The namespaces are removed afterwards.
     func testAcrossNetworkNamespaces() throws {
         try requireDataset()
-        try XCTSkipUnless(getuid() == 0, "network namespaces need root")
-        let tag = String(getpid() % 100_000)
-        let (bridge, coordinatorHost, workerHosts) = ("trd\(tag)sw", "trd\(tag)c", ["trd\(tag)w1", "trd\(tag)w2"])
-        let hosts = [coordinatorHost] + workerHosts
-        func ip(_ arguments: [String]) throws {
-            let result = try run("/usr/bin/env", ["ip"] + arguments, timeout: 20)
-            if result.status != 0 { throw XCTSkip("cannot set up network namespaces here: ip \(arguments.joined(separator: " ")): \(result.stderr)") }
-        }
-        defer { for name in [bridge] + hosts { _ = try? run("/usr/bin/env", ["ip", "netns", "del", name], timeout: 20) } }
-        for name in [bridge] + hosts { try ip(["netns", "add", name]) }
-        try ip(["-n", bridge, "link", "add", "br0", "type", "bridge"])
-        try ip(["-n", bridge, "link", "set", "br0", "up"])
-        for (index, host) in hosts.enumerated() {
-            let (inside, outside) = ("t\(tag)h\(index)", "t\(tag)b\(index)")
-            try ip(["link", "add", inside, "type", "veth", "peer", "name", outside])
-            try ip(["link", "set", inside, "netns", host])
-            try ip(["link", "set", outside, "netns", bridge])
-            try ip(["-n", host, "addr", "add", "10.203.77.\(index + 1)/24", "dev", inside])
-            try ip(["-n", host, "link", "set", inside, "up"])
-            try ip(["-n", host, "link", "set", "lo", "up"])
-            try ip(["-n", bridge, "link", "set", outside, "master", "br0"])
-            try ip(["-n", bridge, "link", "set", outside, "up"])
-        }
+        let hosts = try networkNamespaces(3, subnet: 77)
+        let (coordinatorHost, workerHosts) = (hosts[0].name, hosts.dropFirst().map(\.name))
         let steps = ["--set", "training.max_steps=40", "--set", "training.eval_every=0", "--set", "training.checkpoint_every=0"]
         XCTAssertEqual(try trainerd(["train", config, "--run-dir", scratch + "/single"] + steps).status, 0)
-        let workers = try workerHosts.map { host -> Process in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["ip", "netns", "exec", host, executable, "worker", "--connect", "tcp://10.203.77.1:5555",
-                                 "--name", host, "--threads", "1"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            return process
+        let endpoint = "tcp://\(hosts[0].address):5555"
+        let workers = try workerHosts.map { host in
+            try start(["worker", "--connect", endpoint, "--name", host, "--threads", "1"], namespace: host)
         }
         defer { workers.filter(\.isRunning).forEach { $0.terminate() } }
         let coordinator = try run("/usr/bin/env", ["ip", "netns", "exec", coordinatorHost, executable, "coordinator", config,
-                                                   "--bind", "tcp://10.203.77.1:5555", "--workers", "2",
+                                                   "--bind", endpoint, "--workers", "2",
                                                    "--run-dir", scratch + "/netns"] + steps, timeout: 180)
         XCTAssertEqual(coordinator.status, 0, coordinator.stderr)
         let expected = try doneEvent(scratch + "/single")["weights_sha256"] as? String
