@@ -76,6 +76,9 @@ public final class Daemon: @unchecked Sendable {
     private var stopping = false
     /// Pool members whose connection limit is raised (they serve a job), and to what.
     private var raisedLimits: [[UInt8]: Int] = [:]
+    /// Connections no longer serving a job whose raised limit stays until then: what a worker sent before it left
+    /// or reconnected (in the kernels' buffers) still arrives.
+    private var limitsLowered: [[UInt8]: Double] = [:]
     private var limitsChanged = false
     /// Ended jobs, oldest first, whose last events the log port still keeps.
     private var endedTopics: [String] = []
@@ -186,7 +189,7 @@ public final class Daemon: @unchecked Sendable {
             perform(pool.tick(now: now))
             publisher?.poll()
             reportRefusedPeers()
-            if limitsChanged { raiseConnectionLimits() }
+            if limitsChanged || !limitsLowered.isEmpty { raiseConnectionLimits() }
             if needsPlan && !stopping && now >= planRetry {
                 do {
                     try plan()
@@ -214,7 +217,8 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// A pool member serving a job (or on its way back from one, its last gradients in flight) may have that job's
-    /// `workerConnectionLimit` undelivered; an idle one, a peer's default.
+    /// `workerConnectionLimit` undelivered; an idle one, or a connection that is gone, a peer's default once
+    /// `heartbeatTimeout` has passed.
     private func raiseConnectionLimits() {
         limitsChanged = false
         var wanted: [[UInt8]: Int] = [:]
@@ -226,9 +230,22 @@ public final class Daemon: @unchecked Sendable {
                 break
             }
         }
-        for identity in raisedLimits.keys where wanted[identity] == nil { connectionGuard.setLimit(nil, forPeer: identity) }
-        for (identity, limit) in wanted where raisedLimits[identity] != limit { connectionGuard.setLimit(limit, forPeer: identity) }
-        raisedLimits = wanted
+        let now = now
+        for (identity, limit) in wanted where raisedLimits[identity] != limit {
+            connectionGuard.setLimit(limit, forPeer: identity)
+            raisedLimits[identity] = limit
+            limitsLowered[identity] = nil
+        }
+        for identity in raisedLimits.keys where wanted[identity] == nil {
+            let time = limitsLowered[identity] ?? now + options.heartbeatTimeout
+            guard time <= now else {
+                limitsLowered[identity] = time
+                continue
+            }
+            connectionGuard.setLimit(nil, forPeer: identity)
+            raisedLimits[identity] = nil
+            limitsLowered[identity] = nil
+        }
     }
 
     /// Hands a message to the job its sender is lent to, or to the pool.

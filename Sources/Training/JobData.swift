@@ -36,8 +36,18 @@ public final class DatasetCache: @unchecked Sendable {
     private var entries: [String: (files: LoadedFiles, used: UInt64)] = [:]
     private var clock: UInt64 = 0
 
-    /// `capacity`: bytes kept at most (default: a quarter of the machine's memory).
-    public init(capacity: Int = Int(ProcessInfo.processInfo.physicalMemory / 4)) { self.capacity = capacity }
+    /// `capacity`: bytes kept at most (default: a quarter of the memory this process may use).
+    public init(capacity: Int = DatasetCache.availableMemory / 4) { self.capacity = capacity }
+
+    /// The machine's memory, or less when the process's cgroup (v2: `memory.max`; a container's limit) allows less.
+    public static var availableMemory: Int {
+        let machine = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        guard let membership = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8),
+              let path = membership.split(separator: "\n").first(where: { $0.hasPrefix("0::") })?.dropFirst(3),
+              let text = try? String(contentsOfFile: "/sys/fs/cgroup" + path + "/memory.max", encoding: .utf8),
+              let limit = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return machine }
+        return min(machine, limit)
+    }
 
     /// The train and test sets of `config`, as `loadData` gives them, read from disk only when not kept.
     public func load(_ config: JobConfig) throws -> JobDatasets { try loadData(config, files: files) }

@@ -11,7 +11,7 @@ final class DeployTests: CLITestCase {
         try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"),
                           "systemd-analyze is not installed (deploy/setup.sh --tests installs systemd)")
         // verify checks that ExecStart's program exists: point it at the trainerd just built.
-        let units = ["trainerd-coordinator.service", "trainerd-worker@.service"]
+        let units = ["trainerd-coordinator.service", "trainerd-worker@.service", "trainerd-serve.service"]
         var paths: [String] = []
         for unit in units {
             let text = try String(contentsOf: systemdDirectory.appendingPathComponent(unit), encoding: .utf8)
@@ -30,6 +30,9 @@ final class DeployTests: CLITestCase {
         XCTAssertTrue(coordinator.contains("ReadWritePaths=/var/lib/trainerd"), "the run directory stays writable")
         XCTAssertTrue(coordinator.contains("--run-dir /var/lib/trainerd/run --resume"), "a restart resumes")
         XCTAssertTrue(coordinator.contains("SuccessExitStatus=130"), "a stop (exit 130 after the checkpoint) is clean")
+        let serve = try String(contentsOf: systemdDirectory.appendingPathComponent(units[2]), encoding: .utf8)
+        XCTAssertTrue(serve.contains("ReadWritePaths=/var/lib/trainerd"), "the state directory stays writable")
+        XCTAssertTrue(serve.contains("serve --state-dir /var/lib/trainerd/serve "), "one state directory across restarts")
 
         let verify = try run("/usr/bin/systemd-analyze", ["verify"] + paths, timeout: 60)
         XCTAssertEqual(verify.status, 0, verify.stderr)

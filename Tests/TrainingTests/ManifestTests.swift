@@ -10,11 +10,13 @@ import Yams
 final class ManifestTests: CLITestCase {
     var deploy: URL { repository.appendingPathComponent("deploy") }
     var kubernetes: URL { deploy.appendingPathComponent("kubernetes") }
+    /// The standing pool's manifests (trainerd serve and its workers).
+    var pool: URL { kubernetes.appendingPathComponent("pool") }
 
-    /// The Kubernetes objects in deploy/kubernetes, by kind and name.
-    func objects() throws -> [String: [String: Any]] {
+    /// The Kubernetes objects in deploy/kubernetes (or `directory`), by kind and name.
+    func objects(in directory: URL? = nil) throws -> [String: [String: Any]] {
         var objects: [String: [String: Any]] = [:]
-        for file in try manifestFiles() {
+        for file in try manifestFiles(in: directory ?? kubernetes) {
             for document in try Yams.load_all(yaml: String(contentsOf: file, encoding: .utf8)) {
                 let object = try XCTUnwrap(document as? [String: Any], "\(file.lastPathComponent): a mapping")
                 let kind = try XCTUnwrap(object["kind"] as? String), name = try XCTUnwrap(object[path: "metadata.name"] as? String)
@@ -26,30 +28,33 @@ final class ManifestTests: CLITestCase {
         return objects
     }
 
-    func manifestFiles() throws -> [URL] {
-        try FileManager.default.contentsOfDirectory(at: kubernetes, includingPropertiesForKeys: nil)
+    func manifestFiles(in directory: URL) throws -> [URL] {
+        try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)
             .filter { $0.pathExtension == "yaml" && $0.lastPathComponent != "kustomization.yaml" }
             .sorted { $0.path < $1.path }
     }
 
+    /// Both kustomizations: a job's (deploy/kubernetes) and a standing pool's (deploy/kubernetes/pool).
     func testManifestsPassKubernetesSchemas() throws {
-        let kustomization = try Yams.load(yaml: String(contentsOf: kubernetes.appendingPathComponent("kustomization.yaml"), encoding: .utf8))
-        XCTAssertEqual(Set(((kustomization as? [String: Any])?["resources"] as? [String]) ?? []),
-                       Set(try manifestFiles().map(\.lastPathComponent)), "kustomization.yaml lists every manifest")
-        let objectCount = try objects().count
-        if FileManager.default.isExecutableFile(atPath: "/usr/bin/kubectl") {
-            let built = try run("/usr/bin/kubectl", ["kustomize", kubernetes.path], timeout: 60)
-            XCTAssertEqual(built.status, 0, built.stderr)
-            XCTAssertEqual(built.stdout.split(separator: "\n").filter { $0.hasPrefix("kind: ") }.count, objectCount)
+        for directory in [kubernetes, pool] {
+            let kustomization = try Yams.load(yaml: String(contentsOf: directory.appendingPathComponent("kustomization.yaml"), encoding: .utf8))
+            XCTAssertEqual(Set(((kustomization as? [String: Any])?["resources"] as? [String]) ?? []),
+                           Set(try manifestFiles(in: directory).map(\.lastPathComponent)), "kustomization.yaml lists every manifest")
+            let objectCount = try objects(in: directory).count
+            if FileManager.default.isExecutableFile(atPath: "/usr/bin/kubectl") {
+                let built = try run("/usr/bin/kubectl", ["kustomize", directory.path], timeout: 60)
+                XCTAssertEqual(built.status, 0, built.stderr)
+                XCTAssertEqual(built.stdout.split(separator: "\n").filter { $0.hasPrefix("kind: ") }.count, objectCount)
+            }
+            let installed = try run("/usr/bin/env", ["python3", "-c", "import kubernetes_validate"], timeout: 60)
+            try XCTSkipUnless(installed.status == 0, "kubernetes-validate is not installed (deploy/setup.sh --tests installs it from PyPI)")
+            // --strict: an unknown or misspelt field is an error, not silently dropped as the API server would.
+            let validated = try run("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.33.0"]
+                                        + manifestFiles(in: directory).map(\.path), timeout: 120)
+            XCTAssertEqual(validated.status, 0, validated.stdout + validated.stderr)
+            XCTAssertEqual(validated.stdout.split(separator: "\n").filter { $0.contains(" passed ") }.count, objectCount,
+                           validated.stdout)
         }
-        let installed = try run("/usr/bin/env", ["python3", "-c", "import kubernetes_validate"], timeout: 60)
-        try XCTSkipUnless(installed.status == 0, "kubernetes-validate is not installed (deploy/setup.sh --tests installs it from PyPI)")
-        // --strict: an unknown or misspelt field is an error, not silently dropped as the API server would.
-        let validated = try run("/usr/bin/env", ["python3", "-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.33.0"]
-                                    + manifestFiles().map(\.path), timeout: 120)
-        XCTAssertEqual(validated.status, 0, validated.stdout + validated.stderr)
-        XCTAssertEqual(validated.stdout.split(separator: "\n").filter { $0.contains(" passed ") }.count, objectCount,
-                       validated.stdout)
     }
 
     func testKubernetesPiecesAgree() throws {
@@ -58,43 +63,8 @@ final class ManifestTests: CLITestCase {
         let coordinatorSet = try XCTUnwrap(objects["StatefulSet/trainerd-coordinator"])
         let workers = try XCTUnwrap(objects["Deployment/trainerd-worker"])
         let jobMap = try XCTUnwrap(objects["ConfigMap/trainerd-job"])
-        let secretsInReadme = try documentedSecrets()
-        let user = try imageUser(), image = try composeImage()
 
-        for workload in [coordinatorSet, workers] {
-            let name = workload[path: "metadata.name"] as! String
-            let labels = try XCTUnwrap(workload[path: "spec.template.metadata.labels"] as? [String: String])
-            let selector = try XCTUnwrap(workload[path: "spec.selector.matchLabels"] as? [String: String])
-            XCTAssertTrue(selector.allSatisfy { labels[$0.key] == $0.value }, "\(name): the selector matches its pods")
-            let pod = try XCTUnwrap(workload[path: "spec.template.spec"] as? [String: Any])
-            XCTAssertEqual(pod[path: "securityContext.runAsNonRoot"] as? Bool, true, name)
-            XCTAssertEqual(pod[path: "securityContext.runAsUser"] as? Int, user, "\(name) runs as the image's user")
-            XCTAssertEqual(pod[path: "securityContext.fsGroup"] as? Int, user, "\(name): volumes writable by that user")
-            let volumes = Set(((pod["volumes"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String })
-                .union(((workload[path: "spec.volumeClaimTemplates"] as? [[String: Any]]) ?? []).compactMap { $0[path: "metadata.name"] as? String })
-            for volume in (pod["volumes"] as? [[String: Any]]) ?? [] {
-                if let secret = volume[path: "secret.secretName"] as? String {
-                    XCTAssertTrue(secretsInReadme.contains(secret), "\(name): Secret \(secret) is created in deploy/README.md")
-                }
-                if let map = volume[path: "configMap.name"] as? String {
-                    XCTAssertNotNil(objects["ConfigMap/\(map)"], "\(name): ConfigMap \(map) is defined")
-                }
-            }
-            let containers = try XCTUnwrap(pod["containers"] as? [[String: Any]])
-            XCTAssertEqual(containers.count, 1)
-            for container in containers {
-                XCTAssertEqual(container["image"] as? String, image, "\(name): the image compose builds")
-                for key in ["requests.cpu", "requests.memory", "limits.cpu", "limits.memory"] {
-                    XCTAssertNotNil(container[path: "resources." + key], "\(name): resources.\(key)")
-                }
-                XCTAssertEqual(container[path: "securityContext.allowPrivilegeEscalation"] as? Bool, false, name)
-                XCTAssertEqual(container[path: "securityContext.readOnlyRootFilesystem"] as? Bool, true, name)
-                XCTAssertEqual(container[path: "securityContext.capabilities.drop"] as? [String], ["ALL"], name)
-                for mount in (container["volumeMounts"] as? [[String: Any]]) ?? [] {
-                    XCTAssertTrue(volumes.contains(mount["name"] as! String), "\(name): volume \(mount["name"]!) is declared")
-                }
-            }
-        }
+        for workload in [coordinatorSet, workers] { try checkWorkload(workload, objects: objects) }
 
         // The Service selects the coordinator's pod, not the workers', and its ports are the container's.
         let coordinator = try XCTUnwrap((coordinatorSet[path: "spec.template.spec.containers"] as? [[String: Any]])?.first)
@@ -165,6 +135,94 @@ final class ManifestTests: CLITestCase {
                                  "the Deployment starts the workers the coordinator waits for")
     }
 
+    /// What every workload must be: its selector matches its pods, it runs as the image's user without privileges,
+    /// with resources, the image compose builds, and only volumes, Secrets and ConfigMaps that exist.
+    func checkWorkload(_ workload: [String: Any], objects: [String: [String: Any]]) throws {
+        let secretsInReadme = try documentedSecrets()
+        let user = try imageUser(), image = try composeImage()
+        let name = workload[path: "metadata.name"] as! String
+        let labels = try XCTUnwrap(workload[path: "spec.template.metadata.labels"] as? [String: String])
+        let selector = try XCTUnwrap(workload[path: "spec.selector.matchLabels"] as? [String: String])
+        XCTAssertTrue(selector.allSatisfy { labels[$0.key] == $0.value }, "\(name): the selector matches its pods")
+        let pod = try XCTUnwrap(workload[path: "spec.template.spec"] as? [String: Any])
+        XCTAssertEqual(pod[path: "securityContext.runAsNonRoot"] as? Bool, true, name)
+        XCTAssertEqual(pod[path: "securityContext.runAsUser"] as? Int, user, "\(name) runs as the image's user")
+        XCTAssertEqual(pod[path: "securityContext.fsGroup"] as? Int, user, "\(name): volumes writable by that user")
+        let volumes = Set(((pod["volumes"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String })
+            .union(((workload[path: "spec.volumeClaimTemplates"] as? [[String: Any]]) ?? []).compactMap { $0[path: "metadata.name"] as? String })
+        for volume in (pod["volumes"] as? [[String: Any]]) ?? [] {
+            if let secret = volume[path: "secret.secretName"] as? String {
+                XCTAssertTrue(secretsInReadme.contains(secret), "\(name): Secret \(secret) is created in deploy/README.md")
+            }
+            if let map = volume[path: "configMap.name"] as? String {
+                XCTAssertNotNil(objects["ConfigMap/\(map)"], "\(name): ConfigMap \(map) is defined")
+            }
+        }
+        let containers = try XCTUnwrap(pod["containers"] as? [[String: Any]])
+        XCTAssertEqual(containers.count, 1)
+        for container in containers {
+            XCTAssertEqual(container["image"] as? String, image, "\(name): the image compose builds")
+            for key in ["requests.cpu", "requests.memory", "limits.cpu", "limits.memory"] {
+                XCTAssertNotNil(container[path: "resources." + key], "\(name): resources.\(key)")
+            }
+            XCTAssertEqual(container[path: "securityContext.allowPrivilegeEscalation"] as? Bool, false, name)
+            XCTAssertEqual(container[path: "securityContext.readOnlyRootFilesystem"] as? Bool, true, name)
+            XCTAssertEqual(container[path: "securityContext.capabilities.drop"] as? [String], ["ALL"], name)
+            for mount in (container["volumeMounts"] as? [[String: Any]]) ?? [] {
+                XCTAssertTrue(volumes.contains(mount["name"] as! String), "\(name): volume \(mount["name"]!) is declared")
+            }
+        }
+    }
+
+    /// The standing pool: the Service selects the daemon's pod, not the workers', and its ports are the daemon's
+    /// --bind, --log-bind and --api; the job database is on the claim; CURVE's keys are in the Secrets' mounts; the
+    /// workers connect to the Service's train port with keys from theirs.
+    func testThePoolsKubernetesPiecesAgree() throws {
+        let objects = try objects(in: pool)
+        let service = try XCTUnwrap(objects["Service/trainerd-serve"])
+        let serveSet = try XCTUnwrap(objects["StatefulSet/trainerd-serve"])
+        let workers = try XCTUnwrap(objects["Deployment/trainerd-pool-worker"])
+        for workload in [serveSet, workers] { try checkWorkload(workload, objects: objects) }
+        let selector = try XCTUnwrap(service[path: "spec.selector"] as? [String: String])
+        let serveLabels = serveSet[path: "spec.template.metadata.labels"] as! [String: String]
+        let workerLabels = workers[path: "spec.template.metadata.labels"] as! [String: String]
+        XCTAssertTrue(selector.allSatisfy { serveLabels[$0.key] == $0.value })
+        XCTAssertFalse(selector.allSatisfy { workerLabels[$0.key] == $0.value })
+        XCTAssertEqual(serveSet[path: "spec.serviceName"] as? String, "trainerd-serve")
+        XCTAssertEqual(serveSet[path: "spec.replicas"] as? Int, 1, "one daemon")
+
+        let serve = try XCTUnwrap((serveSet[path: "spec.template.spec.containers"] as? [[String: Any]])?.first)
+        let containerPorts = Dictionary(uniqueKeysWithValues: ((serve["ports"] as? [[String: Any]]) ?? []).map {
+            ($0["name"] as! String, $0["containerPort"] as! Int)
+        })
+        var servicePorts: [String: Int] = [:]
+        for port in (service[path: "spec.ports"] as? [[String: Any]]) ?? [] {
+            XCTAssertNotNil(containerPorts[try XCTUnwrap(port["targetPort"] as? String)], "Service port \(port["name"]!) targets the daemon's")
+            servicePorts[port["name"] as! String] = port["port"] as? Int
+        }
+        let arguments = try XCTUnwrap(serve["args"] as? [String])
+        XCTAssertEqual(arguments.first, "serve")
+        XCTAssertEqual(option("--bind", in: arguments), "tcp://0.0.0.0:\(containerPorts["train"] ?? -1)")
+        XCTAssertEqual(option("--log-bind", in: arguments), "tcp://0.0.0.0:\(containerPorts["log"] ?? -1)")
+        XCTAssertEqual(option("--api", in: arguments), "0.0.0.0:\(containerPorts["api"] ?? -1)")
+        XCTAssertEqual(serve[path: "readinessProbe.tcpSocket.port"] as? String, "api")
+        let mounts = mountPaths(serve)
+        XCTAssertEqual(volume(containing: try XCTUnwrap(option("--state-dir", in: arguments)) + "/trainerd.sqlite", mounts), "state")
+        XCTAssertNotNil((serveSet[path: "spec.volumeClaimTemplates"] as? [[String: Any]])?.first { $0[path: "metadata.name"] as? String == "state" },
+                        "the job database is on a persistent volume")
+        XCTAssertEqual(volume(containing: try XCTUnwrap(option("--secret-key", in: arguments)), mounts), "keys")
+        XCTAssertEqual(volume(containing: try XCTUnwrap(option("--allowed-keys", in: arguments)) + "/worker.pub", mounts), "allowed")
+
+        let worker = try XCTUnwrap((workers[path: "spec.template.spec.containers"] as? [[String: Any]])?.first)
+        let workerArguments = try XCTUnwrap(worker["args"] as? [String])
+        XCTAssertEqual(workerArguments.first, "worker")
+        XCTAssertEqual(option("--connect", in: workerArguments), "tcp://trainerd-serve:\(servicePorts["train"] ?? -1)")
+        XCTAssertEqual(option("--threads", in: workerArguments), worker[path: "resources.limits.cpu"] as? String)
+        for key in ["--key", "--server-key"] {
+            XCTAssertEqual(volume(containing: option(key, in: workerArguments) ?? "", mountPaths(worker)), "keys", key)
+        }
+    }
+
     func testComposeAndDockerfileAgree() throws {
         let compose = try XCTUnwrap(try Yams.load(yaml: String(contentsOf: deploy.appendingPathComponent("compose.yaml"), encoding: .utf8)) as? [String: Any])
         let coordinator = try XCTUnwrap(compose[path: "services.coordinator"] as? [String: Any])
@@ -192,6 +250,25 @@ final class ManifestTests: CLITestCase {
         let health = try XCTUnwrap(coordinator[path: "healthcheck.test"] as? [String])
         XCTAssertEqual(Array(health.prefix(4)), ["CMD", "/usr/local/bin/trainerd", "status", logBind.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")])
         XCTAssertLessThanOrEqual(Int(option("--workers", in: arguments) ?? "") ?? .max, worker[path: "deploy.replicas"] as? Int ?? 0)
+
+        // The standing pool's compose file: the same image; workers reach the daemon's --bind by its service name
+        // and scale; the job database is on a volume; the API and log ports are published on the host's loopback.
+        let poolCompose = try XCTUnwrap(try Yams.load(yaml: String(contentsOf: deploy.appendingPathComponent("compose-pool.yaml"), encoding: .utf8)) as? [String: Any])
+        let serve = try XCTUnwrap(poolCompose[path: "services.serve"] as? [String: Any])
+        let poolWorker = try XCTUnwrap(poolCompose[path: "services.worker"] as? [String: Any])
+        XCTAssertEqual(serve["image"] as? String, coordinator["image"] as? String)
+        XCTAssertEqual(poolWorker["image"] as? String, coordinator["image"] as? String)
+        XCTAssertNil(poolWorker["ports"], "host ports would stop `--scale worker=N`")
+        let serveArguments = try XCTUnwrap(serve["command"] as? [String])
+        XCTAssertEqual(serveArguments.first, "serve")
+        XCTAssertEqual(option("--connect", in: try XCTUnwrap(poolWorker["command"] as? [String])),
+                       try XCTUnwrap(option("--bind", in: serveArguments)).replacingOccurrences(of: "0.0.0.0", with: "serve"))
+        let stateDirectory = try XCTUnwrap(option("--state-dir", in: serveArguments))
+        XCTAssertTrue(((serve["volumes"] as? [String]) ?? []).contains { stateDirectory.hasPrefix(String($0.split(separator: ":")[1])) },
+                      "the job database is on a volume")
+        let published = Set(((serve["ports"] as? [String]) ?? []).map { String($0.split(separator: ":").last!) })
+        let listening = [option("--api", in: serveArguments), option("--log-bind", in: serveArguments)].compactMap { $0?.split(separator: ":").last.map(String.init) }
+        XCTAssertEqual(published, Set(listening), "the API and the log stream are published")
 
         // The image: a Swift build stage, a slim Debian runtime with libzmq and the datasets, trainerd as entry point.
         let instructions = try dockerfileInstructions()
