@@ -7,8 +7,9 @@ import PackageDescription
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
 /// Targets depend only downward:
-/// CKernels → Kernels → Autograd → NN → Training → Cluster → trainerd, with Random, Optim, Data and Checkpoint beside
-/// them, and Wire and Transport under Cluster. Only Kernels imports CKernels.
+/// CKernels → Kernels → Autograd → NN → Training → Cluster → Daemon → ControlAPI → trainerd, with Random, Optim, Data
+/// and Checkpoint beside them, Wire and Transport under Cluster, Telemetry (metrics) over Training, and Dashboard
+/// (the web pages) on its own. Only Kernels imports CKernels.
 let package = Package(
     name: "trainerd",
     platforms: [.macOS(.v13)],
@@ -22,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C micro-kernels, compiled optimised in every configuration; the ISA is chosen at start-up.
@@ -44,9 +46,17 @@ let package = Package(
         .systemLibrary(name: "CZMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Transport", dependencies: ["CZMQ"], swiftSettings: swift6),
         .target(name: "Cluster", dependencies: ["Training", "Checkpoint", "Wire", "Transport"], swiftSettings: swift6),
-        .target(name: "Daemon", dependencies: ["Cluster", "JobStore", "Scheduling", "Training", "Transport", "Wire"], swiftSettings: swift6),
+        .target(name: "Telemetry", dependencies: ["Training", .product(name: "Prometheus", package: "swift-prometheus")],
+                swiftSettings: swift6),
+        .target(name: "Daemon", dependencies: ["Cluster", "JobStore", "Scheduling", "Telemetry", "Training", "Transport", "Wire"],
+                swiftSettings: swift6),
+        // The web dashboard's pages and scripts, embedded in the binary, and the self-contained run report.
+        .target(name: "Dashboard", resources: [
+            .embedInCode("Assets/index.html"), .embedInCode("Assets/dashboard.css"),
+            .embedInCode("Assets/run-charts.js"), .embedInCode("Assets/dashboard.js"),
+        ], swiftSettings: swift6),
         .target(name: "ControlAPI", dependencies: [
-            "Daemon", "JobStore",
+            "Daemon", "JobStore", "Telemetry", "Dashboard",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -58,7 +68,7 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: swift6),
         .executableTarget(name: "trainerd", dependencies: [
-            "Training", "Cluster", "Transport", "Wire", "Daemon", "JobStore", "ControlAPI",
+            "Training", "Cluster", "Transport", "Wire", "Daemon", "JobStore", "ControlAPI", "Telemetry", "Dashboard",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: swift6),
         .target(name: "TestSupport", path: "Tests/TestSupport"),
@@ -67,6 +77,8 @@ let package = Package(
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
         .testTarget(name: "JobStoreTests", dependencies: ["JobStore"]),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Wire"]),
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Training"]),
+        .testTarget(name: "DashboardTests", dependencies: ["Dashboard"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Wire", "CZMQ"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Transport", "CZMQ", "Training", "NN", "Data", "Wire", "Random", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),

@@ -1,4 +1,5 @@
 import Daemon
+import Dashboard
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -7,6 +8,7 @@ import HummingbirdTLS
 import JobStore
 import NIOCore
 import NIOSSL
+import Telemetry
 
 /// The request context: the caller's token once `BearerAuthentication` has accepted it, and its address.
 public struct APIContext: RequestContext {
@@ -74,13 +76,16 @@ struct BearerAuthentication: RouterMiddleware {
 }
 
 /// The daemon's control API over HTTP (or HTTPS with a certificate and key): a thin layer over the store and
-/// the daemon. See `APIPath` for the routes.
+/// the daemon (see `APIPath` for the routes), with `/metrics` and the web dashboard (`DashboardRoutes`).
 public struct ControlAPI {
     public let daemon: Daemon
     public let log: @Sendable (String) -> Void
+    let library: ChartLibrary
+    let metrics = APIMetrics()
 
-    public init(daemon: Daemon, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(daemon: Daemon, library: ChartLibrary = ChartLibrary(), log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.daemon = daemon
+        self.library = library
         self.log = log
     }
 
@@ -89,8 +94,9 @@ public struct ControlAPI {
     public func serve(host: String, port: Int, certificate: String? = nil, key: String? = nil,
                       onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         let router = Router(context: APIContext.self)
-        router.add(middleware: BearerAuthentication(store: daemon.store, log: log))
-        addRoutes(router)
+        router.add(middleware: RequestCounter(metrics: metrics))
+        DashboardRoutes.add(to: router, library: library)
+        addRoutes(router.group().add(middleware: BearerAuthentication(store: daemon.store, log: log)))
         let server: HTTPServerBuilder
         if let certificate, let key {
             let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
@@ -105,8 +111,8 @@ public struct ControlAPI {
         try await app.run()
     }
 
-    func addRoutes(_ router: Router<APIContext>) {
-        let daemon = self.daemon, store = daemon.store, log = self.log
+    func addRoutes(_ router: RouterGroup<APIContext>) {
+        let daemon = self.daemon, store = daemon.store, log = self.log, metrics = self.metrics
         router.post(RouterPath(APIPath.jobs)) { request, context -> Response in
             let token = try context.require(.submit)
             let body: SubmitRequest
@@ -130,11 +136,13 @@ public struct ControlAPI {
         }
         router.get(RouterPath(APIPath.jobs)) { _, context -> Response in
             _ = try context.require(.read)
-            return try jsonResponse(try store.jobs().map(JobView.init))
+            let live = daemon.metrics.all
+            return try jsonResponse(try store.jobs().map { JobView($0, live: live[$0.id!]) })
         }
         router.get(RouterPath(APIPath.jobs + "/:id")) { _, context -> Response in
             _ = try context.require(.read)
-            return try jsonResponse(JobView(try Self.job(context, store)))
+            let job = try Self.job(context, store)
+            return try jsonResponse(JobView(job, live: daemon.metrics.of(job.id!)))
         }
         router.post(RouterPath(APIPath.jobs + "/:id/cancel")) { _, context -> Response in
             let token = try context.require(.submit)
@@ -154,6 +162,47 @@ public struct ControlAPI {
             _ = try context.require(.read)
             return try jsonResponse(try daemon.poolMembers().map { PoolMemberView(name: $0.name, host: $0.host, state: $0.state) })
         }
+        router.get(RouterPath(APIPath.watch)) { _, context -> Response in
+            _ = try context.require(.read)
+            return Self.watch(daemon)
+        }
+        router.get(RouterPath(APIPath.whoami)) { _, context -> Response in
+            let token = try context.require(.read)
+            return try jsonResponse(WhoAmI(name: token.name, role: token.role.rawValue))
+        }
+        router.get(RouterPath(APIPath.metrics)) { _, context -> Response in
+            _ = try context.require(.read)
+            let text = try metrics.text(daemon: daemon)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+    }
+
+    /// The jobs and the pool as Server-Sent Events: the `Overview` at once, then again whenever it changes (looked
+    /// at twice a second), a comment every 15 s otherwise; until the client goes.
+    private static func watch(_ daemon: Daemon) -> Response {
+        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var sent = "", lastWrite = Date(), number = 0
+            while !Task.isCancelled {
+                let live = daemon.metrics.all
+                let overview = Overview(
+                    jobs: try daemon.store.newestJobs(Overview.jobsShown).map { JobView($0, live: live[$0.id!]) },
+                    pool: try daemon.poolMembers().map { PoolMemberView(name: $0.name, host: $0.host, state: $0.state) })
+                let text = String(decoding: try JSONEncoder.api.encode(overview), as: UTF8.self)
+                if text != sent {
+                    number += 1
+                    try await writer.write(ByteBuffer(string: "id: \(number)\ndata: \(text)\n\n"))
+                    sent = text
+                    lastWrite = Date()
+                } else if Date().timeIntervalSince(lastWrite) > 15 {
+                    try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                    lastWrite = Date()
+                }
+                try await Task.sleep(nanoseconds: 500_000_000)
+            }
+            try await writer.finish(nil)
+        })
     }
 
     /// The job's events as Server-Sent Events (`EventStream`), from `?from_step=N`, following with `?follow=1`,

@@ -61,6 +61,8 @@ public final class Daemon: @unchecked Sendable {
     /// The log stream's endpoint as bound, with `logBind`.
     public let logEndpoint: String?
     private let datasets = DatasetCache()
+    /// Each job's latest metrics (running jobs and the `endedJobsCached` latest ended).
+    public let metrics = LiveMetrics(kept: Daemon.endedJobsCached)
     private let log: @Sendable (String) -> Void
 
     // The loop thread's state.
@@ -390,6 +392,7 @@ public final class Daemon: @unchecked Sendable {
             }
             let result = job.run(runDirectory: runDirectory, datasets: datasets, built: built) { [self] event, fields in
                 progress.observe(event, fields)
+                metrics.observe(id, event, fields)
                 if logEndpoint != nil {
                     let line = EventLog.line(event, fields)
                     loop.async { [self] in publisher?.publish(event, fields, line: line, topic: topic) }
@@ -466,6 +469,8 @@ public final class Daemon: @unchecked Sendable {
         if let weightsSHA256 { fields.append(("weights_sha256", .string(weightsSHA256))) }
         if let failure { fields.append(("failure", .string(failure))) }
         (try? EventLog(runDirectory: store.runDirectory(id)))?.emit("job_end", fields)
+        metrics.observe(id, "job_end", fields)
+        metrics.end(id)
         if let publisher {
             publisher.publish("job_end", fields, topic: String(id))
             endedTopics.append(String(id))

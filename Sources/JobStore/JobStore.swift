@@ -90,6 +90,19 @@ public final class JobStore: Sendable {
         }
     }
 
+    /// The `limit` newest jobs, newest first.
+    public func newestJobs(_ limit: Int) throws -> [JobRecord] {
+        try database.read { try JobRecord.order(Column("id").desc).limit(limit).fetchAll($0) }
+    }
+
+    /// How many jobs are in each state (every state, 0 included).
+    public func jobCounts() throws -> [JobState: Int] {
+        let rows = try database.read { try Row.fetchAll($0, sql: "SELECT state, COUNT(*) AS count FROM job GROUP BY state") }
+        var counts = Dictionary(uniqueKeysWithValues: JobState.allCases.map { ($0, 0) })
+        for row in rows { if let state = JobState(rawValue: row["state"]) { counts[state] = row["count"] } }
+        return counts
+    }
+
     public func markRunning(_ id: Int64, now: Double) throws {
         try update(id) { job in
             job.state = .running

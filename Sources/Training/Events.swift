@@ -102,3 +102,14 @@ public final class EventLog {
         for observer in observers { observer(event, fields) }
     }
 }
+
+extension JSONValue {
+    /// The value of an int or number, else nil.
+    public var numberValue: Double? {
+        switch self {
+        case let .int(value): return Double(value)
+        case let .number(value): return value
+        default: return nil
+        }
+    }
+}

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ControlAPI
 import Daemon
+import Dashboard
 import Foundation
 import JobStore
 import Training
@@ -31,13 +32,17 @@ struct Serve: ParsableCommand {
             let options = Daemon.Options(bind: bind, logBind: logBind, secretKeyFile: secretKey, allowedKeys: allowedKeys,
                                          heartbeatInterval: heartbeatInterval, heartbeatTimeout: heartbeatTimeout)
             let daemon = try Daemon(store: store, options: options, log: log)
-            let api = ControlAPI(daemon: daemon, log: log)
+            let library = ChartLibrary()
+            if !library.isInstalled {
+                log("the dashboard will have no charts: \(ChartLibraryMissing(path: library.directory + "/dygraph.min.js"))")
+            }
+            let api = ControlAPI(daemon: daemon, library: library, log: log)
             let scheme = tlsCert == nil ? "http" : "https"
             let (tlsCert, tlsKey) = (self.tlsCert, self.tlsKey)
             let server = Task {
                 do {
                     try await api.serve(host: host, port: port, certificate: tlsCert, key: tlsKey) { bound in
-                        log("api on \(scheme)://\(host):\(bound)")
+                        log("api on \(scheme)://\(host):\(bound) (the dashboard at /, Prometheus metrics at /metrics)")
                     }
                 } catch {
                     log("api: \(error)")

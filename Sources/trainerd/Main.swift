@@ -8,7 +8,7 @@ struct Trainerd: ParsableCommand {
         commandName: "trainerd",
         abstract: "Data-parallel neural-network trainer.",
         subcommands: [Train.self, Launch.self, CoordinatorCommand.self, WorkerCommand.self, Monitor.self, Eval.self, Sample.self, Status.self, Gradcheck.self, Bench.self, Keygen.self,
-                      Serve.self, Submit.self, Jobs.self, Show.self, Logs.self, Cancel.self, TokenCommand.self]
+                      Serve.self, Submit.self, Jobs.self, Show.self, Logs.self, Cancel.self, TokenCommand.self, Report.self]
     )
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Synchronization
+import Telemetry
 import Training
 
 struct Train: ParsableCommand {
@@ -53,7 +54,7 @@ func runTraining(_ trainer: Trainer, runDir: String, resume: Bool, metricsFile: 
     let progress = ProgressLine()
     trainer.events.observers.append(progress.observe)
     if let metricsFile {
-        let metrics = MetricsFile(path: metricsFile)
+        let metrics = MetricsFile(path: metricsFile, jobName: trainer.config.name)
         try metrics.write()  // an unwritable path fails here, before training
         var reported = false
         trainer.events.observers.append { event, fields in

@@ -278,7 +278,7 @@ final class ManifestTests: CLITestCase {
         XCTAssertTrue(stages.last!.hasPrefix("FROM debian:") && stages.last!.contains("-slim"), stages.last!)
         let runtime = instructions.drop { !$0.hasPrefix("FROM debian:") }
         let installs = runtime.filter { $0.hasPrefix("RUN ") && $0.contains("apt-get install") }.joined(separator: " ")
-        for package in ["libzmq5", "dataset-fashion-mnist", "fortunes"] {
+        for package in ["libzmq5", "dataset-fashion-mnist", "fortunes", "libjs-dygraphs"] {
             XCTAssertTrue(installs.contains(" \(package)"), "the runtime installs \(package)")
         }
         XCTAssertTrue(runtime.contains { $0.hasPrefix("COPY --from=build ") && $0.hasSuffix(" /usr/local/bin/trainerd") })

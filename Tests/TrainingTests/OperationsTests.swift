@@ -60,7 +60,8 @@ final class OperationsTests: CLITestCase {
     }
 
     /// Every sample of the file, after checking its syntax: with Python's prometheus_client when it is installed,
-    /// otherwise line by line here. Each series must have HELP and TYPE and the label job="fmnist-mlp".
+    /// otherwise line by line here. Each series must have HELP and TYPE and the label job_name="fmnist-mlp" (not
+    /// `job`, which Prometheus sets to the scrape target's name).
     func parseMetrics(_ path: String) throws -> [String: Double] {
         let text = try String(contentsOfFile: path, encoding: .utf8)
         let python = try run("/usr/bin/env", ["python3", "-c", """
@@ -69,7 +70,7 @@ final class OperationsTests: CLITestCase {
             for family in text_string_to_metric_families(open(sys.argv[1]).read()):
                 assert family.documentation and family.type in ("gauge", "counter"), family.name
                 for sample in family.samples:
-                    assert sample.labels == {"job": "fmnist-mlp"}, sample
+                    assert sample.labels == {"job_name": "fmnist-mlp"}, sample
                     print(sample.name, sample.value)
             """, path], timeout: 60)
         var samples: [String: Double] = [:]
@@ -90,7 +91,7 @@ final class OperationsTests: CLITestCase {
             let parts = line.split(separator: " ")
             XCTAssertEqual(parts.count, 2, String(line))
             let name = String(parts[0].prefix { $0 != "{" })
-            XCTAssertEqual(parts[0].dropFirst(name.count), "{job=\"fmnist-mlp\"}")
+            XCTAssertEqual(parts[0].dropFirst(name.count), "{job_name=\"fmnist-mlp\"}")
             XCTAssertTrue(described.contains(name), "\(name) has HELP and TYPE")
             own[name] = Double(parts[1])
         }
