@@ -160,7 +160,7 @@ public struct ControlAPI {
         }
         router.get(RouterPath(APIPath.pool)) { _, context -> Response in
             _ = try context.require(.read)
-            return try jsonResponse(try daemon.poolMembers().map { PoolMemberView(name: $0.name, host: $0.host, state: $0.state) })
+            return try jsonResponse(try Self.poolViews(daemon))
         }
         router.get(RouterPath(APIPath.watch)) { _, context -> Response in
             _ = try context.require(.read)
@@ -188,7 +188,7 @@ public struct ControlAPI {
                 let live = daemon.metrics.all
                 let overview = Overview(
                     jobs: try daemon.store.newestJobs(Overview.jobsShown).map { JobView($0, live: live[$0.id!]) },
-                    pool: try daemon.poolMembers().map { PoolMemberView(name: $0.name, host: $0.host, state: $0.state) })
+                    pool: try poolViews(daemon))
                 let text = String(decoding: try JSONEncoder.api.encode(overview), as: UTF8.self)
                 if text != sent {
                     number += 1
@@ -231,6 +231,10 @@ public struct ControlAPI {
                                  hasEnded: hasEnded)
         let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in try await stream.write(to: &writer) })
+    }
+
+    private static func poolViews(_ daemon: Daemon) throws -> [PoolMemberView] {
+        try daemon.poolMembers().map { PoolMemberView(name: $0.name, host: $0.host, state: $0.state) }
     }
 
     private static func job(_ context: APIContext, _ store: JobStore) throws -> JobRecord {

@@ -32,13 +32,13 @@ final class APIMetrics: @unchecked Sendable {
     /// The exposition, with the jobs' and the pool's series brought up to date from `daemon`.
     func text(daemon: Daemon) throws -> String {
         let live = daemon.metrics.all
-        let names = Dictionary(uniqueKeysWithValues: try daemon.store.jobs().map { ($0.id!, $0.name) })
         let counts = try daemon.store.jobCounts()
         let pool = try daemon.poolMembers()
-        return lock.withLock {
+        return try lock.withLock {
             for (id, metrics) in live {
-                let series = jobSeries[id] ?? RunSeries(registry: registry, labels: [
-                    ("job_id", String(id)), ("job_name", names[id] ?? metrics.jobName ?? ""),
+                // A job's name is looked up once, when its series are made: it does not change.
+                let series = try jobSeries[id] ?? RunSeries(registry: registry, labels: [
+                    ("job_id", String(id)), ("job_name", try daemon.store.job(id)?.name ?? metrics.jobName ?? ""),
                 ])
                 jobSeries[id] = series
                 series.update(from: metrics)
